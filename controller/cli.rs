@@ -1,0 +1,238 @@
+//! The `rollwatch` command line: arguments parsed once into typed values, one function per
+//! subcommand, and exit codes scripts can rely on — 0 done, 1 an action ran and failed,
+//! 2 refused (bad input or config, nothing was changed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ExecutorConfig, DEFAULT_CONFIG_FILE};
+use crate::probe::Prober;
+use crate::registry::RegistryClient;
+use crate::rollback::{RollbackError, RollbackRequest, Rollbacker};
+use crate::store::{RollbackRecord, StepRecord, Store, Trigger};
+use crate::tag::Tag;
+use crate::target::{Env, TargetId};
+use crate::telemetry::{init_logging, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "rollwatch", version, about = "Post-deploy health watch and automatic rollback for docker compose deployments")]
+struct Cli {
+    /// Configuration file [default: rollwatch.toml]
+    #[arg(long, short, global = true, env = "ROLLWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the configuration and print the targets it defines.
+    CheckConfig,
+    /// Roll <env> <role> back to <tag> now, then wait for /health to answer status=ok.
+    ///
+    /// Without <tag>: the newest known-good tag other than the running one, else the env's
+    /// fallback branch (develop for staging, main for production). The drop-in for
+    /// `deployment/scripts/rollback.sh <env> <role> <tag>`.
+    Rollback {
+        /// staging or production
+        env: String,
+        /// backend, frontend, ...
+        role: String,
+        /// v1.2.3, a branch slug, or a 40-hex commit SHA
+        tag: Option<String>,
+        /// Why, for the record.
+        #[arg(long, default_value = "manual rollback from the command line")]
+        reason: String,
+        /// Check everything and record "would roll back", but change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rollbacks on record, newest first.
+    History {
+        env: Option<String>,
+        role: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Also print each rollback's command output.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+/// Refusals: the input was wrong and nothing was changed (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let refused = e.downcast_ref::<Refused>().is_some()
+                || e.downcast_ref::<crate::config::ConfigError>().is_some()
+                || matches!(
+                    e.downcast_ref::<RollbackError>(),
+                    Some(
+                        RollbackError::UnknownTag { .. }
+                            | RollbackError::Registry { .. }
+                            | RollbackError::AlreadyRunning { .. }
+                            | RollbackError::Docker(_)
+                    )
+                );
+            ExitCode::from(if refused { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    match cli.command {
+        Command::CheckConfig => {
+            let config = Config::load(&config_path)?;
+            print_config(&config);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { env, role, tag, reason, dry_run } => {
+            let config = Config::load(&config_path)?;
+            let id = parse_target(&env, &role)?;
+            let tag = tag.map(|t| Tag::parse(&t)).transpose().map_err(|e| Refused(e.to_string()))?;
+            rollback(&config, id, tag, reason, dry_run).await
+        }
+        Command::History { env, role, limit, verbose } => {
+            let config = Config::load(&config_path)?;
+            let target = match (env, role) {
+                (Some(e), Some(r)) => Some(parse_target(&e, &r)?),
+                (None, None) => None,
+                _ => return Err(Refused("give both <env> and <role>, or neither".into()).into()),
+            };
+            let store = Store::open(&config.controller.store)?;
+            let records = store.rollbacks(target, limit).await?;
+            print_history(&records, verbose);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_target(env: &str, role: &str) -> Result<TargetId, Refused> {
+    let env = Env::parse(env).ok_or_else(|| Refused(format!("unknown env {env:?}: use staging or production")))?;
+    Ok(TargetId { env, role: role.to_string() })
+}
+
+async fn rollback(config: &Config, id: TargetId, tag: Option<Tag>, reason: String, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let target = config.target(&id).ok_or_else(|| {
+        let known: Vec<String> = config.targets.iter().map(|t| t.id().to_string()).collect();
+        Refused(format!("no target {id} in {}; configured: {}", config.source.display(), known.join(", ")))
+    })?;
+    let store = Store::open(&config.controller.store)?;
+    let rollbacker = Rollbacker::new(
+        store,
+        RegistryClient::new(Duration::from_secs(10)).context("building the registry HTTP client")?,
+        Prober::new().context("building the health-probe HTTP client")?,
+        config.fallback_tags.clone(),
+    );
+    let request = RollbackRequest {
+        tag: tag.clone(),
+        trigger: Trigger::Manual,
+        reason,
+        dry_run: dry_run || config.is_dry_run(target),
+    };
+    match &tag {
+        Some(t) => println!("rolling back {id} to {t} ({})", t.kind_name()),
+        None => println!("rolling back {id} to its last known-good tag"),
+    }
+    let record = rollbacker.rollback(target, request, print_step).await?;
+    let total = record.finished_at_ms.unwrap_or(record.started_at_ms) - record.started_at_ms;
+    let from = record.from_tag.as_deref().unwrap_or("?");
+    if record.state == crate::store::RollbackState::DryRun {
+        println!("dry run: would roll {id} back from {from} to {} (record #{})", record.to_tag, record.id);
+    } else {
+        println!(
+            "rolled back {id} from {from} to {} in {} (record #{}, digest {})",
+            record.to_tag,
+            secs(total),
+            record.id,
+            record.to_digest.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_step(s: &StepRecord) {
+    println!("  {:<22} {:>7}  {}  {}", s.name, secs(s.duration_ms), if s.ok { "ok  " } else { "FAIL" }, s.detail);
+}
+
+fn secs(ms: i64) -> String {
+    format!("{:.2}s", ms as f64 / 1000.0)
+}
+
+fn print_config(config: &Config) {
+    println!("{}: {} target(s)", config.source.display(), config.targets.len());
+    println!("store: {}   listen: {}   dry_run: {}", config.controller.store.display(), config.controller.listen, config.controller.dry_run);
+    for t in &config.targets {
+        let exec = match &t.executor {
+            ExecutorConfig::Compose(c) => format!("compose in {} (registry {})", c.dir.display(), c.registry),
+            ExecutorConfig::Docker(d) => format!("docker API, image {}", d.image),
+        };
+        println!(
+            "  {:<22} docker {}  selector {:?}\n  {:<22} health {}  executor {}{}",
+            t.id().to_string(),
+            t.docker,
+            t.selector.docker_label_filters(),
+            "",
+            t.health.url.0,
+            exec,
+            if config.is_dry_run(t) { "  [dry run]" } else { "" }
+        );
+    }
+}
+
+fn print_history(records: &[RollbackRecord], verbose: bool) {
+    if records.is_empty() {
+        println!("no rollbacks on record");
+        return;
+    }
+    println!("{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  reason", "id", "when (UTC)", "target", "trigger", "from -> to", "result", "took");
+    for r in records {
+        let took = r.finished_at_ms.map(|f| secs(f - r.started_at_ms)).unwrap_or_else(|| "-".into());
+        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(r.started_at_ms.max(0) as u64));
+        println!(
+            "{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  {}",
+            r.id,
+            when.to_string().trim_end_matches('Z').replace('T', " "),
+            r.target.to_string(),
+            r.trigger.as_str(),
+            format!("{} -> {}", r.from_tag.as_deref().unwrap_or("?"), r.to_tag),
+            r.state.as_str(),
+            took,
+            r.reason
+        );
+        if let Some(e) = &r.error {
+            println!("      error: {e}");
+        }
+        if verbose {
+            for s in &r.steps {
+                println!("      {:<20} {:>7} {} {}", s.name, secs(s.duration_ms), if s.ok { "ok" } else { "FAIL" }, s.detail);
+            }
+            for line in r.output.lines() {
+                println!("      | {line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The Docker Engine edge: connecting to an endpoint, finding a target's containers, looking up
+//! and pulling images, and recreating a container with another image. Everything rollwatch asks
+//! Docker goes through [`DockerClient`]; it holds no decisions of its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, NetworkingConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::target::Selector;
+
+/// Seconds bollard waits for one API call; pulls stream and are not bound by it.
+const API_TIMEOUT_SECS: u64 = 120;
+
+/// Where a Docker Engine answers. Parsed from `unix:///path` or `tcp://host:port` in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum DockerEndpoint {
+    Unix(String),
+    Tcp(String),
+}
+
+impl Default for DockerEndpoint {
+    fn default() -> Self {
+        DockerEndpoint::Unix("/var/run/docker.sock".into())
+    }
+}
+
+impl TryFrom<String> for DockerEndpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.starts_with('/') {
+                return Ok(DockerEndpoint::Unix(path.to_string()));
+            }
+        } else if let Some(addr) = s.strip_prefix("tcp://") {
+            if addr.contains(':') && !addr.contains('/') {
+                return Ok(DockerEndpoint::Tcp(addr.to_string()));
+            }
+        } else if s.starts_with("ssh://") {
+            return Err(format!(
+                "docker endpoint {s:?}: ssh:// endpoints are not supported yet; run rollwatch on that host or expose the engine on tcp://"
+            ));
+        }
+        Err(format!(
+            "docker endpoint {s:?} is not unix:///path/to/docker.sock or tcp://host:port"
+        ))
+    }
+}
+
+impl fmt::Display for DockerEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerEndpoint::Unix(p) => write!(f, "unix://{p}"),
+            DockerEndpoint::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker Engine at {endpoint}: {source} (is dockerd running? scripts/setup starts one)")]
+    Connect { endpoint: String, source: BollardError },
+    #[error("Docker Engine at {endpoint} refused {action}: {source}")]
+    Api { endpoint: String, action: String, source: BollardError },
+    #[error("pulling {image} failed: {message}")]
+    Pull { image: String, message: String },
+}
+
+/// One container of a target, as much as decisions need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    /// The image reference the container was created from (`repo:tag`, or an ID when pinned).
+    pub image_ref: String,
+    /// `sha256:...` of the image actually running.
+    pub image_id: String,
+    /// `running`, `exited`, `restarting`, ...
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A connected, version-negotiated Docker API client.
+#[derive(Clone)]
+pub struct DockerClient {
+    docker: Docker,
+    endpoint: String,
+}
+
+impl DockerClient {
+    /// Connects and negotiates the API version: the Debian engine speaks 1.41 and bollard's
+    /// default (1.53) would be refused.
+    pub async fn connect(endpoint: &DockerEndpoint) -> Result<DockerClient, DockerError> {
+        let name = endpoint.to_string();
+        let connect_err = |source| DockerError::Connect { endpoint: name.clone(), source };
+        let docker = match endpoint {
+            DockerEndpoint::Unix(path) => {
+                Docker::connect_with_unix(path, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            DockerEndpoint::Tcp(addr) => {
+                Docker::connect_with_http(addr, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+        }
+        .map_err(connect_err)?;
+        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        Ok(DockerClient { docker, endpoint: name })
+    }
+
+    fn api_err(&self, action: impl Into<String>) -> impl FnOnce(BollardError) -> DockerError + '_ {
+        let action = action.into();
+        move |source| DockerError::Api { endpoint: self.endpoint.clone(), action, source }
+    }
+
+    /// The target's containers, running or not (`all`), oldest name first for stable output.
+    pub async fn containers(&self, selector: &Selector, all: bool) -> Result<Vec<ContainerInfo>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), selector.docker_label_filters())]);
+        let opts = ListContainersOptionsBuilder::default().all(all).filters(&filters).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(self.api_err("listing containers"))?;
+        let mut out: Vec<ContainerInfo> = list
+            .into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                image_ref: c.image.unwrap_or_default(),
+                image_id: c.image_id.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .map_err(self.api_err(format!("inspecting container {id}")))
+    }
+
+    /// The local image ID for a reference, `None` when the engine does not have it.
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
+        Ok(self.image_inspect(image).await?.and_then(|i| i.id))
+    }
+
+    /// The registry digest (`repo@sha256:...`) of a local image, when it was pulled or pushed.
+    pub async fn image_digest(&self, image: &str) -> Result<Option<String>, DockerError> {
+        Ok(self
+            .image_inspect(image)
+            .await?
+            .and_then(|i| i.repo_digests)
+            .and_then(|d| d.into_iter().next()))
+    }
+
+    async fn image_inspect(&self, image: &str) -> Result<Option<bollard::models::ImageInspect>, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(i)),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(self.api_err(format!("inspecting image {image}"))(e)),
+        }
+    }
+
+    /// Pulls `repo:tag` from its registry; the stream's error messages are kept verbatim.
+    pub async fn pull(&self, repo: &str, tag: &str) -> Result<(), DockerError> {
+        let opts = CreateImageOptionsBuilder::default().from_image(repo).tag(tag).build();
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| DockerError::Pull { image: format!("{repo}:{tag}"), message: e.to_string() })?;
+            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                return Err(DockerError::Pull { image: format!("{repo}:{tag}"), message: detail });
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a container by one with the same configuration but `image` (an image ID, so
+    /// the result is pinned). The old container is kept, stopped and renamed, until the new one
+    /// has started, and restored if it does not: a failed recreate leaves the old version running.
+    pub async fn recreate_with_image(&self, id: &str, image: &str) -> Result<String, DockerError> {
+        let old = self.inspect(id).await?;
+        let name = old.name.clone().unwrap_or_default().trim_start_matches('/').to_string();
+        let aside = format!("{name}-rollwatch-old");
+        let body = recreate_body(&old, image);
+        let stop = StopContainerOptionsBuilder::default().t(10).build();
+        self.docker.stop_container(id, Some(stop)).await.map_err(self.api_err(format!("stopping {name}")))?;
+        let rename = RenameContainerOptionsBuilder::default().name(&aside).build();
+        self.docker.rename_container(id, rename).await.map_err(self.api_err(format!("renaming {name}")))?;
+        let created = async {
+            let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+            let new = self
+                .docker
+                .create_container(Some(opts), body)
+                .await
+                .map_err(self.api_err(format!("creating {name} from {image}")))?;
+            if let Err(e) = self.docker.start_container(&new.id, None).await {
+                let _ = self.remove(&new.id).await;
+                return Err(self.api_err(format!("starting {name} from {image}"))(e));
+            }
+            Ok(new.id)
+        }
+        .await;
+        match created {
+            Ok(new_id) => {
+                self.remove(id).await?;
+                Ok(new_id)
+            }
+            Err(e) => {
+                // Put the previous container back exactly as it was.
+                let back = RenameContainerOptionsBuilder::default().name(&name).build();
+                let _ = self.docker.rename_container(id, back).await;
+                let _ = self.docker.start_container(id, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        self.docker.remove_container(id, Some(opts)).await.map_err(self.api_err(format!("removing {id}")))
+    }
+}
+
+/// The create request that reproduces `old` with another image: same env, labels, command,
+/// entrypoint, host config (network mode, mounts, restart policy) and networks.
+fn recreate_body(old: &ContainerInspectResponse, image: &str) -> ContainerCreateBody {
+    let c = old.config.clone().unwrap_or_default();
+    let networks = old
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .map(|nets| {
+            nets.into_iter()
+                .map(|(k, mut v)| {
+                    // Addresses and endpoint IDs belong to the old container.
+                    v.endpoint_id = None;
+                    v.ip_address = None;
+                    v.gateway = None;
+                    v.mac_address = None;
+                    (k, v)
+                })
+                .collect()
+        });
+    ContainerCreateBody {
+        hostname: c.hostname,
+        domainname: c.domainname,
+        user: c.user,
+        exposed_ports: c.exposed_ports,
+        tty: c.tty,
+        open_stdin: c.open_stdin,
+        env: c.env,
+        cmd: c.cmd,
+        healthcheck: c.healthcheck,
+        image: Some(image.to_string()),
+        volumes: c.volumes,
+        working_dir: c.working_dir,
+        entrypoint: c.entrypoint,
+        labels: c.labels,
+        stop_signal: c.stop_signal,
+        stop_timeout: c.stop_timeout,
+        host_config: old.host_config.clone(),
+        networking_config: networks.map(|endpoints_config| NetworkingConfig { endpoints_config: Some(endpoints_config) }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_or_name_the_bad_value() {
+        assert_eq!(
+            DockerEndpoint::try_from("unix:///run/docker.sock".to_string()),
+            Ok(DockerEndpoint::Unix("/run/docker.sock".into()))
+        );
+        assert_eq!(
+            DockerEndpoint::try_from("tcp://127.0.0.1:2375".to_string()),
+            Ok(DockerEndpoint::Tcp("127.0.0.1:2375".into()))
+        );
+        let err = DockerEndpoint::try_from("http://x".to_string()).unwrap_err();
+        assert!(err.contains("http://x"), "{err}");
+    }
+}

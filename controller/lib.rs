@@ -1,0 +1,14 @@
+//! rollwatch: watches Docker-deployed services after every deploy and rolls a regressed
+//! environment and role back to its last known-good image tag. See DESIGN.md for the data flow;
+//! each module below owns one concept of it.
+
+pub mod cli;
+pub mod config;
+pub mod docker;
+pub mod probe;
+pub mod registry;
+pub mod rollback;
+pub mod store;
+pub mod tag;
+pub mod target;
+pub mod telemetry;

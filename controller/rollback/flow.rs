@@ -1,0 +1,185 @@
+//! One rollback from request to record: pick the tag, refuse what cannot work before touching
+//! anything, write the intent, run the executor, validate `/health`, store the outcome. Manual
+//! rollbacks (CLI, API) and automatic ones (watcher, alerts) all come through [`Rollbacker`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{step_start, ComposeExecutor, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor, LocalRunner};
+use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
+use crate::docker::{ContainerInfo, DockerClient, DockerError};
+use crate::probe::{ProbeFailure, Prober};
+use crate::registry::{RegistryClient, RegistryError};
+use crate::store::{RollbackIntent, RollbackOutcome, RollbackRecord, RollbackState, StepRecord, Store, StoreError, Trigger};
+use crate::tag::Tag;
+use crate::target::TargetId;
+
+/// How often `/health` is asked while a rollback is being validated.
+const VALIDATION_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    /// `None`: the newest known-good tag other than the running one, else the env's fallback.
+    pub tag: Option<Tag>,
+    pub trigger: Trigger,
+    pub reason: String,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown tag {tag} for {target}: {image} is neither in registry {registry} nor present locally; nothing was changed")]
+    UnknownTag { target: TargetId, tag: Tag, image: String, registry: String },
+    #[error("cannot check tag {tag} for {target}: {source}; {image} is not present locally either, so nothing was changed")]
+    Registry { target: TargetId, tag: Tag, image: String, source: RegistryError },
+    #[error("{target} already runs {tag}; nothing to roll back (name another tag to force a redeploy)")]
+    AlreadyRunning { target: TargetId, tag: Tag },
+    #[error("rollback #{id} of {target} to {tag} failed: {source}")]
+    Execution { id: i64, target: TargetId, tag: Tag, source: ExecError },
+    #[error("rollback #{id} of {target} to {tag} ran, but /health did not answer ok within {within:?}: last probe {failure}")]
+    Validation { id: i64, target: TargetId, tag: Tag, within: Duration, failure: ProbeFailure },
+}
+
+pub struct Rollbacker {
+    store: Store,
+    registry: RegistryClient,
+    prober: Prober,
+    fallback: FallbackTags,
+}
+
+/// The tag a container runs, when its image reference is `<repository>:<tag>`.
+pub fn running_tag(containers: &[ContainerInfo], repository: &str) -> Option<String> {
+    containers.iter().find_map(|c| {
+        let (repo, tag) = c.image_ref.rsplit_once(':')?;
+        (repo == repository && !tag.contains('/')).then(|| tag.to_string())
+    })
+}
+
+impl Rollbacker {
+    pub fn new(store: Store, registry: RegistryClient, prober: Prober, fallback: FallbackTags) -> Rollbacker {
+        Rollbacker { store, registry, prober, fallback }
+    }
+
+    /// Rolls `target` back and returns the stored record. Refusals (unknown tag, unreachable
+    /// registry, Docker down) happen before the intent is written and change nothing.
+    pub async fn rollback(
+        &self,
+        target: &TargetConfig,
+        request: RollbackRequest,
+        on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
+    ) -> Result<RollbackRecord, RollbackError> {
+        let id = target.id();
+        let docker = DockerClient::connect(&target.docker).await?;
+        let repository = target.executor.image_repository(&target.role);
+        let containers = docker.containers(&target.selector, true).await?;
+        let from_tag = running_tag(&containers, &repository);
+        let from_image = containers.first().map(|c| c.image_id.clone());
+
+        let explicit = request.tag.is_some();
+        let tag = match request.tag {
+            Some(t) => t,
+            None => match self.store.last_known_good(id.clone(), from_tag.clone()).await? {
+                Some(t) => t,
+                None => self.fallback.for_env(id.env).clone(),
+            },
+        };
+        if !explicit && from_tag.as_deref() == Some(tag.as_str()) {
+            return Err(RollbackError::AlreadyRunning { target: id, tag });
+        }
+        let plan = ExecPlan { target: id.clone(), tag: tag.clone(), image_repository: repository.clone() };
+        let image = plan.image();
+        if docker.image_id(&image).await?.is_none() {
+            let registry = crate::registry::split_repository(&repository).map(|(h, _)| h.to_string()).unwrap_or_default();
+            match self.registry.tag_exists(&repository, tag.as_str()).await {
+                Ok(true) => {}
+                Ok(false) => return Err(RollbackError::UnknownTag { target: id, tag, image, registry }),
+                Err(source) => return Err(RollbackError::Registry { target: id, tag, image, source }),
+            }
+        }
+
+        let rollback_id = self
+            .store
+            .begin_rollback(RollbackIntent {
+                target: id.clone(),
+                trigger: request.trigger,
+                reason: request.reason.clone(),
+                from_tag,
+                from_image,
+                to_tag: tag.clone(),
+            })
+            .await?;
+        let mut report = ExecReport::new(on_step);
+        if request.dry_run {
+            report.output.push_str(&format!("dry run: would roll {id} back to {image}\n"));
+            self.finish(rollback_id, RollbackState::DryRun, None, report, None).await?;
+            return self.record(rollback_id).await;
+        }
+
+        let executor: Box<dyn Executor> = match &target.executor {
+            ExecutorConfig::Compose(c) => Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone())),
+            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(docker.clone(), target.selector.clone())),
+        };
+        if let Err(source) = executor.execute(&plan, &mut report).await {
+            self.finish(rollback_id, RollbackState::Failed, None, report, Some(source.to_string())).await?;
+            return Err(RollbackError::Execution { id: rollback_id, target: id, tag, source });
+        }
+
+        let (t, ms) = step_start();
+        let health = &target.health;
+        let validated = self
+            .prober
+            .wait_healthy(&health.url.0, health.timeout, VALIDATION_INTERVAL, health.validation_timeout)
+            .await;
+        report.step(
+            "validate",
+            t,
+            ms,
+            validated.is_ok(),
+            match &validated {
+                Ok(_) => format!("{} answered status=ok", health.url.0),
+                Err(f) => format!("{} {f}", health.url.0),
+            },
+        );
+        let digest = docker.image_digest(&image).await.ok().flatten();
+        match validated {
+            Ok(_) => {
+                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None).await?;
+                self.record(rollback_id).await
+            }
+            Err(failure) => {
+                let msg = format!("/health not ok after rollback: {failure}");
+                self.finish(rollback_id, RollbackState::Failed, digest, report, Some(msg)).await?;
+                Err(RollbackError::Validation {
+                    id: rollback_id,
+                    target: id,
+                    tag,
+                    within: health.validation_timeout,
+                    failure,
+                })
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        id: i64,
+        state: RollbackState,
+        to_digest: Option<String>,
+        report: ExecReport,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let outcome = RollbackOutcome { state, to_digest, steps: report.steps, output: report.output, error };
+        self.store.finish_rollback(id, outcome).await
+    }
+
+    async fn record(&self, id: i64) -> Result<RollbackRecord, RollbackError> {
+        self.store
+            .rollback(id)
+            .await?
+            .ok_or_else(|| RollbackError::Store(StoreError::Corrupt(format!("rollback #{id} vanished"))))
+    }
+}

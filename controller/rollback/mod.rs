@@ -1,0 +1,108 @@
+//! Rolling a target back to a tag: the executors that do it (the runbook's compose commands, or
+//! the Docker API) and the flow around them — choose and check the tag, write the intent, execute,
+//! validate `/health`, record the outcome. Executors only act; whether to act is decided upstream.
+
+mod compose;
+mod docker_api;
+pub mod envfile;
+mod flow;
+mod runner;
+
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+
+pub use compose::{ComposeExecutor, ComposeFlavor};
+pub use docker_api::DockerApiExecutor;
+pub use flow::{RollbackError, RollbackRequest, Rollbacker};
+pub use runner::{CommandOutput, CommandRunner, LocalRunner};
+
+use crate::docker::DockerError;
+use crate::store::{now_ms, StepRecord};
+use crate::tag::Tag;
+use crate::target::TargetId;
+
+/// What an executor is asked to do: put `tag` of `image_repository` on every container of `target`.
+#[derive(Debug, Clone)]
+pub struct ExecPlan {
+    pub target: TargetId,
+    pub tag: Tag,
+    pub image_repository: String,
+}
+
+impl ExecPlan {
+    pub fn image(&self) -> String {
+        format!("{}:{}", self.image_repository, self.tag)
+    }
+}
+
+/// The running account of a rollback: timed steps and captured command output. Executors append
+/// to it as they go, so a failure still leaves everything that happened on record.
+pub struct ExecReport {
+    pub steps: Vec<StepRecord>,
+    pub output: String,
+    pub warnings: Vec<String>,
+    on_step: Box<dyn Fn(&StepRecord) + Send + Sync>,
+}
+
+impl ExecReport {
+    pub fn new(on_step: impl Fn(&StepRecord) + Send + Sync + 'static) -> ExecReport {
+        ExecReport { steps: Vec::new(), output: String::new(), warnings: Vec::new(), on_step: Box::new(on_step) }
+    }
+
+    /// Records a step that started at `started` (and at wall time `started_ms`).
+    pub fn step(&mut self, name: &str, started: Instant, started_ms: i64, ok: bool, detail: impl Into<String>) {
+        let rec = StepRecord {
+            name: name.to_string(),
+            started_at_ms: started_ms,
+            duration_ms: started.elapsed().as_millis() as i64,
+            ok,
+            detail: detail.into(),
+        };
+        (self.on_step)(&rec);
+        self.steps.push(rec);
+    }
+
+    pub fn capture(&mut self, label: &str, out: &CommandOutput) {
+        self.output.push_str(&format!("$ {label}  (exit {})\n{}", out.status_text(), out.text));
+        if !out.text.ends_with('\n') && !out.text.is_empty() {
+            self.output.push('\n');
+        }
+    }
+
+    pub fn warn(&mut self, w: String) {
+        self.output.push_str(&format!("warning: {w}\n"));
+        self.warnings.push(w);
+    }
+}
+
+/// Starts a timed step: returns the monotonic start and the wall-clock start in ms.
+pub fn step_start() -> (Instant, i64) {
+    (Instant::now(), now_ms())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("no compose command works here: `docker compose version` and `docker-compose version` both failed ({0}); install the compose plugin or docker-compose, or set executor.compose_command")]
+    NoCompose(String),
+    #[error("cannot run {command} in {dir}: {source}")]
+    Spawn { command: String, dir: String, source: std::io::Error },
+    #[error("pull of {image} failed and the image is not present locally; the running version was left untouched (output below)")]
+    Pull { image: String },
+    #[error("`{command}` failed with exit {status}; containers may be partly recreated (output in the record)")]
+    Up { command: String, status: String },
+    #[error("cannot update {path}: {source}")]
+    EnvFile { path: String, source: std::io::Error },
+    #[error("no container of {target} matches the selector; nothing to roll back")]
+    NoContainers { target: TargetId },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// One way to put a tag on a target's containers. Object-safe so targets can hold any executor.
+pub trait Executor: Send + Sync {
+    /// A short name for logs and records (`compose`, `docker`).
+    fn kind(&self) -> &'static str;
+
+    fn execute<'a>(&'a self, plan: &'a ExecPlan, report: &'a mut ExecReport) -> BoxFuture<'a, Result<(), ExecError>>;
+}

@@ -1,0 +1,382 @@
+//! The durable record: every rollback (written as an intent before the first side effect and
+//! completed after validation) and every known-good tag with its digest. SQLite in WAL mode with
+//! `synchronous=FULL`, so a `kill -9` loses nothing that was acknowledged. All SQLite calls run on
+//! tokio's blocking pool, never on the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::tag::Tag;
+use crate::target::{Env, TargetId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {path}: {source} (set controller.store to a writable file)")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("store query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store task panicked or was cancelled")]
+    Join,
+}
+
+/// What ordered a rollback; bounded, so it can label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Manual,
+    Health,
+    ErrorRatio,
+    Latency,
+    Alert,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Health => "health",
+            Trigger::ErrorRatio => "error_ratio",
+            Trigger::Latency => "latency",
+            Trigger::Alert => "alert",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Trigger> {
+        [Trigger::Manual, Trigger::Health, Trigger::ErrorRatio, Trigger::Latency, Trigger::Alert]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// Where a rollback record stands. `Intent` on disk after a crash means "resume or verify".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackState {
+    Intent,
+    Succeeded,
+    Failed,
+    DryRun,
+}
+
+impl RollbackState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackState::Intent => "intent",
+            RollbackState::Succeeded => "succeeded",
+            RollbackState::Failed => "failed",
+            RollbackState::DryRun => "dry_run",
+        }
+    }
+
+    fn parse(s: &str) -> Option<RollbackState> {
+        [RollbackState::Intent, RollbackState::Succeeded, RollbackState::Failed, RollbackState::DryRun]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// One timed step of a rollback (`pull`, `up`, `validate`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What is known before the first side effect.
+#[derive(Debug, Clone)]
+pub struct RollbackIntent {
+    pub target: TargetId,
+    pub trigger: Trigger,
+    pub reason: String,
+    pub from_tag: Option<String>,
+    pub from_image: Option<String>,
+    pub to_tag: Tag,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackRecord {
+    pub id: i64,
+    pub target: TargetId,
+    pub trigger: Trigger,
+    pub reason: String,
+    pub from_tag: Option<String>,
+    pub from_image: Option<String>,
+    pub to_tag: String,
+    pub to_digest: Option<String>,
+    pub state: RollbackState,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub steps: Vec<StepRecord>,
+    pub output: String,
+    pub error: Option<String>,
+}
+
+/// How a rollback ended, written once.
+#[derive(Debug, Clone)]
+pub struct RollbackOutcome {
+    pub state: RollbackState,
+    pub to_digest: Option<String>,
+    pub steps: Vec<StepRecord>,
+    pub output: String,
+    pub error: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch: the store's one time format.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rollbacks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    from_tag TEXT,
+    from_image TEXT,
+    to_tag TEXT NOT NULL,
+    to_digest TEXT,
+    state TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    steps TEXT NOT NULL DEFAULT '[]',
+    output TEXT NOT NULL DEFAULT '',
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS rollbacks_by_target ON rollbacks (env, role, id);
+CREATE TABLE IF NOT EXISTS known_good (
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT,
+    promoted_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env, role, tag)
+);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            })?;
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock only means another store call panicked; the connection is fine.
+            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
+        })
+        .await
+        .map_err(|_| StoreError::Join)?
+    }
+
+    /// Writes the intent; returns its id. Must happen before any side effect of the rollback.
+    pub async fn begin_rollback(&self, intent: RollbackIntent) -> Result<i64, StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, from_image, to_tag, state, started_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8)",
+                params![
+                    intent.target.env.as_str(),
+                    intent.target.role,
+                    intent.trigger.as_str(),
+                    intent.reason,
+                    intent.from_tag,
+                    intent.from_image,
+                    intent.to_tag.as_str(),
+                    now_ms()
+                ],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn finish_rollback(&self, id: i64, outcome: RollbackOutcome) -> Result<(), StoreError> {
+        let steps = serde_json::to_string(&outcome.steps).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE rollbacks SET state = ?1, to_digest = ?2, steps = ?3, output = ?4, error = ?5,
+                 finished_at_ms = ?6 WHERE id = ?7",
+                params![outcome.state.as_str(), outcome.to_digest, steps, outcome.output, outcome.error, now_ms(), id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn rollback(&self, id: i64) -> Result<Option<RollbackRecord>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!("{SELECT_ROLLBACK} WHERE id = ?1"))?;
+            let rec = stmt.query_row(params![id], row_to_record).optional()?;
+            rec.transpose()
+        })
+        .await
+    }
+
+    /// Newest first; all targets when `target` is `None`.
+    pub async fn rollbacks(&self, target: Option<TargetId>, limit: usize) -> Result<Vec<RollbackRecord>, StoreError> {
+        self.with(move |c| {
+            let (env, role) = match &target {
+                Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
+                None => (None, None),
+            };
+            let mut stmt = c.prepare(&format!(
+                "{SELECT_ROLLBACK} WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2)
+                 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![env, role, limit as i64], row_to_record)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+        })
+        .await
+    }
+
+    pub async fn record_known_good(&self, target: TargetId, tag: Tag, digest: Option<String>) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (env, role, tag) DO UPDATE SET digest = excluded.digest, promoted_at_ms = excluded.promoted_at_ms",
+                params![target.env.as_str(), target.role, tag.as_str(), digest, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest known-good tag of `target` other than `except` (the failing one).
+    pub async fn last_known_good(&self, target: TargetId, except: Option<String>) -> Result<Option<Tag>, StoreError> {
+        self.with(move |c| {
+            let tag: Option<String> = c
+                .query_row(
+                    "SELECT tag FROM known_good WHERE env = ?1 AND role = ?2 AND (?3 IS NULL OR tag != ?3)
+                     ORDER BY promoted_at_ms DESC, rowid DESC LIMIT 1",
+                    params![target.env.as_str(), target.role, except],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tag.map(|t| Tag::parse(&t).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+        })
+        .await
+    }
+}
+
+const SELECT_ROLLBACK: &str = "SELECT id, env, role, trigger, reason, from_tag, from_image, to_tag,
+    to_digest, state, started_at_ms, finished_at_ms, steps, output, error FROM rollbacks";
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollbackRecord, StoreError>> {
+    let env: String = r.get(1)?;
+    let trigger: String = r.get(3)?;
+    let state: String = r.get(9)?;
+    let steps: String = r.get(12)?;
+    let build = || -> Result<RollbackRecord, StoreError> {
+        Ok(RollbackRecord {
+            id: r.get(0)?,
+            target: TargetId {
+                env: Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?,
+                role: r.get(2)?,
+            },
+            trigger: Trigger::parse(&trigger).ok_or_else(|| StoreError::Corrupt(format!("trigger {trigger:?}")))?,
+            reason: r.get(4)?,
+            from_tag: r.get(5)?,
+            from_image: r.get(6)?,
+            to_tag: r.get(7)?,
+            to_digest: r.get(8)?,
+            state: RollbackState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+            started_at_ms: r.get(10)?,
+            finished_at_ms: r.get(11)?,
+            steps: serde_json::from_str(&steps).map_err(|e| StoreError::Corrupt(format!("steps: {e}")))?,
+            output: r.get(13)?,
+            error: r.get(14)?,
+        })
+    };
+    Ok(build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> TargetId {
+        TargetId { env: Env::Staging, role: "backend".into() }
+    }
+
+    #[tokio::test]
+    async fn rollback_intent_then_outcome_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let id = store
+            .begin_rollback(RollbackIntent {
+                target: target(),
+                trigger: Trigger::Manual,
+                reason: "operator".into(),
+                from_tag: Some("v1.1.0".into()),
+                from_image: None,
+                to_tag: Tag::parse("v1.0.0").unwrap(),
+            })
+            .await
+            .unwrap();
+        let before = store.rollbacks(Some(target()), 10).await.unwrap();
+        assert_eq!(before[0].state, RollbackState::Intent);
+        let step = StepRecord { name: "pull".into(), started_at_ms: 1, duration_ms: 5, ok: true, detail: String::new() };
+        store
+            .finish_rollback(id, RollbackOutcome {
+                state: RollbackState::Succeeded,
+                to_digest: Some("sha256:abc".into()),
+                steps: vec![step.clone()],
+                output: "pulled".into(),
+                error: None,
+            })
+            .await
+            .unwrap();
+        // Reopen: what was acknowledged is on disk.
+        drop(store);
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let after = store.rollbacks(None, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].state, RollbackState::Succeeded);
+        assert_eq!(after[0].steps, vec![step]);
+        assert_eq!(after[0].to_digest.as_deref(), Some("sha256:abc"));
+    }
+
+    #[tokio::test]
+    async fn last_known_good_skips_the_failing_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(store.last_known_good(target(), None).await.unwrap(), None);
+        store.record_known_good(target(), Tag::parse("v1.0.0").unwrap(), None).await.unwrap();
+        store.record_known_good(target(), Tag::parse("v1.1.0").unwrap(), None).await.unwrap();
+        let newest = store.last_known_good(target(), None).await.unwrap().unwrap();
+        assert_eq!(newest.as_str(), "v1.1.0");
+        let other = store.last_known_good(target(), Some("v1.1.0".into())).await.unwrap().unwrap();
+        assert_eq!(other.as_str(), "v1.0.0");
+    }
+}
