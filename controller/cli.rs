@@ -19,7 +19,11 @@ use crate::target::{Env, TargetId};
 use crate::telemetry::{init_logging, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "rollwatch", version, about = "Post-deploy health watch and automatic rollback for docker compose deployments")]
+#[command(
+    name = "rollwatch",
+    version,
+    about = "Post-deploy health watch and automatic rollback for docker compose deployments"
+)]
 struct Cli {
     /// Configuration file [default: rollwatch.toml]
     #[arg(long, short, global = true, env = "ROLLWATCH_CONFIG")]
@@ -102,20 +106,37 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config_path = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     match cli.command {
         Command::CheckConfig => {
             let config = Config::load(&config_path)?;
             print_config(&config);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rollback { env, role, tag, reason, dry_run } => {
+        Command::Rollback {
+            env,
+            role,
+            tag,
+            reason,
+            dry_run,
+        } => {
             let config = Config::load(&config_path)?;
             let id = parse_target(&env, &role)?;
-            let tag = tag.map(|t| Tag::parse(&t)).transpose().map_err(|e| Refused(e.to_string()))?;
+            let tag = tag
+                .map(|t| Tag::parse(&t))
+                .transpose()
+                .map_err(|e| Refused(e.to_string()))?;
             rollback(&config, id, tag, reason, dry_run).await
         }
-        Command::History { env, role, limit, verbose } => {
+        Command::History {
+            env,
+            role,
+            limit,
+            verbose,
+        } => {
             let config = Config::load(&config_path)?;
             let target = match (env, role) {
                 (Some(e), Some(r)) => Some(parse_target(&e, &r)?),
@@ -131,19 +152,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn parse_target(env: &str, role: &str) -> Result<TargetId, Refused> {
-    let env = Env::parse(env).ok_or_else(|| Refused(format!("unknown env {env:?}: use staging or production")))?;
-    Ok(TargetId { env, role: role.to_string() })
+    let env = Env::parse(env)
+        .ok_or_else(|| Refused(format!("unknown env {env:?}: use staging or production")))?;
+    Ok(TargetId {
+        env,
+        role: role.to_string(),
+    })
 }
 
-async fn rollback(config: &Config, id: TargetId, tag: Option<Tag>, reason: String, dry_run: bool) -> anyhow::Result<ExitCode> {
+async fn rollback(
+    config: &Config,
+    id: TargetId,
+    tag: Option<Tag>,
+    reason: String,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
     let target = config.target(&id).ok_or_else(|| {
         let known: Vec<String> = config.targets.iter().map(|t| t.id().to_string()).collect();
-        Refused(format!("no target {id} in {}; configured: {}", config.source.display(), known.join(", ")))
+        Refused(format!(
+            "no target {id} in {}; configured: {}",
+            config.source.display(),
+            known.join(", ")
+        ))
     })?;
     let store = Store::open(&config.controller.store)?;
     let rollbacker = Rollbacker::new(
         store,
-        RegistryClient::new(Duration::from_secs(10)).context("building the registry HTTP client")?,
+        RegistryClient::new(Duration::from_secs(10))
+            .context("building the registry HTTP client")?,
         Prober::new().context("building the health-probe HTTP client")?,
         config.fallback_tags.clone(),
     );
@@ -161,7 +197,10 @@ async fn rollback(config: &Config, id: TargetId, tag: Option<Tag>, reason: Strin
     let total = record.finished_at_ms.unwrap_or(record.started_at_ms) - record.started_at_ms;
     let from = record.from_tag.as_deref().unwrap_or("?");
     if record.state == crate::store::RollbackState::DryRun {
-        println!("dry run: would roll {id} back from {from} to {} (record #{})", record.to_tag, record.id);
+        println!(
+            "dry run: would roll {id} back from {from} to {} (record #{})",
+            record.to_tag, record.id
+        );
     } else {
         println!(
             "rolled back {id} from {from} to {} in {} (record #{}, digest {})",
@@ -175,7 +214,13 @@ async fn rollback(config: &Config, id: TargetId, tag: Option<Tag>, reason: Strin
 }
 
 fn print_step(s: &StepRecord) {
-    println!("  {:<22} {:>7}  {}  {}", s.name, secs(s.duration_ms), if s.ok { "ok  " } else { "FAIL" }, s.detail);
+    println!(
+        "  {:<22} {:>7}  {}  {}",
+        s.name,
+        secs(s.duration_ms),
+        if s.ok { "ok  " } else { "FAIL" },
+        s.detail
+    );
 }
 
 fn secs(ms: i64) -> String {
@@ -183,11 +228,22 @@ fn secs(ms: i64) -> String {
 }
 
 fn print_config(config: &Config) {
-    println!("{}: {} target(s)", config.source.display(), config.targets.len());
-    println!("store: {}   listen: {}   dry_run: {}", config.controller.store.display(), config.controller.listen, config.controller.dry_run);
+    println!(
+        "{}: {} target(s)",
+        config.source.display(),
+        config.targets.len()
+    );
+    println!(
+        "store: {}   listen: {}   dry_run: {}",
+        config.controller.store.display(),
+        config.controller.listen,
+        config.controller.dry_run
+    );
     for t in &config.targets {
         let exec = match &t.executor {
-            ExecutorConfig::Compose(c) => format!("compose in {} (registry {})", c.dir.display(), c.registry),
+            ExecutorConfig::Compose(c) => {
+                format!("compose in {} (registry {})", c.dir.display(), c.registry)
+            }
             ExecutorConfig::Docker(d) => format!("docker API, image {}", d.image),
         };
         println!(
@@ -198,7 +254,11 @@ fn print_config(config: &Config) {
             "",
             t.health.url.0,
             exec,
-            if config.is_dry_run(t) { "  [dry run]" } else { "" }
+            if config.is_dry_run(t) {
+                "  [dry run]"
+            } else {
+                ""
+            }
         );
     }
 }
@@ -208,10 +268,18 @@ fn print_history(records: &[RollbackRecord], verbose: bool) {
         println!("no rollbacks on record");
         return;
     }
-    println!("{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  reason", "id", "when (UTC)", "target", "trigger", "from -> to", "result", "took");
+    println!(
+        "{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  reason",
+        "id", "when (UTC)", "target", "trigger", "from -> to", "result", "took"
+    );
     for r in records {
-        let took = r.finished_at_ms.map(|f| secs(f - r.started_at_ms)).unwrap_or_else(|| "-".into());
-        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(r.started_at_ms.max(0) as u64));
+        let took = r
+            .finished_at_ms
+            .map(|f| secs(f - r.started_at_ms))
+            .unwrap_or_else(|| "-".into());
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(r.started_at_ms.max(0) as u64),
+        );
         println!(
             "{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  {}",
             r.id,
@@ -228,7 +296,13 @@ fn print_history(records: &[RollbackRecord], verbose: bool) {
         }
         if verbose {
             for s in &r.steps {
-                println!("      {:<20} {:>7} {} {}", s.name, secs(s.duration_ms), if s.ok { "ok" } else { "FAIL" }, s.detail);
+                println!(
+                    "      {:<20} {:>7} {} {}",
+                    s.name,
+                    secs(s.duration_ms),
+                    if s.ok { "ok" } else { "FAIL" },
+                    s.detail
+                );
             }
             for line in r.output.lines() {
                 println!("      | {line}");

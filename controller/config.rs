@@ -20,10 +20,21 @@ pub const DEFAULT_CONFIG_FILE: &str = "rollwatch.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (pass another with --config or ROLLWATCH_CONFIG)")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot read config file {path}: {source} (pass another with --config or ROLLWATCH_CONFIG)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}\n    | {line_text}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String, line_text: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        line_text: String,
+    },
     #[error("{path}: {message}")]
     Semantic { path: PathBuf, message: String },
 }
@@ -84,7 +95,10 @@ pub struct TargetConfig {
 
 impl TargetConfig {
     pub fn id(&self) -> TargetId {
-        TargetId { env: self.env, role: self.role.clone() }
+        TargetId {
+            env: self.env,
+            role: self.role.clone(),
+        }
     }
 }
 
@@ -111,7 +125,9 @@ impl TryFrom<String> for HealthUrl {
         let url = Url::parse(&s).map_err(|e| format!("invalid health url {s:?}: {e}"))?;
         match url.scheme() {
             "http" | "https" => Ok(HealthUrl(url)),
-            other => Err(format!("health url {s:?} has scheme {other:?}; use http or https")),
+            other => Err(format!(
+                "health url {s:?} has scheme {other:?}; use http or https"
+            )),
         }
     }
 }
@@ -127,9 +143,10 @@ impl ExecutorConfig {
     /// The image repository (no tag) the target runs, used to check a tag exists before acting.
     pub fn image_repository(&self, role: &str) -> String {
         match self {
-            ExecutorConfig::Compose(c) => {
-                c.image.clone().unwrap_or_else(|| format!("{}/{role}", c.registry))
-            }
+            ExecutorConfig::Compose(c) => c
+                .image
+                .clone()
+                .unwrap_or_else(|| format!("{}/{role}", c.registry)),
             ExecutorConfig::Docker(d) => d.image.clone(),
         }
     }
@@ -154,12 +171,13 @@ pub struct ComposeExecutorConfig {
 /// Which compose binary to run. `auto` tries `docker compose` first and falls back to
 /// `docker-compose`, by running them rather than guessing from PATH.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "lowercase")]
 pub enum ComposeCommand {
     #[default]
     Auto,
-    DockerCompose,
-    #[serde(rename = "docker-compose-v1")]
+    /// `docker compose` (v2 plugin).
+    Plugin,
+    /// `docker-compose` (v1, or v2's standalone binary).
     Standalone,
 }
 
@@ -195,13 +213,20 @@ fn default_env_file() -> String {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        ControllerConfig { store: default_store(), listen: default_listen(), dry_run: false }
+        ControllerConfig {
+            store: default_store(),
+            listen: default_listen(),
+            dry_run: false,
+        }
     }
 }
 
 impl Default for FallbackTags {
     fn default() -> Self {
-        FallbackTags { staging: default_staging_tag(), production: default_production_tag() }
+        FallbackTags {
+            staging: default_staging_tag(),
+            production: default_production_tag(),
+        }
     }
 }
 
@@ -219,21 +244,26 @@ struct RawConfig {
 impl Config {
     /// Reads and validates `path`; relative paths inside are resolved against its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // Anchor relative paths at the file's directory, made absolute so messages and the
         // compose working directory do not depend on where rollwatch was started.
         let dir = path.parent().unwrap_or(Path::new("."));
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         Config::parse(&text, path, &base)
     }
 
     /// Parses config text; `source` names it in errors, `base` anchors relative paths.
     pub fn parse(text: &str, source: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            located(source, text, e.span(), e.message().to_string())
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| located(source, text, e.span(), e.message().to_string()))?;
         let mut seen = HashSet::new();
         let mut targets = Vec::new();
         for spanned in raw.targets {
@@ -247,7 +277,10 @@ impl Config {
                 )));
             }
             if !seen.insert(t.id()) {
-                return Err(fail(format!("target {} is configured twice; each env/role pair once", t.id())));
+                return Err(fail(format!(
+                    "target {} is configured twice; each env/role pair once",
+                    t.id()
+                )));
             }
             if t.selector.required_labels().is_empty() {
                 return Err(fail(format!(
@@ -263,8 +296,7 @@ impl Config {
                 if c.env_file.contains('/') {
                     return Err(fail(format!(
                         "target {}: executor.env_file {:?} must be a file name inside executor.dir",
-                        tid,
-                        c.env_file
+                        tid, c.env_file
                     )));
                 }
             }
@@ -274,7 +306,12 @@ impl Config {
         if controller.store.is_relative() {
             controller.store = base.join(&controller.store);
         }
-        Ok(Config { source: source.to_path_buf(), controller, fallback_tags: raw.fallback_tags, targets })
+        Ok(Config {
+            source: source.to_path_buf(),
+            controller,
+            fallback_tags: raw.fallback_tags,
+            targets,
+        })
     }
 
     pub fn target(&self, id: &TargetId) -> Option<&TargetConfig> {
@@ -289,7 +326,8 @@ impl Config {
 fn is_role_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
 }
 
@@ -301,7 +339,13 @@ fn located(path: &Path, text: &str, span: Option<Range<usize>>, message: String)
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let column = before[line_start..].chars().count() + 1;
     let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
-    ConfigError::Invalid { path: path.to_path_buf(), line, column, message, line_text }
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+        line_text,
+    }
 }
 
 #[cfg(test)]
@@ -326,7 +370,12 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
 
     fn error_of(text: &str) -> (usize, String) {
         match parse(text) {
-            Err(ConfigError::Invalid { line, message, line_text, .. }) => (line, format!("{message} | {line_text}")),
+            Err(ConfigError::Invalid {
+                line,
+                message,
+                line_text,
+                ..
+            }) => (line, format!("{message} | {line_text}")),
             other => panic!("expected a located error, got {other:?}"),
         }
     }
@@ -338,10 +387,18 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
         assert_eq!(t.id().to_string(), "staging/backend");
         assert_eq!(t.health.timeout, Duration::from_secs(1));
         assert_eq!(t.health.validation_timeout, Duration::from_secs(60));
-        assert_eq!(c.controller.store, PathBuf::from("/etc/rw/state/rollwatch.db"));
+        assert_eq!(
+            c.controller.store,
+            PathBuf::from("/etc/rw/state/rollwatch.db")
+        );
         assert_eq!(c.fallback_tags.for_env(Env::Production).as_str(), "main");
-        assert_eq!(t.executor.image_repository("backend"), "127.0.0.1:5000/shop/backend");
-        assert!(matches!(&t.executor, ExecutorConfig::Compose(c) if c.compose_command == ComposeCommand::Auto));
+        assert_eq!(
+            t.executor.image_repository("backend"),
+            "127.0.0.1:5000/shop/backend"
+        );
+        assert!(
+            matches!(&t.executor, ExecutorConfig::Compose(c) if c.compose_command == ComposeCommand::Auto)
+        );
     }
 
     #[test]
@@ -353,7 +410,10 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
 
     #[test]
     fn unknown_field_is_named() {
-        let (line, msg) = error_of(&GOOD.replace("role = \"backend\"", "role = \"backend\"\nhealth_url = \"x\""));
+        let (line, msg) = error_of(&GOOD.replace(
+            "role = \"backend\"",
+            "role = \"backend\"\nhealth_url = \"x\"",
+        ));
         assert_eq!(line, 8);
         assert!(msg.contains("health_url"), "{msg}");
     }
@@ -386,6 +446,12 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
     fn unknown_executor_kind_is_refused() {
         let (_, msg) = error_of(&GOOD.replace("kind = \"compose\"", "kind = \"kubectl\""));
         assert!(msg.contains("kubectl"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let c = parse(include_str!("../examples/rollwatch.toml")).unwrap();
+        assert_eq!(c.targets.len(), 2);
     }
 
     #[test]

@@ -68,9 +68,16 @@ impl fmt::Display for DockerEndpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error("cannot reach the Docker Engine at {endpoint}: {source} (is dockerd running? scripts/setup starts one)")]
-    Connect { endpoint: String, source: BollardError },
+    Connect {
+        endpoint: String,
+        source: BollardError,
+    },
     #[error("Docker Engine at {endpoint} refused {action}: {source}")]
-    Api { endpoint: String, action: String, source: BollardError },
+    Api {
+        endpoint: String,
+        action: String,
+        source: BollardError,
+    },
     #[error("pulling {image} failed: {message}")]
     Pull { image: String, message: String },
 }
@@ -101,7 +108,10 @@ impl DockerClient {
     /// default (1.53) would be refused.
     pub async fn connect(endpoint: &DockerEndpoint) -> Result<DockerClient, DockerError> {
         let name = endpoint.to_string();
-        let connect_err = |source| DockerError::Connect { endpoint: name.clone(), source };
+        let connect_err = |source| DockerError::Connect {
+            endpoint: name.clone(),
+            source,
+        };
         let docker = match endpoint {
             DockerEndpoint::Unix(path) => {
                 Docker::connect_with_unix(path, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
@@ -112,18 +122,32 @@ impl DockerClient {
         }
         .map_err(connect_err)?;
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
-        Ok(DockerClient { docker, endpoint: name })
+        Ok(DockerClient {
+            docker,
+            endpoint: name,
+        })
     }
 
     fn api_err(&self, action: impl Into<String>) -> impl FnOnce(BollardError) -> DockerError + '_ {
         let action = action.into();
-        move |source| DockerError::Api { endpoint: self.endpoint.clone(), action, source }
+        move |source| DockerError::Api {
+            endpoint: self.endpoint.clone(),
+            action,
+            source,
+        }
     }
 
     /// The target's containers, running or not (`all`), oldest name first for stable output.
-    pub async fn containers(&self, selector: &Selector, all: bool) -> Result<Vec<ContainerInfo>, DockerError> {
+    pub async fn containers(
+        &self,
+        selector: &Selector,
+        all: bool,
+    ) -> Result<Vec<ContainerInfo>, DockerError> {
         let filters = HashMap::from([("label".to_string(), selector.docker_label_filters())]);
-        let opts = ListContainersOptionsBuilder::default().all(all).filters(&filters).build();
+        let opts = ListContainersOptionsBuilder::default()
+            .all(all)
+            .filters(&filters)
+            .build();
         let list = self
             .docker
             .list_containers(Some(opts))
@@ -169,22 +193,36 @@ impl DockerClient {
             .and_then(|d| d.into_iter().next()))
     }
 
-    async fn image_inspect(&self, image: &str) -> Result<Option<bollard::models::ImageInspect>, DockerError> {
+    async fn image_inspect(
+        &self,
+        image: &str,
+    ) -> Result<Option<bollard::models::ImageInspect>, DockerError> {
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(Some(i)),
-            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
             Err(e) => Err(self.api_err(format!("inspecting image {image}"))(e)),
         }
     }
 
     /// Pulls `repo:tag` from its registry; the stream's error messages are kept verbatim.
     pub async fn pull(&self, repo: &str, tag: &str) -> Result<(), DockerError> {
-        let opts = CreateImageOptionsBuilder::default().from_image(repo).tag(tag).build();
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(repo)
+            .tag(tag)
+            .build();
         let mut stream = self.docker.create_image(Some(opts), None, None);
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| DockerError::Pull { image: format!("{repo}:{tag}"), message: e.to_string() })?;
+            let info = item.map_err(|e| DockerError::Pull {
+                image: format!("{repo}:{tag}"),
+                message: e.to_string(),
+            })?;
             if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                return Err(DockerError::Pull { image: format!("{repo}:{tag}"), message: detail });
+                return Err(DockerError::Pull {
+                    image: format!("{repo}:{tag}"),
+                    message: detail,
+                });
             }
         }
         Ok(())
@@ -195,13 +233,32 @@ impl DockerClient {
     /// has started, and restored if it does not: a failed recreate leaves the old version running.
     pub async fn recreate_with_image(&self, id: &str, image: &str) -> Result<String, DockerError> {
         let old = self.inspect(id).await?;
-        let name = old.name.clone().unwrap_or_default().trim_start_matches('/').to_string();
+        let name = old
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
         let aside = format!("{name}-rollwatch-old");
-        let body = recreate_body(&old, image);
+        // What the old image itself set must not be carried over, or its ENV (DEMO_FAULT,
+        // APP_VERSION, ...) would override the known-good image's own.
+        let old_image = match old.image.as_deref() {
+            Some(img) => self.image_inspect(img).await?.and_then(|i| i.config),
+            None => None,
+        };
+        let body = recreate_body(&old, old_image.as_ref(), image);
         let stop = StopContainerOptionsBuilder::default().t(10).build();
-        self.docker.stop_container(id, Some(stop)).await.map_err(self.api_err(format!("stopping {name}")))?;
-        let rename = RenameContainerOptionsBuilder::default().name(&aside).build();
-        self.docker.rename_container(id, rename).await.map_err(self.api_err(format!("renaming {name}")))?;
+        self.docker
+            .stop_container(id, Some(stop))
+            .await
+            .map_err(self.api_err(format!("stopping {name}")))?;
+        let rename = RenameContainerOptionsBuilder::default()
+            .name(&aside)
+            .build();
+        self.docker
+            .rename_container(id, rename)
+            .await
+            .map_err(self.api_err(format!("renaming {name}")))?;
         let created = async {
             let opts = CreateContainerOptionsBuilder::default().name(&name).build();
             let new = self
@@ -233,14 +290,48 @@ impl DockerClient {
 
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        self.docker.remove_container(id, Some(opts)).await.map_err(self.api_err(format!("removing {id}")))
+        self.docker
+            .remove_container(id, Some(opts))
+            .await
+            .map_err(self.api_err(format!("removing {id}")))
     }
 }
 
 /// The create request that reproduces `old` with another image: same env, labels, command,
-/// entrypoint, host config (network mode, mounts, restart policy) and networks.
-fn recreate_body(old: &ContainerInspectResponse, image: &str) -> ContainerCreateBody {
+/// entrypoint, host config (network mode, mounts, restart policy) and networks. Docker reports a
+/// container's config merged with its image's defaults; values that only came from the old
+/// image (`image_defaults`) are dropped so the new image's defaults apply instead.
+fn recreate_body(
+    old: &ContainerInspectResponse,
+    image_defaults: Option<&bollard::models::ImageConfig>,
+    image: &str,
+) -> ContainerCreateBody {
     let c = old.config.clone().unwrap_or_default();
+    let d = image_defaults.cloned().unwrap_or_default();
+    let env = c.env.map(|env| {
+        let inherited = d.env.unwrap_or_default();
+        env.into_iter()
+            .filter(|e| !inherited.contains(e))
+            .collect::<Vec<_>>()
+    });
+    let labels = c.labels.map(|labels| {
+        let inherited = d.labels.unwrap_or_default();
+        labels
+            .into_iter()
+            .filter(|(k, v)| inherited.get(k) != Some(v))
+            .collect::<HashMap<_, _>>()
+    });
+    let unless_inherited = |own: Option<Vec<String>>, inherited: Option<Vec<String>>| {
+        own.filter(|o| Some(o) != inherited.as_ref())
+    };
+    let cmd = unless_inherited(c.cmd, d.cmd);
+    let entrypoint = unless_inherited(c.entrypoint, d.entrypoint);
+    let working_dir = c
+        .working_dir
+        .filter(|w| Some(w) != d.working_dir.as_ref() && !w.is_empty());
+    let user = c
+        .user
+        .filter(|u| Some(u) != d.user.as_ref() && !u.is_empty());
     let networks = old
         .network_settings
         .as_ref()
@@ -260,22 +351,24 @@ fn recreate_body(old: &ContainerInspectResponse, image: &str) -> ContainerCreate
     ContainerCreateBody {
         hostname: c.hostname,
         domainname: c.domainname,
-        user: c.user,
+        user,
         exposed_ports: c.exposed_ports,
         tty: c.tty,
         open_stdin: c.open_stdin,
-        env: c.env,
-        cmd: c.cmd,
+        env,
+        cmd,
         healthcheck: c.healthcheck,
         image: Some(image.to_string()),
         volumes: c.volumes,
-        working_dir: c.working_dir,
-        entrypoint: c.entrypoint,
-        labels: c.labels,
+        working_dir,
+        entrypoint,
+        labels,
         stop_signal: c.stop_signal,
         stop_timeout: c.stop_timeout,
         host_config: old.host_config.clone(),
-        networking_config: networks.map(|endpoints_config| NetworkingConfig { endpoints_config: Some(endpoints_config) }),
+        networking_config: networks.map(|endpoints_config| NetworkingConfig {
+            endpoints_config: Some(endpoints_config),
+        }),
         ..Default::default()
     }
 }

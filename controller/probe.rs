@@ -35,14 +35,19 @@ pub fn judge(http_status: u16, body: &[u8]) -> Result<(), ProbeFailure> {
     if !(200..300).contains(&http_status) {
         return Err(ProbeFailure::Status(http_status));
     }
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
         return Ok(());
     };
     match map.get("status") {
         None => Ok(()),
         Some(serde_json::Value::String(s)) if s == "ok" => Ok(()),
-        Some(serde_json::Value::String(s)) => Err(ProbeFailure::NotOk(s.chars().take(64).collect())),
-        Some(other) => Err(ProbeFailure::NotOk(other.to_string().chars().take(64).collect())),
+        Some(serde_json::Value::String(s)) => {
+            Err(ProbeFailure::NotOk(s.chars().take(64).collect()))
+        }
+        Some(other) => Err(ProbeFailure::NotOk(
+            other.to_string().chars().take(64).collect(),
+        )),
     }
 }
 
@@ -61,20 +66,32 @@ pub struct Prober {
 
 impl Prober {
     pub fn new() -> Result<Prober, reqwest::Error> {
-        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build()?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()?;
         Ok(Prober { client })
     }
 
     pub async fn probe(&self, url: &Url, timeout: Duration) -> ProbeResult {
         let started = Instant::now();
         let outcome = async {
-            let resp = self.client.get(url.clone()).timeout(timeout).send().await.map_err(classify)?;
+            let resp = self
+                .client
+                .get(url.clone())
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(classify)?;
             let status = resp.status().as_u16();
             let body = resp.bytes().await.map_err(classify)?;
             judge(status, &body)
         }
         .await;
-        ProbeResult { outcome, latency: started.elapsed() }
+        ProbeResult {
+            outcome,
+            latency: started.elapsed(),
+        }
     }
 
     /// Probes every `interval` until one passes or `within` has elapsed; returns the time it took,
@@ -122,13 +139,22 @@ mod tests {
 
     #[test]
     fn non_ok_status_field_fails_with_value() {
-        assert_eq!(judge(200, br#"{"status":"degraded"}"#), Err(ProbeFailure::NotOk("degraded".into())));
-        assert_eq!(judge(200, br#"{"status":false}"#), Err(ProbeFailure::NotOk("false".into())));
+        assert_eq!(
+            judge(200, br#"{"status":"degraded"}"#),
+            Err(ProbeFailure::NotOk("degraded".into()))
+        );
+        assert_eq!(
+            judge(200, br#"{"status":false}"#),
+            Err(ProbeFailure::NotOk("false".into()))
+        );
     }
 
     #[test]
     fn non_2xx_fails_whatever_the_body() {
-        assert_eq!(judge(503, br#"{"status":"ok"}"#), Err(ProbeFailure::Status(503)));
+        assert_eq!(
+            judge(503, br#"{"status":"ok"}"#),
+            Err(ProbeFailure::Status(503))
+        );
         assert_eq!(judge(301, b""), Err(ProbeFailure::Status(301)));
     }
 

@@ -10,7 +10,12 @@ pub enum RegistryError {
     #[error("registry {host} is unreachable: {message}")]
     Unreachable { host: String, message: String },
     #[error("registry {host} answered HTTP {status} for {repo}:{tag}; check credentials and the repository name")]
-    Refused { host: String, repo: String, tag: String, status: u16 },
+    Refused {
+        host: String,
+        repo: String,
+        tag: String,
+        status: u16,
+    },
 }
 
 /// `127.0.0.1:5000/shop/backend` → (`127.0.0.1:5000`, `shop/backend`). A first component counts
@@ -39,13 +44,17 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(timeout: Duration) -> Result<RegistryClient, reqwest::Error> {
-        let client = reqwest::Client::builder().no_proxy().timeout(timeout).build()?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()?;
         Ok(RegistryClient { client })
     }
 
     /// `Ok(true)` when the registry has a manifest for `repo:tag`, `Ok(false)` on 404.
     pub async fn tag_exists(&self, repo: &str, tag: &str) -> Result<bool, RegistryError> {
-        let (host, path) = split_repository(repo).ok_or_else(|| RegistryError::NoHost(repo.to_string()))?;
+        let (host, path) =
+            split_repository(repo).ok_or_else(|| RegistryError::NoHost(repo.to_string()))?;
         let url = format!("{}://{host}/v2/{path}/manifests/{tag}", scheme_for(host));
         let resp = self
             .client
@@ -86,8 +95,14 @@ mod tests {
 
     #[test]
     fn repositories_split_into_host_and_path() {
-        assert_eq!(split_repository("127.0.0.1:5000/shop/backend"), Some(("127.0.0.1:5000", "shop/backend")));
-        assert_eq!(split_repository("registry.example.com/g/app/backend"), Some(("registry.example.com", "g/app/backend")));
+        assert_eq!(
+            split_repository("127.0.0.1:5000/shop/backend"),
+            Some(("127.0.0.1:5000", "shop/backend"))
+        );
+        assert_eq!(
+            split_repository("registry.example.com/g/app/backend"),
+            Some(("registry.example.com", "g/app/backend"))
+        );
         assert_eq!(split_repository("shop/backend"), None);
         assert_eq!(split_repository("backend"), None);
     }

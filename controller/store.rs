@@ -16,7 +16,10 @@ use crate::target::{Env, TargetId};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open store {path}: {source} (set controller.store to a writable file)")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("store record is corrupt: {0}")]
@@ -48,9 +51,15 @@ impl Trigger {
     }
 
     fn parse(s: &str) -> Option<Trigger> {
-        [Trigger::Manual, Trigger::Health, Trigger::ErrorRatio, Trigger::Latency, Trigger::Alert]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Trigger::Manual,
+            Trigger::Health,
+            Trigger::ErrorRatio,
+            Trigger::Latency,
+            Trigger::Alert,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -75,9 +84,14 @@ impl RollbackState {
     }
 
     fn parse(s: &str) -> Option<RollbackState> {
-        [RollbackState::Intent, RollbackState::Succeeded, RollbackState::Failed, RollbackState::DryRun]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            RollbackState::Intent,
+            RollbackState::Succeeded,
+            RollbackState::Failed,
+            RollbackState::DryRun,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -132,7 +146,10 @@ pub struct RollbackOutcome {
 
 /// Milliseconds since the Unix epoch: the store's one time format.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Clone)]
@@ -171,18 +188,25 @@ CREATE TABLE IF NOT EXISTS known_good (
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -221,8 +245,13 @@ impl Store {
         .await
     }
 
-    pub async fn finish_rollback(&self, id: i64, outcome: RollbackOutcome) -> Result<(), StoreError> {
-        let steps = serde_json::to_string(&outcome.steps).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    pub async fn finish_rollback(
+        &self,
+        id: i64,
+        outcome: RollbackOutcome,
+    ) -> Result<(), StoreError> {
+        let steps = serde_json::to_string(&outcome.steps)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.with(move |c| {
             c.execute(
                 "UPDATE rollbacks SET state = ?1, to_digest = ?2, steps = ?3, output = ?4, error = ?5,
@@ -244,7 +273,11 @@ impl Store {
     }
 
     /// Newest first; all targets when `target` is `None`.
-    pub async fn rollbacks(&self, target: Option<TargetId>, limit: usize) -> Result<Vec<RollbackRecord>, StoreError> {
+    pub async fn rollbacks(
+        &self,
+        target: Option<TargetId>,
+        limit: usize,
+    ) -> Result<Vec<RollbackRecord>, StoreError> {
         self.with(move |c| {
             let (env, role) = match &target {
                 Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
@@ -255,12 +288,18 @@ impl Store {
                  ORDER BY id DESC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![env, role, limit as i64], row_to_record)?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r))
+                .collect()
         })
         .await
     }
 
-    pub async fn record_known_good(&self, target: TargetId, tag: Tag, digest: Option<String>) -> Result<(), StoreError> {
+    pub async fn record_known_good(
+        &self,
+        target: TargetId,
+        tag: Tag,
+        digest: Option<String>,
+    ) -> Result<(), StoreError> {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -273,7 +312,11 @@ impl Store {
     }
 
     /// The newest known-good tag of `target` other than `except` (the failing one).
-    pub async fn last_known_good(&self, target: TargetId, except: Option<String>) -> Result<Option<Tag>, StoreError> {
+    pub async fn last_known_good(
+        &self,
+        target: TargetId,
+        except: Option<String>,
+    ) -> Result<Option<Tag>, StoreError> {
         self.with(move |c| {
             let tag: Option<String> = c
                 .query_row(
@@ -304,16 +347,19 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollbackRecor
                 env: Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?,
                 role: r.get(2)?,
             },
-            trigger: Trigger::parse(&trigger).ok_or_else(|| StoreError::Corrupt(format!("trigger {trigger:?}")))?,
+            trigger: Trigger::parse(&trigger)
+                .ok_or_else(|| StoreError::Corrupt(format!("trigger {trigger:?}")))?,
             reason: r.get(4)?,
             from_tag: r.get(5)?,
             from_image: r.get(6)?,
             to_tag: r.get(7)?,
             to_digest: r.get(8)?,
-            state: RollbackState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+            state: RollbackState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
             started_at_ms: r.get(10)?,
             finished_at_ms: r.get(11)?,
-            steps: serde_json::from_str(&steps).map_err(|e| StoreError::Corrupt(format!("steps: {e}")))?,
+            steps: serde_json::from_str(&steps)
+                .map_err(|e| StoreError::Corrupt(format!("steps: {e}")))?,
             output: r.get(13)?,
             error: r.get(14)?,
         })
@@ -326,7 +372,10 @@ mod tests {
     use super::*;
 
     fn target() -> TargetId {
-        TargetId { env: Env::Staging, role: "backend".into() }
+        TargetId {
+            env: Env::Staging,
+            role: "backend".into(),
+        }
     }
 
     #[tokio::test]
@@ -346,15 +395,24 @@ mod tests {
             .unwrap();
         let before = store.rollbacks(Some(target()), 10).await.unwrap();
         assert_eq!(before[0].state, RollbackState::Intent);
-        let step = StepRecord { name: "pull".into(), started_at_ms: 1, duration_ms: 5, ok: true, detail: String::new() };
+        let step = StepRecord {
+            name: "pull".into(),
+            started_at_ms: 1,
+            duration_ms: 5,
+            ok: true,
+            detail: String::new(),
+        };
         store
-            .finish_rollback(id, RollbackOutcome {
-                state: RollbackState::Succeeded,
-                to_digest: Some("sha256:abc".into()),
-                steps: vec![step.clone()],
-                output: "pulled".into(),
-                error: None,
-            })
+            .finish_rollback(
+                id,
+                RollbackOutcome {
+                    state: RollbackState::Succeeded,
+                    to_digest: Some("sha256:abc".into()),
+                    steps: vec![step.clone()],
+                    output: "pulled".into(),
+                    error: None,
+                },
+            )
             .await
             .unwrap();
         // Reopen: what was acknowledged is on disk.
@@ -372,11 +430,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(store.last_known_good(target(), None).await.unwrap(), None);
-        store.record_known_good(target(), Tag::parse("v1.0.0").unwrap(), None).await.unwrap();
-        store.record_known_good(target(), Tag::parse("v1.1.0").unwrap(), None).await.unwrap();
-        let newest = store.last_known_good(target(), None).await.unwrap().unwrap();
+        store
+            .record_known_good(target(), Tag::parse("v1.0.0").unwrap(), None)
+            .await
+            .unwrap();
+        store
+            .record_known_good(target(), Tag::parse("v1.1.0").unwrap(), None)
+            .await
+            .unwrap();
+        let newest = store
+            .last_known_good(target(), None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(newest.as_str(), "v1.1.0");
-        let other = store.last_known_good(target(), Some("v1.1.0".into())).await.unwrap().unwrap();
+        let other = store
+            .last_known_good(target(), Some("v1.1.0".into()))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(other.as_str(), "v1.0.0");
     }
 }

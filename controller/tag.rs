@@ -24,7 +24,9 @@ pub enum TagKind {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TagError {
-    #[error("empty tag: give a version like v1.2.3, a branch slug like develop, or a 40-hex commit SHA")]
+    #[error(
+        "empty tag: give a version like v1.2.3, a branch slug like develop, or a 40-hex commit SHA"
+    )]
     Empty,
     #[error("malformed tag {0:?}: a tag is v<major>.<minor>.<patch>, a branch slug (a-z, 0-9, '-', '.', '_', at most 128 chars, starting with a letter or digit) or a 40-hex commit SHA")]
     Malformed(String),
@@ -37,14 +39,21 @@ impl Tag {
         }
         let kind = if let Some(v) = parse_semver(raw) {
             v
-        } else if raw.len() == 40 && raw.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        } else if raw.len() == 40
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             TagKind::CommitSha
         } else if is_slug(raw) {
             TagKind::BranchSlug
         } else {
             return Err(TagError::Malformed(raw.to_string()));
         };
-        Ok(Tag { raw: raw.to_string(), kind })
+        Ok(Tag {
+            raw: raw.to_string(),
+            kind,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -68,8 +77,16 @@ impl Tag {
     pub fn semver_cmp(&self, other: &Tag) -> Option<Ordering> {
         match (self.kind, other.kind) {
             (
-                TagKind::Semver { major, minor, patch },
-                TagKind::Semver { major: m2, minor: n2, patch: p2 },
+                TagKind::Semver {
+                    major,
+                    minor,
+                    patch,
+                },
+                TagKind::Semver {
+                    major: m2,
+                    minor: n2,
+                    patch: p2,
+                },
             ) => Some((major, minor, patch).cmp(&(m2, n2, p2))),
             _ => None,
         }
@@ -101,7 +118,10 @@ fn parse_semver(raw: &str) -> Option<TagKind> {
     let mut next = || -> Option<u64> {
         let p = parts.next()?;
         // Leading zeros are not semver and would make v1.02.0 == v1.2.0.
-        if p.is_empty() || (p.len() > 1 && p.starts_with('0')) || !p.bytes().all(|b| b.is_ascii_digit()) {
+        if p.is_empty()
+            || (p.len() > 1 && p.starts_with('0'))
+            || !p.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         p.parse().ok()
@@ -110,16 +130,23 @@ fn parse_semver(raw: &str) -> Option<TagKind> {
     if parts.next().is_some() {
         return None;
     }
-    Some(TagKind::Semver { major, minor, patch })
+    Some(TagKind::Semver {
+        major,
+        minor,
+        patch,
+    })
 }
 
 /// GitLab's `CI_COMMIT_REF_SLUG` alphabet, which is also a valid Docker tag.
 fn is_slug(raw: &str) -> bool {
     raw.len() <= 128
-        && raw.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && raw
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'))
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && raw.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+        })
 }
 
 #[cfg(test)]
@@ -130,7 +157,14 @@ mod tests {
     fn semver_tags_are_versions_with_order() {
         let a = Tag::parse("v1.10.0").unwrap();
         let b = Tag::parse("v1.9.3").unwrap();
-        assert_eq!(a.kind(), TagKind::Semver { major: 1, minor: 10, patch: 0 });
+        assert_eq!(
+            a.kind(),
+            TagKind::Semver {
+                major: 1,
+                minor: 10,
+                patch: 0
+            }
+        );
         assert_eq!(a.semver_cmp(&b), Some(Ordering::Greater));
     }
 
@@ -154,12 +188,23 @@ mod tests {
         assert_eq!(Tag::parse("v1.02.0").unwrap().kind(), TagKind::BranchSlug);
         assert_eq!(Tag::parse("v1.2").unwrap().kind(), TagKind::BranchSlug);
         // 39 hex chars is a slug, not a SHA.
-        assert_eq!(Tag::parse(&"a".repeat(39)).unwrap().kind(), TagKind::BranchSlug);
+        assert_eq!(
+            Tag::parse(&"a".repeat(39)).unwrap().kind(),
+            TagKind::BranchSlug
+        );
     }
 
     #[test]
     fn malformed_tags_are_refused_with_the_value() {
-        for bad in ["V1.0.0", "v1.0.0;rm -rf /", "-develop", "a b", "tag$(id)", "ÄÖ", &"a".repeat(129)] {
+        for bad in [
+            "V1.0.0",
+            "v1.0.0;rm -rf /",
+            "-develop",
+            "a b",
+            "tag$(id)",
+            "ÄÖ",
+            &"a".repeat(129),
+        ] {
             match Tag::parse(bad) {
                 Err(TagError::Malformed(v)) => assert_eq!(v, bad),
                 other => panic!("{bad:?} gave {other:?}"),

@@ -84,12 +84,17 @@ impl Selector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.required_labels().iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.required_labels()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
     }
 
     /// Docker API `label` filter values (`key=value`), so listing is done by the engine.
     pub fn docker_label_filters(&self) -> Vec<String> {
-        self.required_labels().iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.required_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 }
 
@@ -105,10 +110,19 @@ mod tests {
             labels: BTreeMap::new(),
         };
         let mut labels = BTreeMap::new();
-        labels.insert("com.docker.compose.project".to_string(), "shop-staging-backend".to_string());
-        labels.insert("com.docker.compose.service".to_string(), "backend".to_string());
+        labels.insert(
+            "com.docker.compose.project".to_string(),
+            "shop-staging-backend".to_string(),
+        );
+        labels.insert(
+            "com.docker.compose.service".to_string(),
+            "backend".to_string(),
+        );
         assert!(sel.matches(&labels));
-        labels.insert("com.docker.compose.service".to_string(), "frontend".to_string());
+        labels.insert(
+            "com.docker.compose.service".to_string(),
+            "frontend".to_string(),
+        );
         assert!(!sel.matches(&labels));
     }
 }

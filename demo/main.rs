@@ -30,7 +30,11 @@ fn parse_fault(spec: &str) -> Result<Fault, String> {
     let mut f = Fault::default();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = part.split_once('=').unwrap_or((part, ""));
-        let num = || value.parse::<f64>().map_err(|_| format!("DEMO_FAULT {part:?}: {value:?} is not a number"));
+        let num = || {
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("DEMO_FAULT {part:?}: {value:?} is not a number"))
+        };
         match key {
             "none" => {}
             "health-down" => f.health_down = true,
@@ -76,7 +80,8 @@ impl App {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -97,24 +102,52 @@ async fn work(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let (code, status) = if app.fault.health_down { (StatusCode::SERVICE_UNAVAILABLE, "down") } else { (StatusCode::OK, "ok") };
-    (code, [("content-type", "application/json")], format!("{{\"status\":\"{status}\",\"version\":\"{}\"}}", app.version))
+    let (code, status) = if app.fault.health_down {
+        (StatusCode::SERVICE_UNAVAILABLE, "down")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    (
+        code,
+        [("content-type", "application/json")],
+        format!(
+            "{{\"status\":\"{status}\",\"version\":\"{}\"}}",
+            app.version
+        ),
+    )
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut out = String::new();
     out.push_str("# HELP http_requests_total Requests to / by status code.\n# TYPE http_requests_total counter\n");
-    out.push_str(&format!("http_requests_total{{code=\"200\"}} {}\n", app.ok.load(Ordering::Relaxed)));
-    out.push_str(&format!("http_requests_total{{code=\"500\"}} {}\n", app.errors.load(Ordering::Relaxed)));
+    out.push_str(&format!(
+        "http_requests_total{{code=\"200\"}} {}\n",
+        app.ok.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "http_requests_total{{code=\"500\"}} {}\n",
+        app.errors.load(Ordering::Relaxed)
+    ));
     out.push_str("# HELP http_request_duration_seconds Time to serve /.\n# TYPE http_request_duration_seconds histogram\n");
     for (i, le) in BUCKETS.iter().enumerate() {
-        out.push_str(&format!("http_request_duration_seconds_bucket{{le=\"{le}\"}} {}\n", app.buckets[i].load(Ordering::Relaxed)));
+        out.push_str(&format!(
+            "http_request_duration_seconds_bucket{{le=\"{le}\"}} {}\n",
+            app.buckets[i].load(Ordering::Relaxed)
+        ));
     }
     let count = app.count.load(Ordering::Relaxed);
-    out.push_str(&format!("http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
-    out.push_str(&format!("http_request_duration_seconds_sum {}\n", app.sum_micros.load(Ordering::Relaxed) as f64 / 1e6));
+    out.push_str(&format!(
+        "http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"
+    ));
+    out.push_str(&format!(
+        "http_request_duration_seconds_sum {}\n",
+        app.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
     out.push_str(&format!("http_request_duration_seconds_count {count}\n"));
-    out.push_str(&format!("# TYPE demo_build_info gauge\ndemo_build_info{{version=\"{}\"}} 1\n", app.version));
+    out.push_str(&format!(
+        "# TYPE demo_build_info gauge\ndemo_build_info{{version=\"{}\"}} 1\n",
+        app.version
+    ));
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
@@ -128,8 +161,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let addr = format!("{}:{}", var("DEMO_BIND", "127.0.0.1"), var("DEMO_PORT", "8080"));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+    let addr = format!(
+        "{}:{}",
+        var("DEMO_BIND", "127.0.0.1"),
+        var("DEMO_PORT", "8080")
+    );
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
     let app = Arc::new(App {
         version: var("DEMO_VERSION", "dev"),
         fault: fault.clone(),
@@ -148,7 +189,11 @@ async fn main() {
         }
     };
     eprintln!("demo {} listening on {addr}, fault {fault:?}", app.version);
-    let router = Router::new().route("/", get(work)).route("/health", get(health)).route("/metrics", get(metrics)).with_state(app);
+    let router = Router::new()
+        .route("/", get(work))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(app);
     if let Some(after) = fault.crash_after {
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -158,7 +203,10 @@ async fn main() {
     }
     tokio::spawn(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -35,7 +35,11 @@ pub struct ComposeExecutor {
 
 impl ComposeExecutor {
     pub fn new(runner: Arc<dyn CommandRunner>, config: ComposeExecutorConfig) -> ComposeExecutor {
-        ComposeExecutor { runner, config, flavor: OnceCell::new() }
+        ComposeExecutor {
+            runner,
+            config,
+            flavor: OnceCell::new(),
+        }
     }
 
     /// Tries `docker compose version`, then `docker-compose version`. Trying beats looking at
@@ -43,7 +47,7 @@ impl ComposeExecutor {
     async fn flavor(&self) -> Result<ComposeFlavor, ExecError> {
         let candidates: &[ComposeFlavor] = match self.config.compose_command {
             ComposeCommand::Auto => &[ComposeFlavor::Plugin, ComposeFlavor::Standalone],
-            ComposeCommand::DockerCompose => &[ComposeFlavor::Plugin],
+            ComposeCommand::Plugin => &[ComposeFlavor::Plugin],
             ComposeCommand::Standalone => &[ComposeFlavor::Standalone],
         };
         self.flavor
@@ -54,7 +58,9 @@ impl ComposeExecutor {
                     argv.push("version".into());
                     match self.runner.run(&self.config.dir, &[], &argv).await {
                         Ok(out) if out.success() => return Ok(flavor),
-                        Ok(out) => tried.push(format!("{}: exit {}", argv.join(" "), out.status_text())),
+                        Ok(out) => {
+                            tried.push(format!("{}: exit {}", argv.join(" "), out.status_text()))
+                        }
                         Err(e) => tried.push(format!("{}: {e}", argv.join(" "))),
                     }
                 }
@@ -80,14 +86,26 @@ impl ComposeExecutor {
         argv.extend(args.iter().map(|a| a.to_string()));
         let env = [
             ("IMAGE_TAG".to_string(), plan.tag.to_string()),
-            ("CONTAINER_REGISTRY".to_string(), self.config.registry.clone()),
+            (
+                "CONTAINER_REGISTRY".to_string(),
+                self.config.registry.clone(),
+            ),
         ];
-        let label = format!("IMAGE_TAG={} CONTAINER_REGISTRY={} {}", plan.tag, self.config.registry, argv.join(" "));
-        let out = self.runner.run(&self.config.dir, &env, &argv).await.map_err(|source| ExecError::Spawn {
-            command: argv.join(" "),
-            dir: self.config.dir.display().to_string(),
-            source,
-        })?;
+        let label = format!(
+            "IMAGE_TAG={} CONTAINER_REGISTRY={} {}",
+            plan.tag,
+            self.config.registry,
+            argv.join(" ")
+        );
+        let out = self
+            .runner
+            .run(&self.config.dir, &env, &argv)
+            .await
+            .map_err(|source| ExecError::Spawn {
+                command: argv.join(" "),
+                dir: self.config.dir.display().to_string(),
+                source,
+            })?;
         report.capture(&label, &out);
         Ok(out)
     }
@@ -107,33 +125,65 @@ impl ComposeExecutor {
                 .map(|s| s.to_string())
                 .chain([plan.image()])
                 .collect();
-            let present = self.runner.run(&self.config.dir, &[], &argv).await.is_ok_and(|o| o.success());
+            let present = self
+                .runner
+                .run(&self.config.dir, &[], &argv)
+                .await
+                .is_ok_and(|o| o.success());
             if !present {
-                report.step("pull", t, ms, false, format!("{} not pulled and not present locally", plan.image()));
-                return Err(ExecError::Pull { image: plan.image() });
+                report.step(
+                    "pull",
+                    t,
+                    ms,
+                    false,
+                    format!("{} not pulled and not present locally", plan.image()),
+                );
+                return Err(ExecError::Pull {
+                    image: plan.image(),
+                });
             }
-            report.warn(format!("pull of {} failed; using the copy present locally", plan.image()));
+            report.warn(format!(
+                "pull of {} failed; using the copy present locally",
+                plan.image()
+            ));
             report.step("pull", t, ms, true, "failed, image present locally");
         }
 
         let (t, ms) = step_start();
-        let up = self.compose(flavor, plan, &["up", "-d", "--remove-orphans"], report).await?;
+        let up = self
+            .compose(flavor, plan, &["up", "-d", "--remove-orphans"], report)
+            .await?;
         report.step("up", t, ms, up.success(), "up -d --remove-orphans");
         if !up.success() {
-            return Err(ExecError::Up { command: "up -d --remove-orphans".into(), status: up.status_text() });
+            return Err(ExecError::Up {
+                command: "up -d --remove-orphans".into(),
+                status: up.status_text(),
+            });
         }
 
         let (t, ms) = step_start();
         let path = self.env_path();
-        let env_err = |source| ExecError::EnvFile { path: path.display().to_string(), source };
+        let env_err = |source| ExecError::EnvFile {
+            path: path.display().to_string(),
+            source,
+        };
         let text = match self.runner.read_file(&path).await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(env_err(e)),
         };
         let updated = envfile::set_var(&text, "IMAGE_TAG", plan.tag.as_str());
-        self.runner.write_file_atomic(&path, &updated).await.map_err(env_err)?;
-        report.step("env-file", t, ms, true, format!("{}: IMAGE_TAG={}", path.display(), plan.tag));
+        self.runner
+            .write_file_atomic(&path, &updated)
+            .await
+            .map_err(env_err)?;
+        report.step(
+            "env-file",
+            t,
+            ms,
+            true,
+            format!("{}: IMAGE_TAG={}", path.display(), plan.tag),
+        );
         Ok(())
     }
 }
@@ -143,7 +193,11 @@ impl Executor for ComposeExecutor {
         "compose"
     }
 
-    fn execute<'a>(&'a self, plan: &'a ExecPlan, report: &'a mut ExecReport) -> BoxFuture<'a, Result<(), ExecError>> {
+    fn execute<'a>(
+        &'a self,
+        plan: &'a ExecPlan,
+        report: &'a mut ExecReport,
+    ) -> BoxFuture<'a, Result<(), ExecError>> {
         Box::pin(self.run(plan, report))
     }
 }

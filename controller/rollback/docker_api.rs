@@ -21,11 +21,17 @@ impl DockerApiExecutor {
     async fn run(&self, plan: &ExecPlan, report: &mut ExecReport) -> Result<(), ExecError> {
         let containers = self.docker.containers(&self.selector, true).await?;
         if containers.is_empty() {
-            return Err(ExecError::NoContainers { target: plan.target.clone() });
+            return Err(ExecError::NoContainers {
+                target: plan.target.clone(),
+            });
         }
         let image = plan.image();
         let (t, ms) = step_start();
-        let image_id = match self.docker.pull(&plan.image_repository, plan.tag.as_str()).await {
+        let image_id = match self
+            .docker
+            .pull(&plan.image_repository, plan.tag.as_str())
+            .await
+        {
             Ok(()) => self.docker.image_id(&image).await?,
             Err(e) => {
                 let local = self.docker.image_id(&image).await?;
@@ -38,7 +44,13 @@ impl DockerApiExecutor {
             }
         };
         let Some(image_id) = image_id else {
-            report.step("pull", t, ms, false, format!("{image} not pulled and not present locally"));
+            report.step(
+                "pull",
+                t,
+                ms,
+                false,
+                format!("{image} not pulled and not present locally"),
+            );
             return Err(ExecError::Pull { image });
         };
         report.step("pull", t, ms, true, format!("{image} = {image_id}"));
@@ -47,11 +59,23 @@ impl DockerApiExecutor {
             let (t, ms) = step_start();
             let result = self.docker.recreate_with_image(&c.id, &image_id).await;
             let detail = match &result {
-                Ok(new_id) => format!("{} {} -> {} (container {})", c.name, c.image_ref, image_id, short(new_id)),
+                Ok(new_id) => format!(
+                    "{} {} -> {} (container {})",
+                    c.name,
+                    c.image_ref,
+                    image_id,
+                    short(new_id)
+                ),
                 Err(e) => format!("{}: {e}", c.name),
             };
             report.output.push_str(&format!("recreate {detail}\n"));
-            report.step(&format!("recreate {}", c.name), t, ms, result.is_ok(), detail);
+            report.step(
+                &format!("recreate {}", c.name),
+                t,
+                ms,
+                result.is_ok(),
+                detail,
+            );
             result?;
         }
         Ok(())
@@ -67,7 +91,11 @@ impl Executor for DockerApiExecutor {
         "docker"
     }
 
-    fn execute<'a>(&'a self, plan: &'a ExecPlan, report: &'a mut ExecReport) -> BoxFuture<'a, Result<(), ExecError>> {
+    fn execute<'a>(
+        &'a self,
+        plan: &'a ExecPlan,
+        report: &'a mut ExecReport,
+    ) -> BoxFuture<'a, Result<(), ExecError>> {
         Box::pin(self.run(plan, report))
     }
 }

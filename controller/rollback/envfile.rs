@@ -35,14 +35,12 @@ pub fn set_var(text: &str, key: &str, value: &str) -> String {
 
 /// Reads a variable's value (last assignment wins, as compose does), unquoting simple quotes.
 pub fn get_var(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim_start();
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
-        })
-        .last()
+    text.lines().rev().find_map(|l| {
+        let l = l.trim_start();
+        let l = l.strip_prefix("export ").unwrap_or(l);
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
+    })
 }
 
 /// Replaces `path` atomically with `contents`, keeping its permissions.
@@ -82,14 +80,26 @@ mod tests {
 
     #[test]
     fn appends_when_missing_and_drops_duplicates() {
-        assert_eq!(set_var("A=1", "IMAGE_TAG", "v2.0.0"), "A=1\nIMAGE_TAG=v2.0.0\n");
-        assert_eq!(set_var("IMAGE_TAG=a\nexport IMAGE_TAG=b\n", "IMAGE_TAG", "c"), "IMAGE_TAG=c\n");
+        assert_eq!(
+            set_var("A=1", "IMAGE_TAG", "v2.0.0"),
+            "A=1\nIMAGE_TAG=v2.0.0\n"
+        );
+        assert_eq!(
+            set_var("IMAGE_TAG=a\nexport IMAGE_TAG=b\n", "IMAGE_TAG", "c"),
+            "IMAGE_TAG=c\n"
+        );
     }
 
     #[test]
     fn similar_keys_are_not_touched() {
-        assert_eq!(set_var("IMAGE_TAG_OLD=x\n", "IMAGE_TAG", "y"), "IMAGE_TAG_OLD=x\nIMAGE_TAG=y\n");
-        assert_eq!(get_var("IMAGE_TAG_OLD=x\nIMAGE_TAG=\"v1\"\n", "IMAGE_TAG").as_deref(), Some("v1"));
+        assert_eq!(
+            set_var("IMAGE_TAG_OLD=x\n", "IMAGE_TAG", "y"),
+            "IMAGE_TAG_OLD=x\nIMAGE_TAG=y\n"
+        );
+        assert_eq!(
+            get_var("IMAGE_TAG_OLD=x\nIMAGE_TAG=\"v1\"\n", "IMAGE_TAG").as_deref(),
+            Some("v1")
+        );
     }
 
     #[test]
@@ -99,6 +109,10 @@ mod tests {
         std::fs::write(&p, "IMAGE_TAG=old\n").unwrap();
         write_atomic(&p, "IMAGE_TAG=new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "IMAGE_TAG=new\n");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

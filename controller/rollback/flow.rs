@@ -5,12 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{step_start, ComposeExecutor, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor, LocalRunner};
+use super::{
+    step_start, ComposeExecutor, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor,
+    LocalRunner,
+};
 use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
 use crate::docker::{ContainerInfo, DockerClient, DockerError};
 use crate::probe::{ProbeFailure, Prober};
 use crate::registry::{RegistryClient, RegistryError};
-use crate::store::{RollbackIntent, RollbackOutcome, RollbackRecord, RollbackState, StepRecord, Store, StoreError, Trigger};
+use crate::store::{
+    RollbackIntent, RollbackOutcome, RollbackRecord, RollbackState, StepRecord, Store, StoreError,
+    Trigger,
+};
 use crate::tag::Tag;
 use crate::target::TargetId;
 
@@ -33,15 +39,38 @@ pub enum RollbackError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("unknown tag {tag} for {target}: {image} is neither in registry {registry} nor present locally; nothing was changed")]
-    UnknownTag { target: TargetId, tag: Tag, image: String, registry: String },
+    UnknownTag {
+        target: TargetId,
+        tag: Tag,
+        image: String,
+        registry: String,
+    },
     #[error("cannot check tag {tag} for {target}: {source}; {image} is not present locally either, so nothing was changed")]
-    Registry { target: TargetId, tag: Tag, image: String, source: RegistryError },
-    #[error("{target} already runs {tag}; nothing to roll back (name another tag to force a redeploy)")]
+    Registry {
+        target: TargetId,
+        tag: Tag,
+        image: String,
+        source: RegistryError,
+    },
+    #[error(
+        "{target} already runs {tag}; nothing to roll back (name another tag to force a redeploy)"
+    )]
     AlreadyRunning { target: TargetId, tag: Tag },
     #[error("rollback #{id} of {target} to {tag} failed: {source}")]
-    Execution { id: i64, target: TargetId, tag: Tag, source: ExecError },
+    Execution {
+        id: i64,
+        target: TargetId,
+        tag: Tag,
+        source: ExecError,
+    },
     #[error("rollback #{id} of {target} to {tag} ran, but /health did not answer ok within {within:?}: last probe {failure}")]
-    Validation { id: i64, target: TargetId, tag: Tag, within: Duration, failure: ProbeFailure },
+    Validation {
+        id: i64,
+        target: TargetId,
+        tag: Tag,
+        within: Duration,
+        failure: ProbeFailure,
+    },
 }
 
 pub struct Rollbacker {
@@ -60,8 +89,18 @@ pub fn running_tag(containers: &[ContainerInfo], repository: &str) -> Option<Str
 }
 
 impl Rollbacker {
-    pub fn new(store: Store, registry: RegistryClient, prober: Prober, fallback: FallbackTags) -> Rollbacker {
-        Rollbacker { store, registry, prober, fallback }
+    pub fn new(
+        store: Store,
+        registry: RegistryClient,
+        prober: Prober,
+        fallback: FallbackTags,
+    ) -> Rollbacker {
+        Rollbacker {
+            store,
+            registry,
+            prober,
+            fallback,
+        }
     }
 
     /// Rolls `target` back and returns the stored record. Refusals (unknown tag, unreachable
@@ -82,7 +121,11 @@ impl Rollbacker {
         let explicit = request.tag.is_some();
         let tag = match request.tag {
             Some(t) => t,
-            None => match self.store.last_known_good(id.clone(), from_tag.clone()).await? {
+            None => match self
+                .store
+                .last_known_good(id.clone(), from_tag.clone())
+                .await?
+            {
                 Some(t) => t,
                 None => self.fallback.for_env(id.env).clone(),
             },
@@ -90,14 +133,34 @@ impl Rollbacker {
         if !explicit && from_tag.as_deref() == Some(tag.as_str()) {
             return Err(RollbackError::AlreadyRunning { target: id, tag });
         }
-        let plan = ExecPlan { target: id.clone(), tag: tag.clone(), image_repository: repository.clone() };
+        let plan = ExecPlan {
+            target: id.clone(),
+            tag: tag.clone(),
+            image_repository: repository.clone(),
+        };
         let image = plan.image();
         if docker.image_id(&image).await?.is_none() {
-            let registry = crate::registry::split_repository(&repository).map(|(h, _)| h.to_string()).unwrap_or_default();
+            let registry = crate::registry::split_repository(&repository)
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default();
             match self.registry.tag_exists(&repository, tag.as_str()).await {
                 Ok(true) => {}
-                Ok(false) => return Err(RollbackError::UnknownTag { target: id, tag, image, registry }),
-                Err(source) => return Err(RollbackError::Registry { target: id, tag, image, source }),
+                Ok(false) => {
+                    return Err(RollbackError::UnknownTag {
+                        target: id,
+                        tag,
+                        image,
+                        registry,
+                    })
+                }
+                Err(source) => {
+                    return Err(RollbackError::Registry {
+                        target: id,
+                        tag,
+                        image,
+                        source,
+                    })
+                }
             }
         }
 
@@ -114,25 +177,50 @@ impl Rollbacker {
             .await?;
         let mut report = ExecReport::new(on_step);
         if request.dry_run {
-            report.output.push_str(&format!("dry run: would roll {id} back to {image}\n"));
-            self.finish(rollback_id, RollbackState::DryRun, None, report, None).await?;
+            report
+                .output
+                .push_str(&format!("dry run: would roll {id} back to {image}\n"));
+            self.finish(rollback_id, RollbackState::DryRun, None, report, None)
+                .await?;
             return self.record(rollback_id).await;
         }
 
         let executor: Box<dyn Executor> = match &target.executor {
-            ExecutorConfig::Compose(c) => Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone())),
-            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(docker.clone(), target.selector.clone())),
+            ExecutorConfig::Compose(c) => {
+                Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone()))
+            }
+            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(
+                docker.clone(),
+                target.selector.clone(),
+            )),
         };
         if let Err(source) = executor.execute(&plan, &mut report).await {
-            self.finish(rollback_id, RollbackState::Failed, None, report, Some(source.to_string())).await?;
-            return Err(RollbackError::Execution { id: rollback_id, target: id, tag, source });
+            self.finish(
+                rollback_id,
+                RollbackState::Failed,
+                None,
+                report,
+                Some(source.to_string()),
+            )
+            .await?;
+            return Err(RollbackError::Execution {
+                id: rollback_id,
+                target: id,
+                tag,
+                source,
+            });
         }
 
         let (t, ms) = step_start();
         let health = &target.health;
         let validated = self
             .prober
-            .wait_healthy(&health.url.0, health.timeout, VALIDATION_INTERVAL, health.validation_timeout)
+            .wait_healthy(
+                &health.url.0,
+                health.timeout,
+                VALIDATION_INTERVAL,
+                health.validation_timeout,
+            )
             .await;
         report.step(
             "validate",
@@ -147,12 +235,20 @@ impl Rollbacker {
         let digest = docker.image_digest(&image).await.ok().flatten();
         match validated {
             Ok(_) => {
-                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None).await?;
+                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None)
+                    .await?;
                 self.record(rollback_id).await
             }
             Err(failure) => {
                 let msg = format!("/health not ok after rollback: {failure}");
-                self.finish(rollback_id, RollbackState::Failed, digest, report, Some(msg)).await?;
+                self.finish(
+                    rollback_id,
+                    RollbackState::Failed,
+                    digest,
+                    report,
+                    Some(msg),
+                )
+                .await?;
                 Err(RollbackError::Validation {
                     id: rollback_id,
                     target: id,
@@ -172,14 +268,19 @@ impl Rollbacker {
         report: ExecReport,
         error: Option<String>,
     ) -> Result<(), StoreError> {
-        let outcome = RollbackOutcome { state, to_digest, steps: report.steps, output: report.output, error };
+        let outcome = RollbackOutcome {
+            state,
+            to_digest,
+            steps: report.steps,
+            output: report.output,
+            error,
+        };
         self.store.finish_rollback(id, outcome).await
     }
 
     async fn record(&self, id: i64) -> Result<RollbackRecord, RollbackError> {
-        self.store
-            .rollback(id)
-            .await?
-            .ok_or_else(|| RollbackError::Store(StoreError::Corrupt(format!("rollback #{id} vanished"))))
+        self.store.rollback(id).await?.ok_or_else(|| {
+            RollbackError::Store(StoreError::Corrupt(format!("rollback #{id} vanished")))
+        })
     }
 }

@@ -47,11 +47,23 @@ pub struct ExecReport {
 
 impl ExecReport {
     pub fn new(on_step: impl Fn(&StepRecord) + Send + Sync + 'static) -> ExecReport {
-        ExecReport { steps: Vec::new(), output: String::new(), warnings: Vec::new(), on_step: Box::new(on_step) }
+        ExecReport {
+            steps: Vec::new(),
+            output: String::new(),
+            warnings: Vec::new(),
+            on_step: Box::new(on_step),
+        }
     }
 
     /// Records a step that started at `started` (and at wall time `started_ms`).
-    pub fn step(&mut self, name: &str, started: Instant, started_ms: i64, ok: bool, detail: impl Into<String>) {
+    pub fn step(
+        &mut self,
+        name: &str,
+        started: Instant,
+        started_ms: i64,
+        ok: bool,
+        detail: impl Into<String>,
+    ) {
         let rec = StepRecord {
             name: name.to_string(),
             started_at_ms: started_ms,
@@ -64,7 +76,11 @@ impl ExecReport {
     }
 
     pub fn capture(&mut self, label: &str, out: &CommandOutput) {
-        self.output.push_str(&format!("$ {label}  (exit {})\n{}", out.status_text(), out.text));
+        self.output.push_str(&format!(
+            "$ {label}  (exit {})\n{}",
+            out.status_text(),
+            out.text
+        ));
         if !out.text.ends_with('\n') && !out.text.is_empty() {
             self.output.push('\n');
         }
@@ -86,13 +102,20 @@ pub enum ExecError {
     #[error("no compose command works here: `docker compose version` and `docker-compose version` both failed ({0}); install the compose plugin or docker-compose, or set executor.compose_command")]
     NoCompose(String),
     #[error("cannot run {command} in {dir}: {source}")]
-    Spawn { command: String, dir: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        dir: String,
+        source: std::io::Error,
+    },
     #[error("pull of {image} failed and the image is not present locally; the running version was left untouched (output below)")]
     Pull { image: String },
     #[error("`{command}` failed with exit {status}; containers may be partly recreated (output in the record)")]
     Up { command: String, status: String },
     #[error("cannot update {path}: {source}")]
-    EnvFile { path: String, source: std::io::Error },
+    EnvFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("no container of {target} matches the selector; nothing to roll back")]
     NoContainers { target: TargetId },
     #[error(transparent)]
@@ -104,5 +127,9 @@ pub trait Executor: Send + Sync {
     /// A short name for logs and records (`compose`, `docker`).
     fn kind(&self) -> &'static str;
 
-    fn execute<'a>(&'a self, plan: &'a ExecPlan, report: &'a mut ExecReport) -> BoxFuture<'a, Result<(), ExecError>>;
+    fn execute<'a>(
+        &'a self,
+        plan: &'a ExecPlan,
+        report: &'a mut ExecReport,
+    ) -> BoxFuture<'a, Result<(), ExecError>>;
 }

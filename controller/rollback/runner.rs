@@ -19,7 +19,9 @@ impl CommandOutput {
     }
 
     pub fn status_text(&self) -> String {
-        self.code.map(|c| c.to_string()).unwrap_or_else(|| "killed by signal".into())
+        self.code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "killed by signal".into())
     }
 }
 
@@ -35,7 +37,11 @@ pub trait CommandRunner: Send + Sync {
 
     fn read_file<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, std::io::Result<String>>;
 
-    fn write_file_atomic<'a>(&'a self, path: &'a Path, contents: &'a str) -> BoxFuture<'a, std::io::Result<()>>;
+    fn write_file_atomic<'a>(
+        &'a self,
+        path: &'a Path,
+        contents: &'a str,
+    ) -> BoxFuture<'a, std::io::Result<()>>;
 }
 
 /// Runs on this machine.
@@ -50,9 +56,9 @@ impl CommandRunner for LocalRunner {
         argv: &'a [String],
     ) -> BoxFuture<'a, std::io::Result<CommandOutput>> {
         Box::pin(async move {
-            let (program, args) = argv
-                .split_first()
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
+            let (program, args) = argv.split_first().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command")
+            })?;
             let out = tokio::process::Command::new(program)
                 .args(args)
                 .current_dir(dir)
@@ -63,7 +69,10 @@ impl CommandRunner for LocalRunner {
                 .await?;
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));
-            Ok(CommandOutput { code: out.status.code(), text })
+            Ok(CommandOutput {
+                code: out.status.code(),
+                text,
+            })
         })
     }
 
@@ -71,7 +80,11 @@ impl CommandRunner for LocalRunner {
         Box::pin(tokio::fs::read_to_string(path))
     }
 
-    fn write_file_atomic<'a>(&'a self, path: &'a Path, contents: &'a str) -> BoxFuture<'a, std::io::Result<()>> {
+    fn write_file_atomic<'a>(
+        &'a self,
+        path: &'a Path,
+        contents: &'a str,
+    ) -> BoxFuture<'a, std::io::Result<()>> {
         let path: PathBuf = path.to_path_buf();
         let contents = contents.to_string();
         Box::pin(async move {

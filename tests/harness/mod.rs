@@ -1,0 +1,385 @@
+//! The shared integration-test bed: real Docker Engine, real registry on 127.0.0.1:5000, real
+//! docker-compose. Each test gets its own app name (so its own compose projects, image
+//! repositories and loopback port) and everything it started is removed on drop, pass or fail.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const REGISTRY: &str = "127.0.0.1:5000";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command and returns its output; panics with the command and its output when it fails.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Checks the engine and registry answer (scripts/setup starts them) and pushes the demo
+/// images once per machine (scripts/build-images skips unchanged work).
+pub fn testbed() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let docker = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+        assert!(
+            docker.is_ok_and(|o| o.status.success()),
+            "no Docker Engine answers: run scripts/setup (scripts/test does) before the integration tests"
+        );
+        let script = repo_root().join("scripts/build-images");
+        sh(script.to_str().unwrap(), &[env!("CARGO_BIN_EXE_rollwatch-demo-service")]);
+    });
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A name no other test in this run uses: compose project, image repository and container prefix.
+pub fn unique_app(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Makes `127.0.0.1:5000/<app>/<role>:<tag>` exist in the registry for each tag (retagged from
+/// the demo images, so the push only writes a manifest).
+pub fn push_app_images(app: &str, role: &str, tags: &[&str]) {
+    for tag in tags {
+        let src = format!("{REGISTRY}/demo/{role}:{tag}");
+        let dst = format!("{REGISTRY}/{app}/{role}:{tag}");
+        sh("docker", &["tag", &src, &dst]);
+        sh("docker", &["push", "-q", &dst]);
+    }
+}
+
+/// Polls `f` until it returns `Some` or `within` passes.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET over loopback without any HTTP client crate: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The demo's /health body, e.g. `{"status":"ok","version":"v1.0.0"}`.
+pub fn health(port: u16) -> Option<String> {
+    http_get(port, "/health").map(|(_, b)| b)
+}
+
+pub fn wait_healthy_version(port: u16, version: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("/health ok on {version}"),
+        || health(port).filter(|b| b.contains("\"ok\"") && b.contains(version)),
+    );
+}
+
+/// One inspected container, the fields the tests assert on.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub id: String,
+    pub name: String,
+    pub image_ref: String,
+    pub image_id: String,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cmd: Vec<String>,
+    pub network_mode: String,
+    pub running: bool,
+}
+
+pub fn inspect(container: &str) -> Inspected {
+    let out = sh("docker", &["inspect", container]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("docker inspect JSON");
+    let c = &v[0];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Inspected {
+        id: c["Id"].as_str().unwrap_or_default().to_string(),
+        name: c["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        image_ref: c["Config"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        image_id: c["Image"].as_str().unwrap_or_default().to_string(),
+        env: strings(&c["Config"]["Env"]),
+        labels: c["Config"]["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        cmd: strings(&c["Config"]["Cmd"]),
+        network_mode: c["HostConfig"]["NetworkMode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        running: c["State"]["Running"].as_bool().unwrap_or(false),
+    }
+}
+
+pub fn image_id(image: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .ok()?;
+    out.status.success().then(|| stdout(&out))
+}
+
+/// Containers (running or not) of a compose project, by name.
+pub fn project_containers(project: &str) -> Vec<String> {
+    let filter = format!("label=com.docker.compose.project={project}");
+    let out = sh(
+        "docker",
+        &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+    );
+    stdout(&out)
+        .lines()
+        .map(String::from)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// A compose deployment laid out like the runbook's `/opt/<app>/<env>/<role>`, in a temp dir.
+pub struct ComposeDeployment {
+    pub root: tempfile::TempDir,
+    pub app: String,
+    pub env: String,
+    pub role: String,
+    pub port: u16,
+    pub project: String,
+}
+
+impl ComposeDeployment {
+    /// Lays out the directory with `.env` at `tag` and brings it up with docker-compose.
+    pub fn up(app: &str, env: &str, role: &str, tag: &str) -> ComposeDeployment {
+        let root = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let project = format!("{app}-{env}-{role}");
+        let d = ComposeDeployment {
+            root,
+            app: app.into(),
+            env: env.into(),
+            role: role.into(),
+            port,
+            project,
+        };
+        std::fs::create_dir_all(d.dir()).expect("deployment dir");
+        std::fs::write(
+            d.dir().join("docker-compose.yml"),
+            format!(
+                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
+            ),
+        )
+        .expect("compose file");
+        std::fs::write(
+            d.env_path(),
+            format!(
+                "# written by the test harness\nCOMPOSE_PROJECT_NAME={}\nCONTAINER_REGISTRY={REGISTRY}/{app}\nIMAGE_TAG={tag}\nAPP_PORT={port}\n",
+                d.project
+            ),
+        )
+        .expect(".env");
+        d.compose(&["up", "-d", "--remove-orphans"]);
+        d
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.root
+            .path()
+            .join("opt")
+            .join(&self.app)
+            .join(&self.env)
+            .join(&self.role)
+    }
+
+    pub fn env_path(&self) -> PathBuf {
+        self.dir().join(".env")
+    }
+
+    pub fn env_file(&self) -> String {
+        std::fs::read_to_string(self.env_path()).expect("read .env")
+    }
+
+    pub fn compose(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--env-file", ".env"];
+        full.extend_from_slice(args);
+        let out = Command::new("docker-compose")
+            .args(&full)
+            .current_dir(self.dir())
+            .output()
+            .expect("run docker-compose");
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn repository(&self) -> String {
+        format!("{REGISTRY}/{}/{}", self.app, self.role)
+    }
+
+    /// The one container of the service, inspected.
+    pub fn container(&self) -> Inspected {
+        let names = project_containers(&self.project);
+        assert_eq!(
+            names.len(),
+            1,
+            "expected one container in {}, found {names:?}",
+            self.project
+        );
+        inspect(&names[0])
+    }
+
+    /// A config file with this deployment as its only target; `extra` lands in the target table.
+    pub fn write_config(&self, registry: &str, extra: &str) -> PathBuf {
+        let path = self.root.path().join("rollwatch.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[controller]
+store = "rollwatch.db"
+
+[[targets]]
+env = "{env}"
+role = "{role}"
+selector = {{ compose_project = "{project}", compose_service = "{role}" }}
+health = {{ url = "http://127.0.0.1:{port}/health", timeout = "1s", validation_timeout = "30s" }}
+executor = {{ kind = "compose", dir = "{dir}", registry = "{registry}" }}
+{extra}
+"#,
+                env = self.env,
+                role = self.role,
+                project = self.project,
+                port = self.port,
+                dir = self.dir().display(),
+            ),
+        )
+        .expect("write config");
+        path
+    }
+}
+
+impl Drop for ComposeDeployment {
+    fn drop(&mut self) {
+        // Remove by label rather than `compose down`: also works when the test broke the files.
+        for name in project_containers(&self.project) {
+            let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        }
+        remove_app_images(&self.app);
+    }
+}
+
+/// Untags every local image of the app's repositories (the shared demo images stay).
+pub fn remove_app_images(app: &str) {
+    let prefix = format!("{REGISTRY}/{app}/");
+    if let Ok(out) = Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+    {
+        for image in stdout(&out).lines().filter(|i| i.starts_with(&prefix)) {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+    }
+}
+
+/// A container started with plain `docker run`, removed on drop.
+pub struct RunContainer {
+    pub name: String,
+    pub app: String,
+}
+
+impl Drop for RunContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &format!("{}-rollwatch-old", self.name)])
+            .output();
+        remove_app_images(&self.app);
+    }
+}
+
+/// `rollwatch` with the given config, ready for assert_cmd.
+pub fn rollwatch(config: &Path) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_rollwatch"));
+    cmd.env("ROLLWATCH_CONFIG", config)
+        .env("RUST_LOG", "warn")
+        .timeout(Duration::from_secs(180));
+    cmd
+}
