@@ -59,6 +59,13 @@ pub struct ControllerConfig {
     /// Decide and record "would roll back" without acting, for every target.
     #[serde(default)]
     pub dry_run: bool,
+    /// Environment variable holding the API bearer token. Mutating endpoints are refused (401)
+    /// while it is unset or empty.
+    #[serde(default = "default_token_env")]
+    pub api_token_env: String,
+    /// Whether reads (`GET /api/v1/...`) need the token too.
+    #[serde(default)]
+    pub api_reads_need_token: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +95,8 @@ pub struct TargetConfig {
     pub docker: DockerEndpoint,
     pub selector: Selector,
     pub health: HealthConfig,
+    #[serde(default)]
+    pub watch: WatchConfig,
     pub executor: ExecutorConfig,
     /// Overrides `controller.dry_run` for this target only.
     pub dry_run: Option<bool>,
@@ -112,6 +121,50 @@ pub struct HealthConfig {
     /// How long a rollback waits for `/health` to answer ok before it is declared failed.
     #[serde(default = "default_rollback_validation", with = "humantime_serde")]
     pub validation_timeout: Duration,
+}
+
+/// The watch window after each deploy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Time between health probes and container checks.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Consecutive failed probes, after the grace, that make a deploy regressed.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// Start-up time during which failed probes do not count.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// How long a deploy must stay healthy to become known-good.
+    #[serde(default = "default_bake", with = "humantime_serde")]
+    pub bake: Duration,
+    /// After a rollback, no automatic rollback of this target for this long.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            interval: default_interval(),
+            failures: default_failures(),
+            grace: default_grace(),
+            bake: default_bake(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+impl WatchConfig {
+    pub fn policy(&self) -> crate::verdict::Policy {
+        crate::verdict::Policy {
+            failures: self.failures,
+            grace_ms: self.grace.as_millis() as i64,
+            bake_ms: self.bake.as_millis() as i64,
+            cooldown_ms: self.cooldown.as_millis() as i64,
+        }
+    }
 }
 
 /// A health URL; only http and https can be probed.
@@ -207,6 +260,24 @@ fn default_probe_timeout() -> Duration {
 fn default_rollback_validation() -> Duration {
     Duration::from_secs(60)
 }
+fn default_token_env() -> String {
+    "ROLLWATCH_API_TOKEN".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_failures() -> u32 {
+    3
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_bake() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(600)
+}
 fn default_env_file() -> String {
     ".env".into()
 }
@@ -217,6 +288,8 @@ impl Default for ControllerConfig {
             store: default_store(),
             listen: default_listen(),
             dry_run: false,
+            api_token_env: default_token_env(),
+            api_reads_need_token: false,
         }
     }
 }
@@ -279,6 +352,12 @@ impl Config {
             if !seen.insert(t.id()) {
                 return Err(fail(format!(
                     "target {} is configured twice; each env/role pair once",
+                    t.id()
+                )));
+            }
+            if t.watch.failures == 0 || t.watch.interval.is_zero() {
+                return Err(fail(format!(
+                    "target {}: watch.failures and watch.interval must be above zero",
                     t.id()
                 )));
             }

@@ -93,6 +93,8 @@ pub struct ContainerInfo {
     pub image_id: String,
     /// `running`, `exited`, `restarting`, ...
     pub state: String,
+    /// Docker healthcheck status (`healthy`, `unhealthy`, `starting`) when the image has one.
+    pub health: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -165,11 +167,38 @@ impl DockerClient {
                 image_ref: c.image.unwrap_or_default(),
                 image_id: c.image_id.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                // API 1.41 has no Health field in listings; the status text carries it:
+                // "Up 5 seconds (unhealthy)".
+                health: c.status.as_deref().and_then(health_from_status),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Container events (start, die, health_status, ...) as they happen: `(action, labels)`.
+    /// The stream ends when the engine goes away; the caller reconnects and reconciles.
+    pub fn container_events(
+        &self,
+    ) -> impl futures_util::Stream<Item = Result<(String, BTreeMap<String, String>), DockerError>> + '_ {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                ["start", "die", "stop", "kill", "destroy", "health_status", "restart", "oom"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
+        ]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker.events(Some(opts)).map(move |item| {
+            let msg = item.map_err(self.api_err("streaming events"))?;
+            let action = msg.action.unwrap_or_default();
+            let labels = msg.actor.and_then(|a| a.attributes).unwrap_or_default().into_iter().collect();
+            Ok((action, labels))
+        })
     }
 
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
@@ -297,6 +326,13 @@ impl DockerClient {
     }
 }
 
+fn health_from_status(status: &str) -> Option<String> {
+    ["unhealthy", "healthy", "health: starting"]
+        .iter()
+        .find(|h| status.contains(&format!("({h})")))
+        .map(|h| h.trim_start_matches("health: ").to_string())
+}
+
 /// The create request that reproduces `old` with another image: same env, labels, command,
 /// entrypoint, host config (network mode, mounts, restart policy) and networks. Docker reports a
 /// container's config merged with its image's defaults; values that only came from the old
@@ -389,5 +425,13 @@ mod tests {
         );
         let err = DockerEndpoint::try_from("http://x".to_string()).unwrap_err();
         assert!(err.contains("http://x"), "{err}");
+    }
+
+    #[test]
+    fn health_is_read_from_the_status_text() {
+        assert_eq!(health_from_status("Up 5 seconds (unhealthy)").as_deref(), Some("unhealthy"));
+        assert_eq!(health_from_status("Up 1 minute (healthy)").as_deref(), Some("healthy"));
+        assert_eq!(health_from_status("Up 2 seconds (health: starting)").as_deref(), Some("starting"));
+        assert_eq!(health_from_status("Exited (1) 3 seconds ago"), None);
     }
 }

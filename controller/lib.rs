@@ -2,13 +2,18 @@
 //! environment and role back to its last known-good image tag. See DESIGN.md for the data flow;
 //! each module below owns one concept of it.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod detect;
 pub mod docker;
 pub mod probe;
 pub mod registry;
 pub mod rollback;
 pub mod store;
 pub mod tag;
+pub mod verdict;
+pub mod watch;
 pub mod target;
 pub mod telemetry;

@@ -176,6 +176,32 @@ CREATE TABLE IF NOT EXISTS rollbacks (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS rollbacks_by_target ON rollbacks (env, role, id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    tag TEXT,
+    message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bad_tags (
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env, role, tag)
+);
+CREATE TABLE IF NOT EXISTS deploys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    commit_sha TEXT,
+    pipeline_url TEXT,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS known_good (
     env TEXT NOT NULL,
     role TEXT NOT NULL,
@@ -320,7 +346,8 @@ impl Store {
         self.with(move |c| {
             let tag: Option<String> = c
                 .query_row(
-                    "SELECT tag FROM known_good WHERE env = ?1 AND role = ?2 AND (?3 IS NULL OR tag != ?3)
+                    "SELECT tag FROM known_good k WHERE env = ?1 AND role = ?2 AND (?3 IS NULL OR tag != ?3)
+                       AND NOT EXISTS (SELECT 1 FROM bad_tags b WHERE b.env = k.env AND b.role = k.role AND b.tag = k.tag)
                      ORDER BY promoted_at_ms DESC, rowid DESC LIMIT 1",
                     params![target.env.as_str(), target.role, except],
                     |r| r.get(0),
@@ -334,6 +361,145 @@ impl Store {
 
 const SELECT_ROLLBACK: &str = "SELECT id, env, role, trigger, reason, from_tag, from_image, to_tag,
     to_digest, state, started_at_ms, finished_at_ms, steps, output, error FROM rollbacks";
+
+/// Something that happened to a target, for `rollwatch history` and `GET /api/v1/events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    pub target: TargetId,
+    /// `deploy`, `promoted`, `regressed`, `rollback`, `rollback_failed`, `withheld`, ...
+    pub kind: String,
+    pub tag: Option<String>,
+    pub message: String,
+}
+
+/// A deploy as CI registered it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub tag: String,
+    pub commit_sha: Option<String>,
+    pub pipeline_url: Option<String>,
+    pub at_ms: i64,
+}
+
+impl Store {
+    pub async fn record_event(&self, target: TargetId, kind: &str, tag: Option<String>, message: String) -> Result<i64, StoreError> {
+        let kind = kind.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO events (at_ms, env, role, kind, tag, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![now_ms(), target.env.as_str(), target.role, kind, tag, message],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Newest first; only ids above `after` when given (for polling).
+    pub async fn events(&self, target: Option<TargetId>, after: Option<i64>, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.with(move |c| {
+            let (env, role) = match &target {
+                Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
+                None => (None, None),
+            };
+            let mut stmt = c.prepare(
+                "SELECT id, at_ms, env, role, kind, tag, message FROM events
+                 WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
+                 ORDER BY id DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![env, role, after.unwrap_or(0), limit as i64], |r| {
+                let env: String = r.get(2)?;
+                Ok((env, EventRecord {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    target: TargetId { env: Env::Staging, role: r.get(3)? },
+                    kind: r.get(4)?,
+                    tag: r.get(5)?,
+                    message: r.get(6)?,
+                }))
+            })?;
+            rows.map(|row| {
+                let (env, mut e) = row?;
+                e.target.env = Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?;
+                Ok(e)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn mark_bad(&self, target: TargetId, tag: String, reason: String) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO bad_tags (env, role, tag, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (env, role, tag) DO UPDATE SET reason = excluded.reason, at_ms = excluded.at_ms",
+                params![target.env.as_str(), target.role, tag, reason, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn is_bad(&self, target: TargetId, tag: String) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM bad_tags WHERE env = ?1 AND role = ?2 AND tag = ?3",
+                params![target.env.as_str(), target.role, tag],
+                |r| r.get(0),
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    pub async fn register_deploy(&self, target: TargetId, deploy: DeployRecord) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO deploys (env, role, tag, commit_sha, pipeline_url, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![target.env.as_str(), target.role, deploy.tag, deploy.commit_sha, deploy.pipeline_url, deploy.at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest CI registration of `tag` on `target`.
+    pub async fn deploy_of(&self, target: TargetId, tag: String) -> Result<Option<DeployRecord>, StoreError> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT tag, commit_sha, pipeline_url, at_ms FROM deploys WHERE env = ?1 AND role = ?2 AND tag = ?3
+                 ORDER BY id DESC LIMIT 1",
+                params![target.env.as_str(), target.role, tag],
+                |r| Ok(DeployRecord { tag: r.get(0)?, commit_sha: r.get(1)?, pipeline_url: r.get(2)?, at_ms: r.get(3)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The known-good tag `target` would roll back to, for status output.
+    pub async fn known_good_tags(&self, target: TargetId) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT tag, digest, promoted_at_ms FROM known_good WHERE env = ?1 AND role = ?2 ORDER BY promoted_at_ms DESC",
+            )?;
+            let rows = stmt.query_map(params![target.env.as_str(), target.role], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Rollbacks whose intent was written but whose outcome never was: a crash mid-rollback.
+    pub async fn unfinished_rollbacks(&self) -> Result<Vec<RollbackRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("{SELECT_ROLLBACK} WHERE state = 'intent' ORDER BY id"))?;
+            let rows = stmt.query_map([], row_to_record)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+        })
+        .await
+    }
+}
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollbackRecord, StoreError>> {
     let env: String = r.get(1)?;

@@ -73,6 +73,15 @@ pub enum RollbackError {
     },
 }
 
+/// Fault injection for crash-safety tests: with `ROLLWATCH_FAULT_POINT=<name>` the process
+/// stops making progress at that point (and waits to be killed), exactly like a crash there.
+async fn fault_point(name: &str) {
+    if std::env::var("ROLLWATCH_FAULT_POINT").is_ok_and(|v| v == name) {
+        tracing::error!(point = name, "fault point reached; waiting to be killed");
+        std::future::pending::<()>().await;
+    }
+}
+
 pub struct Rollbacker {
     store: Store,
     registry: RegistryClient,
@@ -81,7 +90,7 @@ pub struct Rollbacker {
 }
 
 /// The tag a container runs, when its image reference is `<repository>:<tag>`.
-pub fn running_tag(containers: &[ContainerInfo], repository: &str) -> Option<String> {
+pub fn running_tag_of(containers: &[ContainerInfo], repository: &str) -> Option<String> {
     containers.iter().find_map(|c| {
         let (repo, tag) = c.image_ref.rsplit_once(':')?;
         (repo == repository && !tag.contains('/')).then(|| tag.to_string())
@@ -115,7 +124,7 @@ impl Rollbacker {
         let docker = DockerClient::connect(&target.docker).await?;
         let repository = target.executor.image_repository(&target.role);
         let containers = docker.containers(&target.selector, true).await?;
-        let from_tag = running_tag(&containers, &repository);
+        let from_tag = running_tag_of(&containers, &repository);
         let from_image = containers.first().map(|c| c.image_id.clone());
 
         let explicit = request.tag.is_some();
@@ -175,52 +184,73 @@ impl Rollbacker {
                 to_tag: tag.clone(),
             })
             .await?;
+        fault_point("after-intent").await;
         let mut report = ExecReport::new(on_step);
         if request.dry_run {
-            report
-                .output
-                .push_str(&format!("dry run: would roll {id} back to {image}\n"));
-            self.finish(rollback_id, RollbackState::DryRun, None, report, None)
-                .await?;
+            report.output.push_str(&format!("dry run: would roll {id} back to {image}\n"));
+            self.finish(rollback_id, RollbackState::DryRun, None, report, None).await?;
             return self.record(rollback_id).await;
         }
+        self.execute_recorded(rollback_id, target, &docker, &plan, report).await
+    }
 
-        let executor: Box<dyn Executor> = match &target.executor {
-            ExecutorConfig::Compose(c) => {
-                Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone()))
+    /// Finishes a rollback whose intent is on record but whose outcome is not (the controller
+    /// died mid-way). If the target already runs the intended tag and answers ok, it is only
+    /// verified; otherwise the executor runs again — both executors are idempotent.
+    pub async fn resume(
+        &self,
+        target: &TargetConfig,
+        record: &RollbackRecord,
+        on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
+    ) -> Result<RollbackRecord, RollbackError> {
+        let docker = DockerClient::connect(&target.docker).await?;
+        let repository = target.executor.image_repository(&target.role);
+        let tag = Tag::parse(&record.to_tag).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let plan = ExecPlan { target: target.id(), tag, image_repository: repository.clone() };
+        let containers = docker.containers(&target.selector, true).await?;
+        let mut report = ExecReport::new(on_step);
+        report.output.push_str(&format!("resuming rollback #{} after a controller restart\n", record.id));
+        let all_on_tag = !containers.is_empty()
+            && containers.iter().all(|c| c.state == "running" && c.image_ref == plan.image());
+        if all_on_tag {
+            let (t, ms) = step_start();
+            let probe = self.prober.probe(&target.health.url.0, target.health.timeout).await;
+            report.step("verify", t, ms, probe.outcome.is_ok(), "already on the intended tag");
+            if probe.outcome.is_ok() {
+                let digest = docker.image_digest(&plan.image()).await.ok().flatten();
+                self.finish(record.id, RollbackState::Succeeded, digest, report, None).await?;
+                return self.record(record.id).await;
             }
-            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(
-                docker.clone(),
-                target.selector.clone(),
-            )),
+        }
+        self.execute_recorded(record.id, target, &docker, &plan, report).await
+    }
+
+    /// Runs the executor for the recorded rollback `rollback_id`, validates, records the outcome.
+    async fn execute_recorded(
+        &self,
+        rollback_id: i64,
+        target: &TargetConfig,
+        docker: &DockerClient,
+        plan: &ExecPlan,
+        mut report: ExecReport,
+    ) -> Result<RollbackRecord, RollbackError> {
+        let id = target.id();
+        let tag = plan.tag.clone();
+        let image = plan.image();
+        let executor: Box<dyn Executor> = match &target.executor {
+            ExecutorConfig::Compose(c) => Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone())),
+            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(docker.clone(), target.selector.clone())),
         };
-        if let Err(source) = executor.execute(&plan, &mut report).await {
-            self.finish(
-                rollback_id,
-                RollbackState::Failed,
-                None,
-                report,
-                Some(source.to_string()),
-            )
-            .await?;
-            return Err(RollbackError::Execution {
-                id: rollback_id,
-                target: id,
-                tag,
-                source,
-            });
+        if let Err(source) = executor.execute(plan, &mut report).await {
+            self.finish(rollback_id, RollbackState::Failed, None, report, Some(source.to_string())).await?;
+            return Err(RollbackError::Execution { id: rollback_id, target: id, tag, source });
         }
 
         let (t, ms) = step_start();
         let health = &target.health;
         let validated = self
             .prober
-            .wait_healthy(
-                &health.url.0,
-                health.timeout,
-                VALIDATION_INTERVAL,
-                health.validation_timeout,
-            )
+            .wait_healthy(&health.url.0, health.timeout, VALIDATION_INTERVAL, health.validation_timeout)
             .await;
         report.step(
             "validate",
@@ -235,20 +265,12 @@ impl Rollbacker {
         let digest = docker.image_digest(&image).await.ok().flatten();
         match validated {
             Ok(_) => {
-                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None)
-                    .await?;
+                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None).await?;
                 self.record(rollback_id).await
             }
             Err(failure) => {
                 let msg = format!("/health not ok after rollback: {failure}");
-                self.finish(
-                    rollback_id,
-                    RollbackState::Failed,
-                    digest,
-                    report,
-                    Some(msg),
-                )
-                .await?;
+                self.finish(rollback_id, RollbackState::Failed, digest, report, Some(msg)).await?;
                 Err(RollbackError::Validation {
                     id: rollback_id,
                     target: id,

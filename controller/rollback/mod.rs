@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 
 pub use compose::{ComposeExecutor, ComposeFlavor};
 pub use docker_api::DockerApiExecutor;
-pub use flow::{RollbackError, RollbackRequest, Rollbacker};
+pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 pub use runner::{CommandOutput, CommandRunner, LocalRunner};
 
 use crate::docker::DockerError;

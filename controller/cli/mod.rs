@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Watch every configured target and roll back regressed deploys (the controller).
+    Run,
+    /// The live demo on an embedded config: a good deploy, a bad one, an automatic rollback.
+    Demo,
+    /// Targets as the running controller sees them: env, role, running tag, known-good tag, state.
+    Status,
+    /// Stop automatic rollbacks of <env> <role> (through the running controller's API).
+    Pause { env: String, role: String },
+    /// Resume automatic rollbacks of <env> <role>; also clears a rollback_failed halt.
+    Resume { env: String, role: String },
     /// Validate the configuration and print the targets it defines.
     CheckConfig,
     /// Roll <env> <role> back to <tag> now, then wait for /health to answer status=ok.
@@ -58,7 +70,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Rollbacks on record, newest first.
+    /// What happened (deploys, verdicts, promotions, rollbacks), when and why, newest first.
     History {
         env: Option<String>,
         role: Option<String>,
@@ -77,7 +89,9 @@ struct Refused(String);
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo narrates through its own output; its logs would only repeat it.
+    let level = if matches!(cli.command, Command::Demo) { "error" } else { "info" };
+    init_logging(cli.log_format, level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -111,6 +125,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     match cli.command {
+        Command::Run => {
+            let config = Config::load(&config_path)?;
+            run_controller(config).await
+        }
+        Command::Demo => {
+            demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let config = Config::load(&config_path)?;
+            status(&config).await
+        }
+        Command::Pause { env, role } => {
+            let config = Config::load(&config_path)?;
+            let id = parse_target(&env, &role)?;
+            post_command(&config, &id, "pause").await
+        }
+        Command::Resume { env, role } => {
+            let config = Config::load(&config_path)?;
+            let id = parse_target(&env, &role)?;
+            post_command(&config, &id, "resume").await
+        }
         Command::CheckConfig => {
             let config = Config::load(&config_path)?;
             print_config(&config);
@@ -144,10 +180,114 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => return Err(Refused("give both <env> and <role>, or neither".into()).into()),
             };
             let store = Store::open(&config.controller.store)?;
+            let events = store.events(target.clone(), None, limit).await?;
+            print_events(&events);
+            println!();
             let records = store.rollbacks(target, limit).await?;
             print_history(&records, verbose);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn run_controller(config: Config) -> anyhow::Result<ExitCode> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = crate::daemon::start(config, shutdown.clone()).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = running.done.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn api_base(config: &Config) -> String {
+    format!("http://{}", config.controller.listen)
+}
+
+fn api_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().context("building the API client")
+}
+
+async fn status(config: &Config) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/api/v1/targets", api_base(config));
+    let mut req = api_client()?.get(&url);
+    if let Ok(token) = std::env::var(&config.controller.api_token_env) {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.with_context(|| format!("controller not reachable at {url}; is `rollwatch run` running?"))?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{url} answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let targets: Vec<serde_json::Value> = resp.json().await.context("reading the target list")?;
+    println!("{:<12} {:<10} {:<14} {:<14} {:<16} {:<20} detail", "env", "role", "running", "known-good", "state", "since (UTC)");
+    for t in targets {
+        let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+        let mut state = s("state");
+        if t["paused"].as_bool() == Some(true) {
+            state.push_str(" (paused)");
+        }
+        if t["dry_run"].as_bool() == Some(true) {
+            state.push_str(" [dry]");
+        }
+        let since = t["since_ms"].as_i64().map(fmt_time).unwrap_or_default();
+        println!(
+            "{:<12} {:<10} {:<14} {:<14} {:<16} {:<20} {}",
+            t["target"]["env"].as_str().unwrap_or("-"),
+            t["target"]["role"].as_str().unwrap_or("-"),
+            s("running_tag"),
+            s("known_good_tag"),
+            state,
+            since,
+            t["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn post_command(config: &Config, id: &TargetId, action: &str) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/api/v1/targets/{}/{}/{action}", api_base(config), id.env, id.role);
+    let token = std::env::var(&config.controller.api_token_env)
+        .map_err(|_| Refused(format!("set {} to the controller's API token", config.controller.api_token_env)))?;
+    let resp = api_client()?
+        .post(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("controller not reachable at {url}; is `rollwatch run` running?"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{action} {id}: {status}: {text}");
+    }
+    println!("{id}: {action}d");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string().trim_end_matches('Z').replace('T', " ")
+}
+
+fn print_events(events: &[crate::store::EventRecord]) {
+    if events.is_empty() {
+        println!("no events on record");
+        return;
+    }
+    println!("{:<20} {:<20} {:<16} {:<10} what", "when (UTC)", "target", "event", "tag");
+    for e in events.iter().rev() {
+        println!(
+            "{:<20} {:<20} {:<16} {:<10} {}",
+            fmt_time(e.at_ms),
+            e.target.to_string(),
+            e.kind,
+            e.tag.as_deref().unwrap_or("-"),
+            e.message
+        );
     }
 }
 
@@ -277,13 +417,10 @@ fn print_history(records: &[RollbackRecord], verbose: bool) {
             .finished_at_ms
             .map(|f| secs(f - r.started_at_ms))
             .unwrap_or_else(|| "-".into());
-        let when = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_millis(r.started_at_ms.max(0) as u64),
-        );
         println!(
             "{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  {}",
             r.id,
-            when.to_string().trim_end_matches('Z').replace('T', " "),
+            fmt_time(r.started_at_ms),
             r.target.to_string(),
             r.trigger.as_str(),
             format!("{} -> {}", r.from_tag.as_deref().unwrap_or("?"), r.to_tag),

@@ -1,0 +1,152 @@
+//! `rollwatch demo`: a real compose deployment of the demo service on loopback, watched by an
+//! in-process controller on the embedded config. It deploys a good `v1.0.0`, waits for it to be
+//! promoted, deploys a broken `v1.1.0`, and prints what rollwatch sees and does until the target
+//! is healthy again on `v1.0.0`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ComposeCommand, ComposeExecutorConfig, Config};
+use crate::probe::Prober;
+use crate::rollback::{ComposeExecutor, ExecPlan, ExecReport, Executor, LocalRunner};
+use crate::tag::Tag;
+use crate::target::{Env, TargetId};
+
+const TEMPLATE: &str = include_str!("../../demo/rollwatch-demo.toml");
+const PROJECT: &str = "rollwatch-demo-staging-backend";
+const GOOD: &str = "v1.0.0";
+const BAD: &str = "v1.1.0";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn remove_demo_containers() {
+    let filter = format!("label=com.docker.compose.project={PROJECT}");
+    if let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+/// Lays out `/opt/demo/staging/backend` under `root` like the runbook's hosts.
+fn lay_out(root: &Path, app_port: u16) -> anyhow::Result<PathBuf> {
+    let dir = root.join("opt/demo/staging/backend");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "version: \"3.7\"\nservices:\n  backend:\n    image: ${CONTAINER_REGISTRY}/backend:${IMAGE_TAG}\n    network_mode: host\n    environment:\n      DEMO_PORT: ${APP_PORT}\n",
+    )?;
+    std::fs::write(
+        dir.join(".env"),
+        format!("COMPOSE_PROJECT_NAME={PROJECT}\nCONTAINER_REGISTRY=127.0.0.1:5000/demo\nIMAGE_TAG={GOOD}\nAPP_PORT={app_port}\n"),
+    )?;
+    Ok(dir)
+}
+
+/// A deploy as CI does it: the runbook's pull and up with the new tag.
+async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
+    let executor = ComposeExecutor::new(
+        std::sync::Arc::new(LocalRunner),
+        ComposeExecutorConfig {
+            dir: dir.to_path_buf(),
+            env_file: ".env".into(),
+            registry: "127.0.0.1:5000/demo".into(),
+            image: None,
+            compose_command: ComposeCommand::Auto,
+        },
+    );
+    let plan = ExecPlan {
+        target: TargetId { env: Env::Staging, role: "backend".into() },
+        tag: Tag::parse(tag)?,
+        image_repository: "127.0.0.1:5000/demo/backend".into(),
+    };
+    let mut report = ExecReport::new(|_| {});
+    executor.execute(&plan, &mut report).await.with_context(|| format!("deploying {tag}:\n{}", report.output))?;
+    Ok(())
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let docker_ok = std::process::Command::new("docker").args(["info"]).output().is_ok_and(|o| o.status.success());
+    if !docker_ok {
+        bail!("no Docker Engine answers; run scripts/demo, which installs and starts one");
+    }
+    let root = std::env::temp_dir().join("rollwatch-demo");
+    remove_demo_containers();
+    let _ = std::fs::remove_dir_all(&root);
+    let (app_port, api_port) = (free_port()?, free_port()?);
+    let dir = lay_out(&root, app_port)?;
+    let text = TEMPLATE
+        .replace("{store}", &root.join("rollwatch.db").display().to_string())
+        .replace("{api_port}", &api_port.to_string())
+        .replace("{app_port}", &app_port.to_string())
+        .replace("{dir}", &dir.display().to_string());
+    let config = Config::parse(&text, Path::new("<embedded demo config>"), &root)?;
+    let result = scenario(config, &dir, app_port).await;
+    remove_demo_containers();
+    result
+}
+
+async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let say = move |msg: String| println!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
+    say(format!("deploying demo {GOOD} (good) into {}", dir.display()));
+    deploy(dir, GOOD).await?;
+
+    let shutdown = CancellationToken::new();
+    let running = crate::daemon::start(config.clone(), shutdown.clone()).await?;
+    let mut events = running.events.subscribe();
+    say(format!("rollwatch watching staging/backend (probe every 1s, 2 failures = regressed, bake 5s); API on {}", running.addr));
+
+    let mut fault_at: Option<Instant> = None;
+    let mut regressed_at = None;
+    let outcome = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let e = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => bail!("controller stopped"),
+            };
+            let label = if e.kind == "step" { "  rollback step".to_string() } else { e.kind.clone() };
+            say(format!("{label:<16} {}", e.message));
+            match (e.kind.as_str(), e.tag.as_deref()) {
+                ("promoted", Some(GOOD)) if fault_at.is_none() => {
+                    say(format!("deploying demo {BAD} (its /health answers 503)"));
+                    fault_at = Some(Instant::now());
+                    deploy(dir, BAD).await?;
+                }
+                ("regressed", _) => regressed_at = Some(Instant::now()),
+                ("rollback", _) => return Ok(()),
+                ("rollback_failed", _) => bail!("rollback failed: {}", e.message),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let _ = running.done.await;
+    outcome.context("the demo did not finish within 120 s")??;
+
+    let prober = Prober::new()?;
+    let url = url::Url::parse(&format!("http://127.0.0.1:{app_port}/health"))?;
+    let healthy = prober.wait_healthy(&url, Duration::from_secs(1), Duration::from_millis(100), Duration::from_secs(10)).await;
+    let healthy_at = Instant::now();
+    let body = reqwest::get(url.clone()).await?.text().await?;
+    if healthy.is_err() || !body.contains(GOOD) {
+        bail!("after the rollback /health says {body}");
+    }
+    let fault = fault_at.unwrap_or(t0);
+    println!();
+    println!("summary");
+    if let Some(r) = regressed_at {
+        println!("  bad deploy -> verdict regressed   {:>6.2}s", (r - fault).as_secs_f64());
+    }
+    println!("  bad deploy -> healthy on {GOOD}   {:>6.2}s", (healthy_at - fault).as_secs_f64());
+    println!("  /health now: {}", body.trim());
+    println!("  records: rollwatch --config <demo> history; store {}", config.controller.store.display());
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Deploy detection. Docker events only *wake* a target's watcher; the watcher then reconciles the
+//! whole picture itself (level-triggered), so a missed or duplicated event costs nothing. After the
+//! event stream breaks (daemon restart) and reconnects, every target is woken for a full reconcile.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::{DockerClient, DockerEndpoint};
+use crate::target::{Selector, TargetId};
+
+/// What the event stream tells a watcher: look again now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    pub target: TargetId,
+    pub reason: String,
+}
+
+/// One target as the event router sees it.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub target: TargetId,
+    pub selector: Selector,
+    pub wake: mpsc::Sender<Wake>,
+}
+
+/// Follows the container events of one Docker endpoint until `shutdown`, waking the targets whose
+/// selector matches an event's labels. Reconnects with back-off (0.25 s doubling to 5 s).
+pub async fn follow_events(endpoint: DockerEndpoint, subscribers: Vec<Subscriber>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    let mut connected_before = false;
+    while !shutdown.is_cancelled() {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = DockerClient::connect(&endpoint) => c,
+        };
+        match client {
+            Ok(client) => {
+                if connected_before {
+                    tracing::info!(%endpoint, "docker event stream reconnected; reconciling all targets");
+                }
+                // Reconcile after (re)connecting: whatever happened while we were away is visible now.
+                wake_all(&subscribers, "event stream (re)connected").await;
+                connected_before = true;
+                backoff = Duration::from_millis(250);
+                let mut events = std::pin::pin!(client.container_events());
+                loop {
+                    let item = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        item = events.next() => item,
+                    };
+                    match item {
+                        Some(Ok((action, labels))) => {
+                            for s in subscribers.iter().filter(|s| s.selector.matches(&labels)) {
+                                let _ = s.wake.try_send(Wake { target: s.target.clone(), reason: format!("docker event {action}") });
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(%endpoint, error = %e, "docker event stream broke");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(%endpoint, "docker event stream ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(%endpoint, error = %e, "docker not reachable; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn wake_all(subscribers: &[Subscriber], reason: &str) {
+    for s in subscribers {
+        let _ = s.wake.try_send(Wake { target: s.target.clone(), reason: reason.to_string() });
+    }
+}

@@ -1,0 +1,382 @@
+//! One watcher task per target: every interval (and whenever Docker events wake it) it observes
+//! the containers and probes `/health`, asks [`verdict::decide`] what that means, and carries the
+//! decisions out — record a deploy, promote a tag, or roll back through the [`Rollbacker`]. Being
+//! one sequential task is what guarantees at most one rollback in flight per target.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TargetConfig;
+use crate::detect::Wake;
+use crate::docker::DockerClient;
+use crate::probe::Prober;
+use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
+use crate::store::{now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store, Trigger};
+use crate::tag::Tag;
+use crate::target::TargetId;
+use crate::verdict::{decide, ContainerView, Decision, Observation, Phase, Policy, TargetState};
+
+/// Orders from people and CI (API, CLI), handled between rounds.
+#[derive(Debug)]
+pub enum Command {
+    Pause,
+    /// Clears a pause and a `rollback_failed` halt: a human has looked.
+    Resume,
+    Deploy(DeployRecord),
+    Rollback {
+        tag: Option<Tag>,
+        trigger: Trigger,
+        reason: String,
+        reply: oneshot::Sender<Result<RollbackRecord, String>>,
+    },
+}
+
+/// What `GET /api/v1/targets` and `rollwatch status` show for a target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetStatus {
+    pub target: TargetId,
+    pub state: String,
+    pub running_tag: Option<String>,
+    pub known_good_tag: Option<String>,
+    pub since_ms: i64,
+    pub paused: bool,
+    pub dry_run: bool,
+    pub docker_reachable: bool,
+    pub last_probe: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Shared, read-mostly view of every target for the API.
+pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
+
+pub struct Watcher {
+    target: TargetConfig,
+    policy: Policy,
+    dry_run: bool,
+    store: Store,
+    rollbacker: Arc<Rollbacker>,
+    prober: Prober,
+    docker: Option<DockerClient>,
+    state: TargetState,
+    since_ms: i64,
+    running_tag: Option<String>,
+    known_good: Option<String>,
+    last_probe: Option<String>,
+    docker_reachable: bool,
+    board: StatusBoard,
+    events: broadcast::Sender<EventRecord>,
+}
+
+impl Watcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: TargetConfig,
+        dry_run: bool,
+        initial: TargetState,
+        store: Store,
+        rollbacker: Arc<Rollbacker>,
+        prober: Prober,
+        board: StatusBoard,
+        events: broadcast::Sender<EventRecord>,
+    ) -> Watcher {
+        Watcher {
+            policy: target.watch.policy(),
+            target,
+            dry_run,
+            store,
+            rollbacker,
+            prober,
+            docker: None,
+            state: initial,
+            since_ms: now_ms(),
+            running_tag: None,
+            known_good: None,
+            last_probe: None,
+            docker_reachable: true,
+            board,
+            events,
+        }
+    }
+
+    pub async fn run(mut self, mut wakes: mpsc::Receiver<Wake>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.target.watch.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.refresh_known_good().await;
+        self.publish();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.round(true).await,
+                Some(w) = wakes.recv() => {
+                    tracing::debug!(target_id = %self.target.id(), reason = %w.reason, "woken");
+                    self.round(false).await;
+                }
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+            }
+        }
+    }
+
+    async fn observe(&mut self) -> Result<Vec<ContainerView>, String> {
+        if self.docker.is_none() {
+            self.docker = Some(DockerClient::connect(&self.target.docker).await.map_err(|e| e.to_string())?);
+        }
+        let Some(docker) = &self.docker else { return Err("not connected".into()) };
+        let repository = self.target.executor.image_repository(&self.target.role);
+        match docker.containers(&self.target.selector, true).await {
+            Ok(list) => {
+                self.running_tag = running_tag_of(&list, &repository);
+                Ok(list
+                    .into_iter()
+                    .map(|c| ContainerView {
+                        tag: c.image_ref.strip_prefix(&format!("{repository}:")).map(String::from),
+                        name: c.name,
+                        state: c.state,
+                        health: c.health,
+                    })
+                    .collect())
+            }
+            Err(e) => {
+                self.docker = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn round(&mut self, probe: bool) {
+        let containers = self.observe().await;
+        let probe = if probe && containers.is_ok() {
+            let r = self.prober.probe(&self.target.health.url.0, self.target.health.timeout).await;
+            self.last_probe = Some(match &r.outcome {
+                Ok(()) => format!("ok in {} ms", r.latency.as_millis()),
+                Err(f) => f.to_string(),
+            });
+            Some(r.outcome)
+        } else {
+            None
+        };
+        let reachable = containers.is_ok();
+        if reachable != self.docker_reachable {
+            self.docker_reachable = reachable;
+            let msg = if reachable { "docker reachable again".to_string() } else { "docker unreachable: verdicts inconclusive".to_string() };
+            self.emit("docker", None, msg).await;
+        }
+        let obs = Observation { now_ms: now_ms(), containers, probe };
+        let (next, decisions) = decide(&self.state, &obs, &self.policy);
+        if next.phase.name() != self.state.phase.name() {
+            self.since_ms = obs.now_ms;
+        }
+        self.state = next;
+        let changed = !decisions.is_empty();
+        for d in decisions {
+            self.act(d).await;
+        }
+        if changed {
+            self.refresh_known_good().await;
+        }
+        self.publish();
+    }
+
+    async fn act(&mut self, decision: Decision) {
+        let id = self.target.id();
+        match decision {
+            Decision::DeploySeen { tag, previous } => {
+                let ci = self.store.deploy_of(id.clone(), tag.clone()).await.ok().flatten();
+                let from = previous.map(|p| format!(" (was {p})")).unwrap_or_default();
+                let ci = ci
+                    .map(|d| format!("; CI commit {} pipeline {}", d.commit_sha.unwrap_or_default(), d.pipeline_url.unwrap_or_default()))
+                    .unwrap_or_default();
+                self.emit("deploy", Some(tag.clone()), format!("{tag} seen{from}; watch window {} started{ci}", humantime::format_duration(self.target.watch.bake))).await;
+            }
+            Decision::Promote { tag } => {
+                let image = format!("{}:{tag}", self.target.executor.image_repository(&self.target.role));
+                let digest = match &self.docker {
+                    Some(d) => d.image_digest(&image).await.ok().flatten(),
+                    None => None,
+                };
+                match Tag::parse(&tag) {
+                    Ok(t) => {
+                        if let Err(e) = self.store.record_known_good(id.clone(), t, digest.clone()).await {
+                            tracing::error!(target_id = %id, error = %e, "cannot record known-good tag");
+                        }
+                    }
+                    Err(e) => tracing::warn!(target_id = %id, error = %e, "running tag is not a valid tag; not promoted"),
+                }
+                let digest = digest.unwrap_or_else(|| "digest unknown".into());
+                self.emit("promoted", Some(tag.clone()), format!("{tag} healthy for the whole watch window: known-good ({digest})")).await;
+            }
+            Decision::RollBack { from_tag, trigger, reason } => self.roll_back(from_tag, trigger, reason).await,
+            Decision::Withheld { tag, reason, why_not } => {
+                self.emit("withheld", Some(tag), format!("regressed ({reason}) but not rolled back: {why_not}")).await;
+            }
+            Decision::Inconclusive { reason } => tracing::debug!(target_id = %id, %reason, "inconclusive"),
+            Decision::UnhealthyStable { tag, reason } => {
+                self.emit("unhealthy", Some(tag), format!("{reason}; stable tag, no automatic action")).await;
+            }
+        }
+    }
+
+    async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
+        let id = self.target.id();
+        self.emit("regressed", Some(from_tag.clone()), format!("verdict regressed: {reason}")).await;
+        if let Err(e) = self.store.mark_bad(id.clone(), from_tag.clone(), reason.clone()).await {
+            tracing::error!(target_id = %id, error = %e, "cannot record bad tag");
+        }
+        let request = RollbackRequest { tag: None, trigger, reason: reason.clone(), dry_run: self.dry_run };
+        let result = self.execute_rollback(request).await;
+        self.after_rollback(&from_tag, &reason, result).await;
+    }
+
+    async fn execute_rollback(&mut self, request: RollbackRequest) -> Result<RollbackRecord, RollbackError> {
+        let id = self.target.id();
+        let events = self.events.clone();
+        // Steps are printed live by `rollwatch demo` through the event channel.
+        let on_step = move |s: &crate::store::StepRecord| {
+            let _ = events.send(EventRecord {
+                id: 0,
+                at_ms: now_ms(),
+                target: id.clone(),
+                kind: "step".into(),
+                tag: None,
+                message: format!("{} {} in {} ms: {}", s.name, if s.ok { "ok" } else { "FAILED" }, s.duration_ms, s.detail),
+            });
+        };
+        self.rollbacker.rollback(&self.target, request, on_step).await
+    }
+
+    async fn after_rollback(&mut self, from_tag: &str, reason: &str, result: Result<RollbackRecord, RollbackError>) {
+        match result {
+            Ok(rec) if rec.state == RollbackState::DryRun => {
+                self.state.phase = Phase::Regressed { tag: from_tag.to_string(), reason: reason.to_string() };
+                self.emit("would_roll_back", Some(from_tag.to_string()), format!("dry run: would roll back {from_tag} -> {} (record #{})", rec.to_tag, rec.id)).await;
+            }
+            Ok(rec) => {
+                let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
+                self.state.phase = Phase::Stable { tag: rec.to_tag.clone() };
+                self.state.last_rollback_ms = Some(now_ms());
+                self.since_ms = now_ms();
+                self.emit(
+                    "rollback",
+                    Some(rec.to_tag.clone()),
+                    format!("rolled back {} -> {} in {took} ms and validated /health (record #{})", rec.from_tag.as_deref().unwrap_or(from_tag), rec.to_tag, rec.id),
+                )
+                .await;
+            }
+            Err(e) => {
+                let tag = match &e {
+                    RollbackError::Execution { tag, .. } | RollbackError::Validation { tag, .. } => tag.to_string(),
+                    _ => from_tag.to_string(),
+                };
+                tracing::error!(target_id = %self.target.id(), error = %e, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
+                self.state.phase = Phase::RollbackFailed { tag: tag.clone(), reason: e.to_string() };
+                self.state.last_rollback_ms = Some(now_ms());
+                self.since_ms = now_ms();
+                self.emit("rollback_failed", Some(tag), format!("{e}; no further automatic action until `rollwatch resume`")).await;
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Pause => {
+                self.state.paused = true;
+                self.emit("paused", None, "automatic rollbacks paused by an operator".into()).await;
+            }
+            Command::Resume => {
+                self.state.paused = false;
+                if matches!(self.state.phase, Phase::RollbackFailed { .. } | Phase::Regressed { .. }) {
+                    // Re-judge from scratch: whatever runs now goes on probation.
+                    self.state.phase = Phase::Unknown;
+                }
+                self.emit("resumed", None, "automatic rollbacks resumed by an operator".into()).await;
+            }
+            Command::Deploy(d) => {
+                let tag = d.tag.clone();
+                let msg = format!(
+                    "CI registered deploy of {tag} (commit {}, pipeline {})",
+                    d.commit_sha.as_deref().unwrap_or("-"),
+                    d.pipeline_url.as_deref().unwrap_or("-")
+                );
+                if let Err(e) = self.store.register_deploy(self.target.id(), d).await {
+                    tracing::error!(error = %e, "cannot record CI deploy");
+                }
+                self.emit("ci_deploy", Some(tag), msg).await;
+                self.round(false).await;
+            }
+            Command::Rollback { tag, trigger, reason, reply } => {
+                let from = self.running_tag.clone().unwrap_or_else(|| "?".into());
+                self.emit("rollback_ordered", Some(from.clone()), format!("{} rollback ordered: {reason}", trigger.as_str())).await;
+                let request = RollbackRequest { tag, trigger, reason: reason.clone(), dry_run: self.dry_run };
+                let result = self.execute_rollback(request).await;
+                let answer = match &result {
+                    Ok(r) => Ok(r.clone()),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.after_rollback(&from, &reason, result).await;
+                self.refresh_known_good().await;
+                let _ = reply.send(answer);
+            }
+        }
+        self.publish();
+    }
+
+    async fn refresh_known_good(&mut self) {
+        let running = self.running_tag.clone();
+        if let Ok(tags) = self.store.known_good_tags(self.target.id()).await {
+            // The tag a rollback would pick: newest known-good that is not the running one.
+            self.known_good = tags
+                .iter()
+                .map(|(t, _, _)| t.clone())
+                .find(|t| Some(t) != running.as_ref())
+                .or_else(|| tags.first().map(|(t, _, _)| t.clone()));
+        }
+    }
+
+    async fn emit(&self, kind: &str, tag: Option<String>, message: String) {
+        let id = self.target.id();
+        let loud = matches!(kind, "rollback_failed" | "regressed" | "rollback" | "unhealthy");
+        if loud {
+            tracing::warn!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
+        } else {
+            tracing::info!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
+        }
+        let stored = self.store.record_event(id.clone(), kind, tag.clone(), message.clone()).await;
+        let event_id = stored.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot record event");
+            0
+        });
+        let _ = self.events.send(EventRecord { id: event_id, at_ms: now_ms(), target: id, kind: kind.into(), tag, message });
+    }
+
+    fn publish(&self) {
+        let id = self.target.id();
+        let detail = match &self.state.phase {
+            Phase::Watching { since_ms, failures, last_failure, .. } => Some(format!(
+                "{}s of {} watched, {failures} consecutive failures{}",
+                (now_ms() - since_ms) / 1000,
+                humantime::format_duration(self.target.watch.bake),
+                last_failure.as_ref().map(|f| format!(", last: {f}")).unwrap_or_default()
+            )),
+            Phase::Regressed { reason, .. } | Phase::RollbackFailed { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        let status = TargetStatus {
+            target: id.clone(),
+            state: self.state.phase.name().to_string(),
+            running_tag: self.running_tag.clone(),
+            known_good_tag: self.known_good.clone(),
+            since_ms: self.since_ms,
+            paused: self.state.paused,
+            dry_run: self.dry_run,
+            docker_reachable: self.docker_reachable,
+            last_probe: self.last_probe.clone(),
+            detail,
+        };
+        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
+        board.insert(id.to_string(), status);
+    }
+}
