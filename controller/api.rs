@@ -56,7 +56,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(expected) = &state.token else {
-        return Err(error(StatusCode::UNAUTHORIZED, "no API token is configured on the controller; set it to enable this endpoint"));
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "no API token is configured on the controller; set it to enable this endpoint",
+        ));
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -64,7 +67,10 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")),
+        _ => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )),
     }
 }
 
@@ -76,10 +82,27 @@ fn read_allowed(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-fn parse_target(state: &ApiState, env: &str, role: &str) -> Result<(TargetId, mpsc::Sender<Command>), Response> {
-    let env = Env::parse(env).ok_or_else(|| error(StatusCode::NOT_FOUND, format!("unknown env {env:?}: staging or production")))?;
-    let id = TargetId { env, role: role.to_string() };
-    let tx = state.commands.get(&id).cloned().ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no target {id} is configured")))?;
+fn parse_target(
+    state: &ApiState,
+    env: &str,
+    role: &str,
+) -> Result<(TargetId, mpsc::Sender<Command>), Response> {
+    let env = Env::parse(env).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("unknown env {env:?}: staging or production"),
+        )
+    })?;
+    let id = TargetId {
+        env,
+        role: role.to_string(),
+    };
+    let tx = state.commands.get(&id).cloned().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no target {id} is configured"),
+        )
+    })?;
     Ok((id, tx))
 }
 
@@ -87,7 +110,13 @@ async fn targets(State(state): State<ApiState>, headers: HeaderMap) -> Response 
     if let Err(r) = read_allowed(&state, &headers) {
         return r;
     }
-    let list: Vec<_> = state.board.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    let list: Vec<_> = state
+        .board
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
     Json(list).into_response()
 }
 
@@ -99,18 +128,32 @@ struct EventQuery {
     limit: Option<usize>,
 }
 
-fn query_target(q_env: &Option<String>, q_role: &Option<String>) -> Result<Option<TargetId>, Response> {
+fn query_target(
+    q_env: &Option<String>,
+    q_role: &Option<String>,
+) -> Result<Option<TargetId>, Response> {
     match (q_env, q_role) {
         (Some(e), Some(r)) => {
-            let env = Env::parse(e).ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("unknown env {e:?}")))?;
-            Ok(Some(TargetId { env, role: r.clone() }))
+            let env = Env::parse(e)
+                .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("unknown env {e:?}")))?;
+            Ok(Some(TargetId {
+                env,
+                role: r.clone(),
+            }))
         }
         (None, None) => Ok(None),
-        _ => Err(error(StatusCode::BAD_REQUEST, "give both env and role, or neither")),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "give both env and role, or neither",
+        )),
     }
 }
 
-async fn events(State(state): State<ApiState>, headers: HeaderMap, Query(q): Query<EventQuery>) -> Response {
+async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Response {
     if let Err(r) = read_allowed(&state, &headers) {
         return r;
     }
@@ -118,13 +161,21 @@ async fn events(State(state): State<ApiState>, headers: HeaderMap, Query(q): Que
         Ok(t) => t,
         Err(r) => return r,
     };
-    match state.store.events(target, q.after, q.limit.unwrap_or(100).min(1000)).await {
+    match state
+        .store
+        .events(target, q.after, q.limit.unwrap_or(100).min(1000))
+        .await
+    {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn rollbacks(State(state): State<ApiState>, headers: HeaderMap, Query(q): Query<EventQuery>) -> Response {
+async fn rollbacks(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Response {
     if let Err(r) = read_allowed(&state, &headers) {
         return r;
     }
@@ -132,7 +183,11 @@ async fn rollbacks(State(state): State<ApiState>, headers: HeaderMap, Query(q): 
         Ok(t) => t,
         Err(r) => return r,
     };
-    match state.store.rollbacks(target, q.limit.unwrap_or(50).min(1000)).await {
+    match state
+        .store
+        .rollbacks(target, q.limit.unwrap_or(50).min(1000))
+        .await
+    {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -148,13 +203,22 @@ struct DeployBody {
     pipeline_url: Option<String>,
 }
 
-async fn deploy(State(state): State<ApiState>, headers: HeaderMap, body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn deploy(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
     let Json(body) = match body {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed deploy body: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed deploy body: {}", e.body_text()),
+            )
+        }
     };
     let (id, tx) = match parse_target(&state, &body.env, &body.role) {
         Ok(v) => v,
@@ -166,17 +230,39 @@ async fn deploy(State(state): State<ApiState>, headers: HeaderMap, body: Result<
     };
     if let Some(sha) = &body.commit_sha {
         if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return error(StatusCode::BAD_REQUEST, format!("commit_sha {sha:?} is not a 40-hex commit SHA"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("commit_sha {sha:?} is not a 40-hex commit SHA"),
+            );
         }
     }
-    let record = DeployRecord { tag: tag.to_string(), commit_sha: body.commit_sha, pipeline_url: body.pipeline_url, at_ms: now_ms() };
+    let record = DeployRecord {
+        tag: tag.to_string(),
+        commit_sha: body.commit_sha,
+        pipeline_url: body.pipeline_url,
+        at_ms: now_ms(),
+    };
     if tx.send(Command::Deploy(record)).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
     }
-    (StatusCode::ACCEPTED, Json(json!({ "target": id.to_string(), "tag": tag.to_string(), "status": "registered" }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "target": id.to_string(), "tag": tag.to_string(), "status": "registered" })),
+    )
+        .into_response()
 }
 
-async fn simple_command(state: ApiState, headers: HeaderMap, env: String, role: String, cmd: Command, word: &str) -> Response {
+async fn simple_command(
+    state: ApiState,
+    headers: HeaderMap,
+    env: String,
+    role: String,
+    cmd: Command,
+    word: &str,
+) -> Response {
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
@@ -185,16 +271,27 @@ async fn simple_command(state: ApiState, headers: HeaderMap, env: String, role: 
         Err(r) => return r,
     };
     if tx.send(cmd).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
     }
     Json(json!({ "target": id.to_string(), "status": word })).into_response()
 }
 
-async fn pause(State(state): State<ApiState>, headers: HeaderMap, Path((env, role)): Path<(String, String)>) -> Response {
+async fn pause(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((env, role)): Path<(String, String)>,
+) -> Response {
     simple_command(state, headers, env, role, Command::Pause, "paused").await
 }
 
-async fn resume(State(state): State<ApiState>, headers: HeaderMap, Path((env, role)): Path<(String, String)>) -> Response {
+async fn resume(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((env, role)): Path<(String, String)>,
+) -> Response {
     simple_command(state, headers, env, role, Command::Resume, "resumed").await
 }
 
@@ -224,14 +321,31 @@ async fn rollback(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let (reply, answer) = oneshot::channel();
-    let reason = body.reason.unwrap_or_else(|| "manual rollback through the API".into());
-    if tx.send(Command::Rollback { tag, trigger: Trigger::Manual, reason, reply }).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down");
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "manual rollback through the API".into());
+    if tx
+        .send(Command::Rollback {
+            tag,
+            trigger: Trigger::Manual,
+            reason,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
     }
     match answer.await {
         Ok(Ok(record)) => Json(record).into_response(),
         Ok(Err(e)) => error(StatusCode::CONFLICT, e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "controller stopped before answering"),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller stopped before answering",
+        ),
     }
 }
 

@@ -27,7 +27,10 @@ pub enum DaemonError {
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error("cannot listen on {addr}: {source} (set controller.listen to a free address)")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Handles a caller (CLI, demo, tests) keeps while the controller runs.
@@ -47,7 +50,10 @@ async fn initial_state(store: &Store, id: &TargetId) -> Result<TargetState, Stor
             "resumed" => break,
             "paused" => state.paused = true,
             "rollback_failed" if !matches!(state.phase, Phase::RollbackFailed { .. }) => {
-                state.phase = Phase::RollbackFailed { tag: e.tag.unwrap_or_default(), reason: e.message };
+                state.phase = Phase::RollbackFailed {
+                    tag: e.tag.unwrap_or_default(),
+                    reason: e.message,
+                };
                 break;
             }
             _ => {}
@@ -76,7 +82,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     resume_unfinished(&config, &store, &rollbacker, &mut states).await?;
 
     let mut commands = HashMap::new();
-    let mut subscribers: HashMap<String, (crate::docker::DockerEndpoint, Vec<Subscriber>)> = HashMap::new();
+    let mut subscribers: HashMap<String, (crate::docker::DockerEndpoint, Vec<Subscriber>)> =
+        HashMap::new();
     let mut tasks = Vec::new();
     for t in &config.targets {
         let (wake_tx, wake_rx) = mpsc::channel(64);
@@ -86,7 +93,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .entry(t.docker.to_string())
             .or_insert_with(|| (t.docker.clone(), Vec::new()))
             .1
-            .push(Subscriber { target: t.id(), selector: t.selector.clone(), wake: wake_tx });
+            .push(Subscriber {
+                target: t.id(),
+                selector: t.selector.clone(),
+                wake: wake_tx,
+            });
         let watcher = Watcher::new(
             t.clone(),
             config.is_dry_run(t),
@@ -100,10 +111,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks.push(tokio::spawn(watcher.run(wake_rx, cmd_rx, shutdown.clone())));
     }
     for (_, (endpoint, subs)) in subscribers {
-        tasks.push(tokio::spawn(follow_events(endpoint, subs, shutdown.clone())));
+        tasks.push(tokio::spawn(follow_events(
+            endpoint,
+            subs,
+            shutdown.clone(),
+        )));
     }
 
-    let token = std::env::var(&config.controller.api_token_env).ok().filter(|t| !t.is_empty());
+    let token = std::env::var(&config.controller.api_token_env)
+        .ok()
+        .filter(|t| !t.is_empty());
     if token.is_none() {
         tracing::warn!(variable = %config.controller.api_token_env, "no API token set: mutating API endpoints will answer 401");
     }
@@ -116,13 +133,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let listener = tokio::net::TcpListener::bind(config.controller.listen)
         .await
-        .map_err(|source| DaemonError::Listen { addr: config.controller.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.controller.listen, source })?;
+        .map_err(|source| DaemonError::Listen {
+            addr: config.controller.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Listen {
+            addr: config.controller.listen,
+            source,
+        })?;
     tracing::info!(%addr, targets = config.targets.len(), "rollwatch controller running");
     let server_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let app = api::router(api_state);
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "API server stopped");
         }
@@ -132,7 +159,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let _ = t.await;
         }
     });
-    Ok(Running { events, board, addr, done })
+    Ok(Running {
+        events,
+        board,
+        addr,
+        done,
+    })
 }
 
 /// Crash safety: every rollback whose intent is on record without an outcome is finished now,
@@ -152,17 +184,37 @@ async fn resume_unfinished(
         let state = states.entry(record.target.clone()).or_default();
         match rollbacker.resume(target, &record, |_| {}).await {
             Ok(done) if done.state == RollbackState::Succeeded => {
-                state.phase = Phase::Stable { tag: done.to_tag.clone() };
+                state.phase = Phase::Stable {
+                    tag: done.to_tag.clone(),
+                };
                 state.last_rollback_ms = done.finished_at_ms;
                 store
-                    .record_event(record.target.clone(), "rollback", Some(done.to_tag.clone()), format!("resumed rollback #{} completed and validated after a restart", done.id))
+                    .record_event(
+                        record.target.clone(),
+                        "rollback",
+                        Some(done.to_tag.clone()),
+                        format!(
+                            "resumed rollback #{} completed and validated after a restart",
+                            done.id
+                        ),
+                    )
                     .await?;
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(id = record.id, error = %e, "ROLLBACK FAILED while resuming");
-                state.phase = Phase::RollbackFailed { tag: record.to_tag.clone(), reason: e.to_string() };
-                store.record_event(record.target.clone(), "rollback_failed", Some(record.to_tag.clone()), e.to_string()).await?;
+                state.phase = Phase::RollbackFailed {
+                    tag: record.to_tag.clone(),
+                    reason: e.to_string(),
+                };
+                store
+                    .record_event(
+                        record.target.clone(),
+                        "rollback_failed",
+                        Some(record.to_tag.clone()),
+                        e.to_string(),
+                    )
+                    .await?;
             }
         }
     }

@@ -28,7 +28,11 @@ pub struct Subscriber {
 
 /// Follows the container events of one Docker endpoint until `shutdown`, waking the targets whose
 /// selector matches an event's labels. Reconnects with back-off (0.25 s doubling to 5 s).
-pub async fn follow_events(endpoint: DockerEndpoint, subscribers: Vec<Subscriber>, shutdown: CancellationToken) {
+pub async fn follow_events(
+    endpoint: DockerEndpoint,
+    subscribers: Vec<Subscriber>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(250);
     let mut connected_before = false;
     while !shutdown.is_cancelled() {
@@ -54,7 +58,10 @@ pub async fn follow_events(endpoint: DockerEndpoint, subscribers: Vec<Subscriber
                     match item {
                         Some(Ok((action, labels))) => {
                             for s in subscribers.iter().filter(|s| s.selector.matches(&labels)) {
-                                let _ = s.wake.try_send(Wake { target: s.target.clone(), reason: format!("docker event {action}") });
+                                let _ = s.wake.try_send(Wake {
+                                    target: s.target.clone(),
+                                    reason: format!("docker event {action}"),
+                                });
                             }
                         }
                         Some(Err(e)) => {
@@ -80,6 +87,9 @@ pub async fn follow_events(endpoint: DockerEndpoint, subscribers: Vec<Subscriber
 
 async fn wake_all(subscribers: &[Subscriber], reason: &str) {
     for s in subscribers {
-        let _ = s.wake.try_send(Wake { target: s.target.clone(), reason: reason.to_string() });
+        let _ = s.wake.try_send(Wake {
+            target: s.target.clone(),
+            reason: reason.to_string(),
+        });
     }
 }

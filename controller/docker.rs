@@ -181,22 +181,39 @@ impl DockerClient {
     /// The stream ends when the engine goes away; the caller reconnects and reconciles.
     pub fn container_events(
         &self,
-    ) -> impl futures_util::Stream<Item = Result<(String, BTreeMap<String, String>), DockerError>> + '_ {
+    ) -> impl futures_util::Stream<Item = Result<(String, BTreeMap<String, String>), DockerError>> + '_
+    {
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             (
                 "event".to_string(),
-                ["start", "die", "stop", "kill", "destroy", "health_status", "restart", "oom"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                [
+                    "start",
+                    "die",
+                    "stop",
+                    "kill",
+                    "destroy",
+                    "health_status",
+                    "restart",
+                    "oom",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             ),
         ]);
-        let opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&filters).build();
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
         self.docker.events(Some(opts)).map(move |item| {
             let msg = item.map_err(self.api_err("streaming events"))?;
             let action = msg.action.unwrap_or_default();
-            let labels = msg.actor.and_then(|a| a.attributes).unwrap_or_default().into_iter().collect();
+            let labels = msg
+                .actor
+                .and_then(|a| a.attributes)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             Ok((action, labels))
         })
     }
@@ -429,9 +446,18 @@ mod tests {
 
     #[test]
     fn health_is_read_from_the_status_text() {
-        assert_eq!(health_from_status("Up 5 seconds (unhealthy)").as_deref(), Some("unhealthy"));
-        assert_eq!(health_from_status("Up 1 minute (healthy)").as_deref(), Some("healthy"));
-        assert_eq!(health_from_status("Up 2 seconds (health: starting)").as_deref(), Some("starting"));
+        assert_eq!(
+            health_from_status("Up 5 seconds (unhealthy)").as_deref(),
+            Some("unhealthy")
+        );
+        assert_eq!(
+            health_from_status("Up 1 minute (healthy)").as_deref(),
+            Some("healthy")
+        );
+        assert_eq!(
+            health_from_status("Up 2 seconds (health: starting)").as_deref(),
+            Some("starting")
+        );
         assert_eq!(health_from_status("Exited (1) 3 seconds ago"), None);
     }
 }

@@ -384,7 +384,13 @@ pub struct DeployRecord {
 }
 
 impl Store {
-    pub async fn record_event(&self, target: TargetId, kind: &str, tag: Option<String>, message: String) -> Result<i64, StoreError> {
+    pub async fn record_event(
+        &self,
+        target: TargetId,
+        kind: &str,
+        tag: Option<String>,
+        message: String,
+    ) -> Result<i64, StoreError> {
         let kind = kind.to_string();
         self.with(move |c| {
             c.execute(
@@ -397,7 +403,12 @@ impl Store {
     }
 
     /// Newest first; only ids above `after` when given (for polling).
-    pub async fn events(&self, target: Option<TargetId>, after: Option<i64>, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+    pub async fn events(
+        &self,
+        target: Option<TargetId>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         self.with(move |c| {
             let (env, role) = match &target {
                 Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
@@ -408,20 +419,28 @@ impl Store {
                  WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
                  ORDER BY id DESC LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![env, role, after.unwrap_or(0), limit as i64], |r| {
-                let env: String = r.get(2)?;
-                Ok((env, EventRecord {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    target: TargetId { env: Env::Staging, role: r.get(3)? },
-                    kind: r.get(4)?,
-                    tag: r.get(5)?,
-                    message: r.get(6)?,
-                }))
-            })?;
+            let rows =
+                stmt.query_map(params![env, role, after.unwrap_or(0), limit as i64], |r| {
+                    let env: String = r.get(2)?;
+                    Ok((
+                        env,
+                        EventRecord {
+                            id: r.get(0)?,
+                            at_ms: r.get(1)?,
+                            target: TargetId {
+                                env: Env::Staging,
+                                role: r.get(3)?,
+                            },
+                            kind: r.get(4)?,
+                            tag: r.get(5)?,
+                            message: r.get(6)?,
+                        },
+                    ))
+                })?;
             rows.map(|row| {
                 let (env, mut e) = row?;
-                e.target.env = Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?;
+                e.target.env =
+                    Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?;
                 Ok(e)
             })
             .collect()
@@ -429,7 +448,12 @@ impl Store {
         .await
     }
 
-    pub async fn mark_bad(&self, target: TargetId, tag: String, reason: String) -> Result<(), StoreError> {
+    pub async fn mark_bad(
+        &self,
+        target: TargetId,
+        tag: String,
+        reason: String,
+    ) -> Result<(), StoreError> {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO bad_tags (env, role, tag, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -453,7 +477,11 @@ impl Store {
         .await
     }
 
-    pub async fn register_deploy(&self, target: TargetId, deploy: DeployRecord) -> Result<(), StoreError> {
+    pub async fn register_deploy(
+        &self,
+        target: TargetId,
+        deploy: DeployRecord,
+    ) -> Result<(), StoreError> {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO deploys (env, role, tag, commit_sha, pipeline_url, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -465,7 +493,11 @@ impl Store {
     }
 
     /// The newest CI registration of `tag` on `target`.
-    pub async fn deploy_of(&self, target: TargetId, tag: String) -> Result<Option<DeployRecord>, StoreError> {
+    pub async fn deploy_of(
+        &self,
+        target: TargetId,
+        tag: String,
+    ) -> Result<Option<DeployRecord>, StoreError> {
         self.with(move |c| {
             Ok(c.query_row(
                 "SELECT tag, commit_sha, pipeline_url, at_ms FROM deploys WHERE env = ?1 AND role = ?2 AND tag = ?3
@@ -479,7 +511,10 @@ impl Store {
     }
 
     /// The known-good tag `target` would roll back to, for status output.
-    pub async fn known_good_tags(&self, target: TargetId) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
+    pub async fn known_good_tags(
+        &self,
+        target: TargetId,
+    ) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
         self.with(move |c| {
             let mut stmt = c.prepare(
                 "SELECT tag, digest, promoted_at_ms FROM known_good WHERE env = ?1 AND role = ?2 ORDER BY promoted_at_ms DESC",
@@ -493,9 +528,12 @@ impl Store {
     /// Rollbacks whose intent was written but whose outcome never was: a crash mid-rollback.
     pub async fn unfinished_rollbacks(&self) -> Result<Vec<RollbackRecord>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!("{SELECT_ROLLBACK} WHERE state = 'intent' ORDER BY id"))?;
+            let mut stmt = c.prepare(&format!(
+                "{SELECT_ROLLBACK} WHERE state = 'intent' ORDER BY id"
+            ))?;
             let rows = stmt.query_map([], row_to_record)?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r)).collect()
+            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r))
+                .collect()
         })
         .await
     }

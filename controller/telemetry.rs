@@ -13,7 +13,8 @@ pub enum LogFormat {
 /// Installs the global subscriber; logs go to stderr so command output on stdout stays clean.
 /// `default_level` applies when `RUST_LOG` is unset.
 pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

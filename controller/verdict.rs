@@ -28,7 +28,12 @@ pub enum Phase {
     /// Nothing observed yet (just started, or Docker unreachable since start).
     Unknown,
     /// `tag` is on probation since `since_ms`; `failures` consecutive failed probes so far.
-    Watching { tag: String, since_ms: i64, failures: u32, last_failure: Option<String> },
+    Watching {
+        tag: String,
+        since_ms: i64,
+        failures: u32,
+        last_failure: Option<String>,
+    },
     /// `tag` passed its watch window, or was validated after a rollback.
     Stable { tag: String },
     /// `tag` regressed and was not rolled back (dry run, paused, cooldown): nothing more is done
@@ -69,11 +74,23 @@ pub struct TargetState {
     /// Consecutive probe rounds a stable target looked bad; a single bad round is usually a
     /// compose recreate in progress (the old container stopped before the new one starts).
     pub stable_failures: u32,
+    /// Failed probes before this instant do not count: the start-up grace after a deploy, and
+    /// again after Docker was unreachable (a daemon restart restarts the containers too).
+    pub grace_until_ms: i64,
+    /// Docker could not be asked in the last round.
+    pub blind: bool,
 }
 
 impl TargetState {
     pub fn new() -> TargetState {
-        TargetState { phase: Phase::Unknown, paused: false, last_rollback_ms: None, stable_failures: 0 }
+        TargetState {
+            phase: Phase::Unknown,
+            paused: false,
+            last_rollback_ms: None,
+            stable_failures: 0,
+            grace_until_ms: 0,
+            blind: false,
+        }
     }
 }
 
@@ -109,22 +126,44 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A new tag appeared (a deploy); its watch window starts now.
-    DeploySeen { tag: String, previous: Option<String> },
-    Promote { tag: String },
-    RollBack { from_tag: String, trigger: Trigger, reason: String },
+    DeploySeen {
+        tag: String,
+        previous: Option<String>,
+    },
+    Promote {
+        tag: String,
+    },
+    RollBack {
+        from_tag: String,
+        trigger: Trigger,
+        reason: String,
+    },
     /// Regressed, but a guard rail (cooldown, pause) holds the rollback back.
-    Withheld { tag: String, reason: String, why_not: String },
+    Withheld {
+        tag: String,
+        reason: String,
+        why_not: String,
+    },
     /// Evidence missing (Docker unreachable): nothing is concluded.
-    Inconclusive { reason: String },
+    Inconclusive {
+        reason: String,
+    },
     /// A stable target fails its checks: reported, not acted on (it is not on probation).
-    UnhealthyStable { tag: String, reason: String },
+    UnhealthyStable {
+        tag: String,
+        reason: String,
+    },
 }
 
 /// The running tag: the tag most running containers have (ties: first by name), or, when none
 /// runs, the tag of any container — a crashed deploy is still that deploy.
 fn current_tag(containers: &[ContainerView]) -> Option<String> {
     let running: Vec<&ContainerView> = containers.iter().filter(|c| c.state == "running").collect();
-    let pool: Vec<&ContainerView> = if running.is_empty() { containers.iter().collect() } else { running };
+    let pool: Vec<&ContainerView> = if running.is_empty() {
+        containers.iter().collect()
+    } else {
+        running
+    };
     let mut best: Option<(&str, usize)> = None;
     for c in &pool {
         if let Some(t) = c.tag.as_deref() {
@@ -140,25 +179,43 @@ fn current_tag(containers: &[ContainerView]) -> Option<String> {
 /// Immediate regressions Docker itself shows: a container of the watched tag that exited,
 /// died, restart-loops or is healthcheck-`unhealthy`.
 fn container_regression(containers: &[ContainerView], tag: &str) -> Option<String> {
-    containers.iter().filter(|c| c.tag.as_deref() == Some(tag)).find_map(|c| match (c.state.as_str(), c.health.as_deref()) {
-        ("exited" | "dead", _) => Some(format!("container {} {}", c.name, c.state)),
-        ("restarting", _) => Some(format!("container {} is restart-looping", c.name)),
-        (_, Some("unhealthy")) => Some(format!("container {} is Docker-unhealthy", c.name)),
-        _ => None,
-    })
+    containers
+        .iter()
+        .filter(|c| c.tag.as_deref() == Some(tag))
+        .find_map(|c| match (c.state.as_str(), c.health.as_deref()) {
+            ("exited" | "dead", _) => Some(format!("container {} {}", c.name, c.state)),
+            ("restarting", _) => Some(format!("container {} is restart-looping", c.name)),
+            (_, Some("unhealthy")) => Some(format!("container {} is Docker-unhealthy", c.name)),
+            _ => None,
+        })
 }
 
 /// The reconciler. Returns the next state and the decisions, in the order they should be acted on.
-pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (TargetState, Vec<Decision>) {
+pub fn decide(
+    state: &TargetState,
+    obs: &Observation,
+    policy: &Policy,
+) -> (TargetState, Vec<Decision>) {
     let mut next = state.clone();
     let mut out = Vec::new();
     let containers = match &obs.containers {
         Ok(c) => c,
         Err(e) => {
-            out.push(Decision::Inconclusive { reason: format!("docker unavailable: {e}") });
+            next.blind = true;
+            out.push(Decision::Inconclusive {
+                reason: format!("docker unavailable: {e}"),
+            });
             return (next, out);
         }
     };
+    if next.blind {
+        // Back from an evidence gap: containers may be restarting right now; start the grace again.
+        next.blind = false;
+        next.grace_until_ms = obs.now_ms + policy.grace_ms;
+        if let Phase::Watching { failures, .. } = &mut next.phase {
+            *failures = 0;
+        }
+    }
     let Some(tag) = current_tag(containers) else {
         // No container at all: nothing deployed (or removed by hand); nothing to judge.
         return (next, out);
@@ -169,13 +226,27 @@ pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (Targe
     }
     if next.phase.tag() != Some(tag.as_str()) {
         next.stable_failures = 0;
-        out.push(Decision::DeploySeen { tag: tag.clone(), previous: next.phase.tag().map(String::from) });
-        next.phase = Phase::Watching { tag: tag.clone(), since_ms: obs.now_ms, failures: 0, last_failure: None };
+        next.grace_until_ms = obs.now_ms + policy.grace_ms;
+        out.push(Decision::DeploySeen {
+            tag: tag.clone(),
+            previous: next.phase.tag().map(String::from),
+        });
+        next.phase = Phase::Watching {
+            tag: tag.clone(),
+            since_ms: obs.now_ms,
+            failures: 0,
+            last_failure: None,
+        };
     }
 
     match &mut next.phase {
-        Phase::Watching { tag, since_ms, failures, last_failure } => {
-            let in_grace = obs.now_ms - *since_ms < policy.grace_ms;
+        Phase::Watching {
+            tag,
+            since_ms,
+            failures,
+            last_failure,
+        } => {
+            let in_grace = obs.now_ms < next.grace_until_ms;
             let mut regression = container_regression(containers, tag);
             match &obs.probe {
                 Some(Ok(())) => {
@@ -186,7 +257,10 @@ pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (Targe
                     *failures += 1;
                     *last_failure = Some(f.to_string());
                     if *failures >= policy.failures && regression.is_none() {
-                        regression = Some(format!("{} consecutive /health failures, last: {f}", failures));
+                        regression = Some(format!(
+                            "{} consecutive /health failures, last: {f}",
+                            failures
+                        ));
                     }
                 }
                 Some(Err(f)) => *last_failure = Some(format!("{f} (in start-up grace)")),
@@ -194,7 +268,9 @@ pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (Targe
             }
             if let Some(reason) = regression {
                 let tag = tag.clone();
-                let cooling = state.last_rollback_ms.is_some_and(|t| obs.now_ms - t < policy.cooldown_ms);
+                let cooling = state
+                    .last_rollback_ms
+                    .is_some_and(|t| obs.now_ms - t < policy.cooldown_ms);
                 let why_not = if next.paused {
                     Some("target is paused")
                 } else if cooling {
@@ -203,12 +279,23 @@ pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (Targe
                     None
                 };
                 if let Some(why_not) = why_not {
-                    out.push(Decision::Withheld { tag: tag.clone(), reason: reason.clone(), why_not: why_not.into() });
+                    out.push(Decision::Withheld {
+                        tag: tag.clone(),
+                        reason: reason.clone(),
+                        why_not: why_not.into(),
+                    });
                     next.phase = Phase::Regressed { tag, reason };
                 } else {
-                    out.push(Decision::RollBack { from_tag: tag, trigger: Trigger::Health, reason });
+                    out.push(Decision::RollBack {
+                        from_tag: tag,
+                        trigger: Trigger::Health,
+                        reason,
+                    });
                 }
-            } else if obs.now_ms - *since_ms >= policy.bake_ms && *failures == 0 && obs.probe == Some(Ok(())) {
+            } else if obs.now_ms - *since_ms >= policy.bake_ms
+                && *failures == 0
+                && obs.probe == Some(Ok(()))
+            {
                 let tag = tag.clone();
                 out.push(Decision::Promote { tag: tag.clone() });
                 next.phase = Phase::Stable { tag };
@@ -223,7 +310,10 @@ pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (Targe
                     Some(reason) => {
                         next.stable_failures += 1;
                         if next.stable_failures == policy.failures {
-                            out.push(Decision::UnhealthyStable { tag: tag.clone(), reason });
+                            out.push(Decision::UnhealthyStable {
+                                tag: tag.clone(),
+                                reason,
+                            });
                         }
                     }
                     None => next.stable_failures = 0,
@@ -239,14 +329,32 @@ pub fn decide(state: &TargetState, obs: &Observation, policy: &Policy) -> (Targe
 mod tests {
     use super::*;
 
-    const POLICY: Policy = Policy { failures: 3, grace_ms: 2_000, bake_ms: 10_000, cooldown_ms: 60_000 };
+    const POLICY: Policy = Policy {
+        failures: 3,
+        grace_ms: 2_000,
+        bake_ms: 10_000,
+        cooldown_ms: 60_000,
+    };
 
     fn running(tag: &str) -> Vec<ContainerView> {
-        vec![ContainerView { name: "app-1".into(), tag: Some(tag.into()), state: "running".into(), health: None }]
+        vec![ContainerView {
+            name: "app-1".into(),
+            tag: Some(tag.into()),
+            state: "running".into(),
+            health: None,
+        }]
     }
 
-    fn obs(now_ms: i64, containers: Vec<ContainerView>, probe: Option<Result<(), ProbeFailure>>) -> Observation {
-        Observation { now_ms, containers: Ok(containers), probe }
+    fn obs(
+        now_ms: i64,
+        containers: Vec<ContainerView>,
+        probe: Option<Result<(), ProbeFailure>>,
+    ) -> Observation {
+        Observation {
+            now_ms,
+            containers: Ok(containers),
+            probe,
+        }
     }
 
     fn fail() -> Option<Result<(), ProbeFailure>> {
@@ -254,10 +362,18 @@ mod tests {
     }
 
     /// Feeds observations one per second from `start_ms` and collects every decision.
-    fn run(mut state: TargetState, start_ms: i64, rounds: &[(&str, Option<Result<(), ProbeFailure>>)]) -> (TargetState, Vec<Decision>) {
+    fn run(
+        mut state: TargetState,
+        start_ms: i64,
+        rounds: &[(&str, Option<Result<(), ProbeFailure>>)],
+    ) -> (TargetState, Vec<Decision>) {
         let mut all = Vec::new();
         for (i, (tag, probe)) in rounds.iter().enumerate() {
-            let (s, d) = decide(&state, &obs(start_ms + i as i64 * 1000, running(tag), probe.clone()), &POLICY);
+            let (s, d) = decide(
+                &state,
+                &obs(start_ms + i as i64 * 1000, running(tag), probe.clone()),
+                &POLICY,
+            );
             state = s;
             all.extend(d);
         }
@@ -266,8 +382,18 @@ mod tests {
 
     #[test]
     fn first_sight_puts_the_running_tag_on_probation() {
-        let (s, d) = decide(&TargetState::new(), &obs(0, running("v1.0.0"), None), &POLICY);
-        assert_eq!(d, vec![Decision::DeploySeen { tag: "v1.0.0".into(), previous: None }]);
+        let (s, d) = decide(
+            &TargetState::new(),
+            &obs(0, running("v1.0.0"), None),
+            &POLICY,
+        );
+        assert_eq!(
+            d,
+            vec![Decision::DeploySeen {
+                tag: "v1.0.0".into(),
+                previous: None
+            }]
+        );
         assert_eq!(s.phase.name(), "watching");
     }
 
@@ -275,24 +401,46 @@ mod tests {
     fn healthy_for_the_bake_time_is_promoted_once() {
         let rounds: Vec<_> = (0..13).map(|_| ("v1.0.0", Some(Ok(())))).collect();
         let (s, d) = run(TargetState::new(), 0, &rounds);
-        let promotions = d.iter().filter(|d| matches!(d, Decision::Promote { .. })).count();
+        let promotions = d
+            .iter()
+            .filter(|d| matches!(d, Decision::Promote { .. }))
+            .count();
         assert_eq!(promotions, 1);
-        assert_eq!(s.phase, Phase::Stable { tag: "v1.0.0".into() });
+        assert_eq!(
+            s.phase,
+            Phase::Stable {
+                tag: "v1.0.0".into()
+            }
+        );
     }
 
     #[test]
     fn failures_in_grace_do_not_count_then_n_consecutive_roll_back() {
         // t=0,1 in grace; t=2,3 fail, t=4 ok resets, t=5,6,7 fail -> rollback at the third.
         let rounds = [
-            ("v1.1.0", fail()), ("v1.1.0", fail()), ("v1.1.0", fail()), ("v1.1.0", fail()),
-            ("v1.1.0", Some(Ok(()))), ("v1.1.0", fail()), ("v1.1.0", fail()), ("v1.1.0", fail()),
+            ("v1.1.0", fail()),
+            ("v1.1.0", fail()),
+            ("v1.1.0", fail()),
+            ("v1.1.0", fail()),
+            ("v1.1.0", Some(Ok(()))),
+            ("v1.1.0", fail()),
+            ("v1.1.0", fail()),
+            ("v1.1.0", fail()),
         ];
         let (_, d) = run(TargetState::new(), 0, &rounds[..7]);
-        assert!(!d.iter().any(|d| matches!(d, Decision::RollBack { .. })), "{d:?}");
+        assert!(
+            !d.iter().any(|d| matches!(d, Decision::RollBack { .. })),
+            "{d:?}"
+        );
         let (_, d) = run(TargetState::new(), 0, &rounds);
-        let rb: Vec<_> = d.iter().filter(|d| matches!(d, Decision::RollBack { .. })).collect();
+        let rb: Vec<_> = d
+            .iter()
+            .filter(|d| matches!(d, Decision::RollBack { .. }))
+            .collect();
         assert_eq!(rb.len(), 1, "{d:?}");
-        assert!(matches!(rb[0], Decision::RollBack { trigger: Trigger::Health, reason, .. } if reason.starts_with("3 consecutive")));
+        assert!(
+            matches!(rb[0], Decision::RollBack { trigger: Trigger::Health, reason, .. } if reason.starts_with("3 consecutive"))
+        );
     }
 
     #[test]
@@ -300,7 +448,10 @@ mod tests {
         let mut c = running("v1.2.0");
         c[0].state = "exited".into();
         let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
-        assert!(matches!(&d[1], Decision::RollBack { reason, .. } if reason.contains("exited")), "{d:?}");
+        assert!(
+            matches!(&d[1], Decision::RollBack { reason, .. } if reason.contains("exited")),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -308,40 +459,81 @@ mod tests {
         let mut c = running("v1.2.0");
         c[0].state = "restarting".into();
         let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
-        assert!(d.iter().any(|d| matches!(d, Decision::RollBack { reason, .. } if reason.contains("restart-looping"))));
+        assert!(d.iter().any(
+            |d| matches!(d, Decision::RollBack { reason, .. } if reason.contains("restart-looping"))
+        ));
         let mut c = running("v1.2.0");
         c[0].health = Some("unhealthy".into());
         let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
-        assert!(d.iter().any(|d| matches!(d, Decision::RollBack { reason, .. } if reason.contains("unhealthy"))));
+        assert!(d.iter().any(
+            |d| matches!(d, Decision::RollBack { reason, .. } if reason.contains("unhealthy"))
+        ));
     }
 
     #[test]
     fn docker_unreachable_is_inconclusive_and_changes_nothing() {
-        let (s0, _) = run(TargetState::new(), 0, &[("v1.1.0", fail()), ("v1.1.0", fail()), ("v1.1.0", fail())]);
-        let o = Observation { now_ms: 10_000, containers: Err("connection refused".into()), probe: fail() };
+        let (s0, _) = run(
+            TargetState::new(),
+            0,
+            &[("v1.1.0", fail()), ("v1.1.0", fail()), ("v1.1.0", fail())],
+        );
+        let o = Observation {
+            now_ms: 10_000,
+            containers: Err("connection refused".into()),
+            probe: fail(),
+        };
         let (s1, d) = decide(&s0, &o, &POLICY);
-        assert_eq!(s0, s1);
+        assert_eq!(s0.phase, s1.phase, "no verdict progress without evidence");
+        assert!(s1.blind);
         assert!(matches!(&d[..], [Decision::Inconclusive { .. }]));
     }
 
     #[test]
+    fn after_docker_was_unreachable_the_grace_starts_again() {
+        let ok: Vec<_> = (0..5).map(|_| ("v1.1.0", Some(Ok(())))).collect();
+        let (s0, _) = run(TargetState::new(), 0, &ok);
+        let blind = Observation {
+            now_ms: 6_000,
+            containers: Err("daemon restarting".into()),
+            probe: None,
+        };
+        let (s1, _) = decide(&s0, &blind, &POLICY);
+        // Containers come back slowly: three failed probes right after, all inside the new grace.
+        let (_, d) = run(s1, 7_000, &[("v1.1.0", fail()), ("v1.1.0", fail())]);
+        assert!(
+            !d.iter().any(|d| matches!(d, Decision::RollBack { .. })),
+            "{d:?}"
+        );
+    }
+
+    #[test]
     fn cooldown_and_pause_withhold_the_rollback() {
-        let mut state = TargetState { last_rollback_ms: Some(0), ..TargetState::new() };
+        let mut state = TargetState {
+            last_rollback_ms: Some(0),
+            ..TargetState::new()
+        };
         let rounds: Vec<_> = (0..6).map(|_| ("v1.1.0", fail())).collect();
         let (_, d) = run(state.clone(), 1_000, &rounds);
-        let withheld = d.iter().filter(|d| matches!(d, Decision::Withheld { why_not, .. } if why_not.contains("cooldown")));
+        let withheld = d.iter().filter(
+            |d| matches!(d, Decision::Withheld { why_not, .. } if why_not.contains("cooldown")),
+        );
         assert_eq!(withheld.count(), 1, "said once, not every round: {d:?}");
         assert!(!d.iter().any(|d| matches!(d, Decision::RollBack { .. })));
         state.last_rollback_ms = None;
         state.paused = true;
         let (_, d) = run(state, 1_000, &rounds);
-        assert!(d.iter().any(|d| matches!(d, Decision::Withheld { why_not, .. } if why_not.contains("paused"))));
+        assert!(d.iter().any(
+            |d| matches!(d, Decision::Withheld { why_not, .. } if why_not.contains("paused"))
+        ));
     }
 
     #[test]
     fn rollback_failed_target_is_left_alone() {
         let state = TargetState {
-            phase: Phase::RollbackFailed { tag: "v1.0.0".into(), reason: "validation".into() },
+            phase: Phase::RollbackFailed {
+                tag: "v1.0.0".into(),
+                reason: "validation".into(),
+            },
             ..TargetState::new()
         };
         let rounds: Vec<_> = (0..10).map(|_| ("v1.0.0", fail())).collect();
@@ -352,18 +544,55 @@ mod tests {
 
     #[test]
     fn stable_target_failing_is_reported_not_rolled_back() {
-        let state = TargetState { phase: Phase::Stable { tag: "v1.0.0".into() }, ..TargetState::new() };
+        let state = TargetState {
+            phase: Phase::Stable {
+                tag: "v1.0.0".into(),
+            },
+            ..TargetState::new()
+        };
         let (_, d) = run(state.clone(), 0, &[("v1.0.0", fail()), ("v1.0.0", fail())]);
-        assert!(d.is_empty(), "below the failure count nothing is said: {d:?}");
-        let (_, d) = run(state, 0, &[("v1.0.0", fail()), ("v1.0.0", fail()), ("v1.0.0", fail()), ("v1.0.0", fail())]);
-        assert!(matches!(&d[..], [Decision::UnhealthyStable { .. }]), "said once: {d:?}");
+        assert!(
+            d.is_empty(),
+            "below the failure count nothing is said: {d:?}"
+        );
+        let (_, d) = run(
+            state,
+            0,
+            &[
+                ("v1.0.0", fail()),
+                ("v1.0.0", fail()),
+                ("v1.0.0", fail()),
+                ("v1.0.0", fail()),
+            ],
+        );
+        assert!(
+            matches!(&d[..], [Decision::UnhealthyStable { .. }]),
+            "said once: {d:?}"
+        );
     }
 
     #[test]
     fn a_new_tag_starts_a_new_watch_window() {
-        let state = TargetState { phase: Phase::Stable { tag: "v1.0.0".into() }, ..TargetState::new() };
+        let state = TargetState {
+            phase: Phase::Stable {
+                tag: "v1.0.0".into(),
+            },
+            ..TargetState::new()
+        };
         let (s, d) = run(state, 5_000, &[("v1.1.0", Some(Ok(())))]);
-        assert_eq!(d[0], Decision::DeploySeen { tag: "v1.1.0".into(), previous: Some("v1.0.0".into()) });
-        assert!(matches!(s.phase, Phase::Watching { since_ms: 5_000, .. }));
+        assert_eq!(
+            d[0],
+            Decision::DeploySeen {
+                tag: "v1.1.0".into(),
+                previous: Some("v1.0.0".into())
+            }
+        );
+        assert!(matches!(
+            s.phase,
+            Phase::Watching {
+                since_ms: 5_000,
+                ..
+            }
+        ));
     }
 }

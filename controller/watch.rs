@@ -16,7 +16,9 @@ use crate::detect::Wake;
 use crate::docker::DockerClient;
 use crate::probe::Prober;
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
-use crate::store::{now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store, Trigger};
+use crate::store::{
+    now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store, Trigger,
+};
 use crate::tag::Tag;
 use crate::target::TargetId;
 use crate::verdict::{decide, ContainerView, Decision, Observation, Phase, Policy, TargetState};
@@ -103,7 +105,12 @@ impl Watcher {
         }
     }
 
-    pub async fn run(mut self, mut wakes: mpsc::Receiver<Wake>, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut wakes: mpsc::Receiver<Wake>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.target.watch.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.refresh_known_good().await;
@@ -123,9 +130,15 @@ impl Watcher {
 
     async fn observe(&mut self) -> Result<Vec<ContainerView>, String> {
         if self.docker.is_none() {
-            self.docker = Some(DockerClient::connect(&self.target.docker).await.map_err(|e| e.to_string())?);
+            self.docker = Some(
+                DockerClient::connect(&self.target.docker)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
-        let Some(docker) = &self.docker else { return Err("not connected".into()) };
+        let Some(docker) = &self.docker else {
+            return Err("not connected".into());
+        };
         let repository = self.target.executor.image_repository(&self.target.role);
         match docker.containers(&self.target.selector, true).await {
             Ok(list) => {
@@ -133,7 +146,10 @@ impl Watcher {
                 Ok(list
                     .into_iter()
                     .map(|c| ContainerView {
-                        tag: c.image_ref.strip_prefix(&format!("{repository}:")).map(String::from),
+                        tag: c
+                            .image_ref
+                            .strip_prefix(&format!("{repository}:"))
+                            .map(String::from),
                         name: c.name,
                         state: c.state,
                         health: c.health,
@@ -150,7 +166,10 @@ impl Watcher {
     async fn round(&mut self, probe: bool) {
         let containers = self.observe().await;
         let probe = if probe && containers.is_ok() {
-            let r = self.prober.probe(&self.target.health.url.0, self.target.health.timeout).await;
+            let r = self
+                .prober
+                .probe(&self.target.health.url.0, self.target.health.timeout)
+                .await;
             self.last_probe = Some(match &r.outcome {
                 Ok(()) => format!("ok in {} ms", r.latency.as_millis()),
                 Err(f) => f.to_string(),
@@ -162,10 +181,18 @@ impl Watcher {
         let reachable = containers.is_ok();
         if reachable != self.docker_reachable {
             self.docker_reachable = reachable;
-            let msg = if reachable { "docker reachable again".to_string() } else { "docker unreachable: verdicts inconclusive".to_string() };
+            let msg = if reachable {
+                "docker reachable again".to_string()
+            } else {
+                "docker unreachable: verdicts inconclusive".to_string()
+            };
             self.emit("docker", None, msg).await;
         }
-        let obs = Observation { now_ms: now_ms(), containers, probe };
+        let obs = Observation {
+            now_ms: now_ms(),
+            containers,
+            probe,
+        };
         let (next, decisions) = decide(&self.state, &obs, &self.policy);
         if next.phase.name() != self.state.phase.name() {
             self.since_ms = obs.now_ms;
@@ -185,53 +212,123 @@ impl Watcher {
         let id = self.target.id();
         match decision {
             Decision::DeploySeen { tag, previous } => {
-                let ci = self.store.deploy_of(id.clone(), tag.clone()).await.ok().flatten();
+                let ci = self
+                    .store
+                    .deploy_of(id.clone(), tag.clone())
+                    .await
+                    .ok()
+                    .flatten();
                 let from = previous.map(|p| format!(" (was {p})")).unwrap_or_default();
                 let ci = ci
-                    .map(|d| format!("; CI commit {} pipeline {}", d.commit_sha.unwrap_or_default(), d.pipeline_url.unwrap_or_default()))
+                    .map(|d| {
+                        format!(
+                            "; CI commit {} pipeline {}",
+                            d.commit_sha.unwrap_or_default(),
+                            d.pipeline_url.unwrap_or_default()
+                        )
+                    })
                     .unwrap_or_default();
-                self.emit("deploy", Some(tag.clone()), format!("{tag} seen{from}; watch window {} started{ci}", humantime::format_duration(self.target.watch.bake))).await;
+                self.emit(
+                    "deploy",
+                    Some(tag.clone()),
+                    format!(
+                        "{tag} seen{from}; watch window {} started{ci}",
+                        humantime::format_duration(self.target.watch.bake)
+                    ),
+                )
+                .await;
             }
             Decision::Promote { tag } => {
-                let image = format!("{}:{tag}", self.target.executor.image_repository(&self.target.role));
+                let image = format!(
+                    "{}:{tag}",
+                    self.target.executor.image_repository(&self.target.role)
+                );
                 let digest = match &self.docker {
                     Some(d) => d.image_digest(&image).await.ok().flatten(),
                     None => None,
                 };
                 match Tag::parse(&tag) {
                     Ok(t) => {
-                        if let Err(e) = self.store.record_known_good(id.clone(), t, digest.clone()).await {
+                        if let Err(e) = self
+                            .store
+                            .record_known_good(id.clone(), t, digest.clone())
+                            .await
+                        {
                             tracing::error!(target_id = %id, error = %e, "cannot record known-good tag");
                         }
                     }
-                    Err(e) => tracing::warn!(target_id = %id, error = %e, "running tag is not a valid tag; not promoted"),
+                    Err(e) => {
+                        tracing::warn!(target_id = %id, error = %e, "running tag is not a valid tag; not promoted")
+                    }
                 }
                 let digest = digest.unwrap_or_else(|| "digest unknown".into());
-                self.emit("promoted", Some(tag.clone()), format!("{tag} healthy for the whole watch window: known-good ({digest})")).await;
+                self.emit(
+                    "promoted",
+                    Some(tag.clone()),
+                    format!("{tag} healthy for the whole watch window: known-good ({digest})"),
+                )
+                .await;
             }
-            Decision::RollBack { from_tag, trigger, reason } => self.roll_back(from_tag, trigger, reason).await,
-            Decision::Withheld { tag, reason, why_not } => {
-                self.emit("withheld", Some(tag), format!("regressed ({reason}) but not rolled back: {why_not}")).await;
+            Decision::RollBack {
+                from_tag,
+                trigger,
+                reason,
+            } => self.roll_back(from_tag, trigger, reason).await,
+            Decision::Withheld {
+                tag,
+                reason,
+                why_not,
+            } => {
+                self.emit(
+                    "withheld",
+                    Some(tag),
+                    format!("regressed ({reason}) but not rolled back: {why_not}"),
+                )
+                .await;
             }
-            Decision::Inconclusive { reason } => tracing::debug!(target_id = %id, %reason, "inconclusive"),
+            Decision::Inconclusive { reason } => {
+                tracing::debug!(target_id = %id, %reason, "inconclusive")
+            }
             Decision::UnhealthyStable { tag, reason } => {
-                self.emit("unhealthy", Some(tag), format!("{reason}; stable tag, no automatic action")).await;
+                self.emit(
+                    "unhealthy",
+                    Some(tag),
+                    format!("{reason}; stable tag, no automatic action"),
+                )
+                .await;
             }
         }
     }
 
     async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
         let id = self.target.id();
-        self.emit("regressed", Some(from_tag.clone()), format!("verdict regressed: {reason}")).await;
-        if let Err(e) = self.store.mark_bad(id.clone(), from_tag.clone(), reason.clone()).await {
+        self.emit(
+            "regressed",
+            Some(from_tag.clone()),
+            format!("verdict regressed: {reason}"),
+        )
+        .await;
+        if let Err(e) = self
+            .store
+            .mark_bad(id.clone(), from_tag.clone(), reason.clone())
+            .await
+        {
             tracing::error!(target_id = %id, error = %e, "cannot record bad tag");
         }
-        let request = RollbackRequest { tag: None, trigger, reason: reason.clone(), dry_run: self.dry_run };
+        let request = RollbackRequest {
+            tag: None,
+            trigger,
+            reason: reason.clone(),
+            dry_run: self.dry_run,
+        };
         let result = self.execute_rollback(request).await;
         self.after_rollback(&from_tag, &reason, result).await;
     }
 
-    async fn execute_rollback(&mut self, request: RollbackRequest) -> Result<RollbackRecord, RollbackError> {
+    async fn execute_rollback(
+        &mut self,
+        request: RollbackRequest,
+    ) -> Result<RollbackRecord, RollbackError> {
         let id = self.target.id();
         let events = self.events.clone();
         // Steps are printed live by `rollwatch demo` through the event channel.
@@ -242,40 +339,80 @@ impl Watcher {
                 target: id.clone(),
                 kind: "step".into(),
                 tag: None,
-                message: format!("{} {} in {} ms: {}", s.name, if s.ok { "ok" } else { "FAILED" }, s.duration_ms, s.detail),
+                message: format!(
+                    "{} {} in {} ms: {}",
+                    s.name,
+                    if s.ok { "ok" } else { "FAILED" },
+                    s.duration_ms,
+                    s.detail
+                ),
             });
         };
-        self.rollbacker.rollback(&self.target, request, on_step).await
+        self.rollbacker
+            .rollback(&self.target, request, on_step)
+            .await
     }
 
-    async fn after_rollback(&mut self, from_tag: &str, reason: &str, result: Result<RollbackRecord, RollbackError>) {
+    async fn after_rollback(
+        &mut self,
+        from_tag: &str,
+        reason: &str,
+        result: Result<RollbackRecord, RollbackError>,
+    ) {
         match result {
             Ok(rec) if rec.state == RollbackState::DryRun => {
-                self.state.phase = Phase::Regressed { tag: from_tag.to_string(), reason: reason.to_string() };
-                self.emit("would_roll_back", Some(from_tag.to_string()), format!("dry run: would roll back {from_tag} -> {} (record #{})", rec.to_tag, rec.id)).await;
+                self.state.phase = Phase::Regressed {
+                    tag: from_tag.to_string(),
+                    reason: reason.to_string(),
+                };
+                self.emit(
+                    "would_roll_back",
+                    Some(from_tag.to_string()),
+                    format!(
+                        "dry run: would roll back {from_tag} -> {} (record #{})",
+                        rec.to_tag, rec.id
+                    ),
+                )
+                .await;
             }
             Ok(rec) => {
                 let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
-                self.state.phase = Phase::Stable { tag: rec.to_tag.clone() };
+                self.state.phase = Phase::Stable {
+                    tag: rec.to_tag.clone(),
+                };
                 self.state.last_rollback_ms = Some(now_ms());
                 self.since_ms = now_ms();
                 self.emit(
                     "rollback",
                     Some(rec.to_tag.clone()),
-                    format!("rolled back {} -> {} in {took} ms and validated /health (record #{})", rec.from_tag.as_deref().unwrap_or(from_tag), rec.to_tag, rec.id),
+                    format!(
+                        "rolled back {} -> {} in {took} ms and validated /health (record #{})",
+                        rec.from_tag.as_deref().unwrap_or(from_tag),
+                        rec.to_tag,
+                        rec.id
+                    ),
                 )
                 .await;
             }
             Err(e) => {
                 let tag = match &e {
-                    RollbackError::Execution { tag, .. } | RollbackError::Validation { tag, .. } => tag.to_string(),
+                    RollbackError::Execution { tag, .. }
+                    | RollbackError::Validation { tag, .. } => tag.to_string(),
                     _ => from_tag.to_string(),
                 };
                 tracing::error!(target_id = %self.target.id(), error = %e, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
-                self.state.phase = Phase::RollbackFailed { tag: tag.clone(), reason: e.to_string() };
+                self.state.phase = Phase::RollbackFailed {
+                    tag: tag.clone(),
+                    reason: e.to_string(),
+                };
                 self.state.last_rollback_ms = Some(now_ms());
                 self.since_ms = now_ms();
-                self.emit("rollback_failed", Some(tag), format!("{e}; no further automatic action until `rollwatch resume`")).await;
+                self.emit(
+                    "rollback_failed",
+                    Some(tag),
+                    format!("{e}; no further automatic action until `rollwatch resume`"),
+                )
+                .await;
             }
         }
     }
@@ -284,15 +421,28 @@ impl Watcher {
         match cmd {
             Command::Pause => {
                 self.state.paused = true;
-                self.emit("paused", None, "automatic rollbacks paused by an operator".into()).await;
+                self.emit(
+                    "paused",
+                    None,
+                    "automatic rollbacks paused by an operator".into(),
+                )
+                .await;
             }
             Command::Resume => {
                 self.state.paused = false;
-                if matches!(self.state.phase, Phase::RollbackFailed { .. } | Phase::Regressed { .. }) {
+                if matches!(
+                    self.state.phase,
+                    Phase::RollbackFailed { .. } | Phase::Regressed { .. }
+                ) {
                     // Re-judge from scratch: whatever runs now goes on probation.
                     self.state.phase = Phase::Unknown;
                 }
-                self.emit("resumed", None, "automatic rollbacks resumed by an operator".into()).await;
+                self.emit(
+                    "resumed",
+                    None,
+                    "automatic rollbacks resumed by an operator".into(),
+                )
+                .await;
             }
             Command::Deploy(d) => {
                 let tag = d.tag.clone();
@@ -307,10 +457,25 @@ impl Watcher {
                 self.emit("ci_deploy", Some(tag), msg).await;
                 self.round(false).await;
             }
-            Command::Rollback { tag, trigger, reason, reply } => {
+            Command::Rollback {
+                tag,
+                trigger,
+                reason,
+                reply,
+            } => {
                 let from = self.running_tag.clone().unwrap_or_else(|| "?".into());
-                self.emit("rollback_ordered", Some(from.clone()), format!("{} rollback ordered: {reason}", trigger.as_str())).await;
-                let request = RollbackRequest { tag, trigger, reason: reason.clone(), dry_run: self.dry_run };
+                self.emit(
+                    "rollback_ordered",
+                    Some(from.clone()),
+                    format!("{} rollback ordered: {reason}", trigger.as_str()),
+                )
+                .await;
+                let request = RollbackRequest {
+                    tag,
+                    trigger,
+                    reason: reason.clone(),
+                    dry_run: self.dry_run,
+                };
                 let result = self.execute_rollback(request).await;
                 let answer = match &result {
                     Ok(r) => Ok(r.clone()),
@@ -338,30 +503,53 @@ impl Watcher {
 
     async fn emit(&self, kind: &str, tag: Option<String>, message: String) {
         let id = self.target.id();
-        let loud = matches!(kind, "rollback_failed" | "regressed" | "rollback" | "unhealthy");
+        let loud = matches!(
+            kind,
+            "rollback_failed" | "regressed" | "rollback" | "unhealthy"
+        );
         if loud {
             tracing::warn!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
         } else {
             tracing::info!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
         }
-        let stored = self.store.record_event(id.clone(), kind, tag.clone(), message.clone()).await;
+        let stored = self
+            .store
+            .record_event(id.clone(), kind, tag.clone(), message.clone())
+            .await;
         let event_id = stored.unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot record event");
             0
         });
-        let _ = self.events.send(EventRecord { id: event_id, at_ms: now_ms(), target: id, kind: kind.into(), tag, message });
+        let _ = self.events.send(EventRecord {
+            id: event_id,
+            at_ms: now_ms(),
+            target: id,
+            kind: kind.into(),
+            tag,
+            message,
+        });
     }
 
     fn publish(&self) {
         let id = self.target.id();
         let detail = match &self.state.phase {
-            Phase::Watching { since_ms, failures, last_failure, .. } => Some(format!(
+            Phase::Watching {
+                since_ms,
+                failures,
+                last_failure,
+                ..
+            } => Some(format!(
                 "{}s of {} watched, {failures} consecutive failures{}",
                 (now_ms() - since_ms) / 1000,
                 humantime::format_duration(self.target.watch.bake),
-                last_failure.as_ref().map(|f| format!(", last: {f}")).unwrap_or_default()
+                last_failure
+                    .as_ref()
+                    .map(|f| format!(", last: {f}"))
+                    .unwrap_or_default()
             )),
-            Phase::Regressed { reason, .. } | Phase::RollbackFailed { reason, .. } => Some(reason.clone()),
+            Phase::Regressed { reason, .. } | Phase::RollbackFailed { reason, .. } => {
+                Some(reason.clone())
+            }
             _ => None,
         };
         let status = TargetStatus {

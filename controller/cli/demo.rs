@@ -21,14 +21,21 @@ const GOOD: &str = "v1.0.0";
 const BAD: &str = "v1.1.0";
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn remove_demo_containers() {
     let filter = format!("label=com.docker.compose.project={PROJECT}");
-    if let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+    if let Ok(out) = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &filter])
+        .output()
+    {
         for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .output();
         }
     }
 }
@@ -61,17 +68,26 @@ async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
         },
     );
     let plan = ExecPlan {
-        target: TargetId { env: Env::Staging, role: "backend".into() },
+        target: TargetId {
+            env: Env::Staging,
+            role: "backend".into(),
+        },
         tag: Tag::parse(tag)?,
         image_repository: "127.0.0.1:5000/demo/backend".into(),
     };
     let mut report = ExecReport::new(|_| {});
-    executor.execute(&plan, &mut report).await.with_context(|| format!("deploying {tag}:\n{}", report.output))?;
+    executor
+        .execute(&plan, &mut report)
+        .await
+        .with_context(|| format!("deploying {tag}:\n{}", report.output))?;
     Ok(())
 }
 
 pub async fn run() -> anyhow::Result<()> {
-    let docker_ok = std::process::Command::new("docker").args(["info"]).output().is_ok_and(|o| o.status.success());
+    let docker_ok = std::process::Command::new("docker")
+        .args(["info"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !docker_ok {
         bail!("no Docker Engine answers; run scripts/demo, which installs and starts one");
     }
@@ -94,7 +110,10 @@ pub async fn run() -> anyhow::Result<()> {
 async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let say = move |msg: String| println!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
-    say(format!("deploying demo {GOOD} (good) into {}", dir.display()));
+    say(format!(
+        "deploying demo {GOOD} (good) into {}",
+        dir.display()
+    ));
     deploy(dir, GOOD).await?;
 
     let shutdown = CancellationToken::new();
@@ -111,7 +130,11 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => bail!("controller stopped"),
             };
-            let label = if e.kind == "step" { "  rollback step".to_string() } else { e.kind.clone() };
+            let label = if e.kind == "step" {
+                "  rollback step".to_string()
+            } else {
+                e.kind.clone()
+            };
             say(format!("{label:<16} {}", e.message));
             match (e.kind.as_str(), e.tag.as_deref()) {
                 ("promoted", Some(GOOD)) if fault_at.is_none() => {
@@ -133,7 +156,14 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<(
 
     let prober = Prober::new()?;
     let url = url::Url::parse(&format!("http://127.0.0.1:{app_port}/health"))?;
-    let healthy = prober.wait_healthy(&url, Duration::from_secs(1), Duration::from_millis(100), Duration::from_secs(10)).await;
+    let healthy = prober
+        .wait_healthy(
+            &url,
+            Duration::from_secs(1),
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        )
+        .await;
     let healthy_at = Instant::now();
     let body = reqwest::get(url.clone()).await?.text().await?;
     if healthy.is_err() || !body.contains(GOOD) {
@@ -143,10 +173,19 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<(
     println!();
     println!("summary");
     if let Some(r) = regressed_at {
-        println!("  bad deploy -> verdict regressed   {:>6.2}s", (r - fault).as_secs_f64());
+        println!(
+            "  bad deploy -> verdict regressed   {:>6.2}s",
+            (r - fault).as_secs_f64()
+        );
     }
-    println!("  bad deploy -> healthy on {GOOD}   {:>6.2}s", (healthy_at - fault).as_secs_f64());
+    println!(
+        "  bad deploy -> healthy on {GOOD}   {:>6.2}s",
+        (healthy_at - fault).as_secs_f64()
+    );
     println!("  /health now: {}", body.trim());
-    println!("  records: rollwatch --config <demo> history; store {}", config.controller.store.display());
+    println!(
+        "  records: rollwatch --config <demo> history; store {}",
+        config.controller.store.display()
+    );
     Ok(())
 }

@@ -90,7 +90,11 @@ struct Refused(String);
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates through its own output; its logs would only repeat it.
-    let level = if matches!(cli.command, Command::Demo) { "error" } else { "info" };
+    let level = if matches!(cli.command, Command::Demo) {
+        "error"
+    } else {
+        "info"
+    };
     init_logging(cli.log_format, level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -210,7 +214,11 @@ fn api_base(config: &Config) -> String {
 }
 
 fn api_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().context("building the API client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .context("building the API client")
 }
 
 async fn status(config: &Config) -> anyhow::Result<ExitCode> {
@@ -219,12 +227,21 @@ async fn status(config: &Config) -> anyhow::Result<ExitCode> {
     if let Ok(token) = std::env::var(&config.controller.api_token_env) {
         req = req.bearer_auth(token);
     }
-    let resp = req.send().await.with_context(|| format!("controller not reachable at {url}; is `rollwatch run` running?"))?;
+    let resp = req.send().await.with_context(|| {
+        format!("controller not reachable at {url}; is `rollwatch run` running?")
+    })?;
     if !resp.status().is_success() {
-        anyhow::bail!("{url} answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "{url} answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     let targets: Vec<serde_json::Value> = resp.json().await.context("reading the target list")?;
-    println!("{:<12} {:<10} {:<14} {:<14} {:<16} {:<20} detail", "env", "role", "running", "known-good", "state", "since (UTC)");
+    println!(
+        "{:<12} {:<10} {:<14} {:<14} {:<16} {:<20} detail",
+        "env", "role", "running", "known-good", "state", "since (UTC)"
+    );
     for t in targets {
         let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
         let mut state = s("state");
@@ -250,15 +267,26 @@ async fn status(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn post_command(config: &Config, id: &TargetId, action: &str) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/api/v1/targets/{}/{}/{action}", api_base(config), id.env, id.role);
-    let token = std::env::var(&config.controller.api_token_env)
-        .map_err(|_| Refused(format!("set {} to the controller's API token", config.controller.api_token_env)))?;
+    let url = format!(
+        "{}/api/v1/targets/{}/{}/{action}",
+        api_base(config),
+        id.env,
+        id.role
+    );
+    let token = std::env::var(&config.controller.api_token_env).map_err(|_| {
+        Refused(format!(
+            "set {} to the controller's API token",
+            config.controller.api_token_env
+        ))
+    })?;
     let resp = api_client()?
         .post(&url)
         .bearer_auth(token)
         .send()
         .await
-        .with_context(|| format!("controller not reachable at {url}; is `rollwatch run` running?"))?;
+        .with_context(|| {
+            format!("controller not reachable at {url}; is `rollwatch run` running?")
+        })?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -270,7 +298,10 @@ async fn post_command(config: &Config, id: &TargetId, action: &str) -> anyhow::R
 
 fn fmt_time(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string().trim_end_matches('Z').replace('T', " ")
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .trim_end_matches('Z')
+        .replace('T', " ")
 }
 
 fn print_events(events: &[crate::store::EventRecord]) {
@@ -278,7 +309,10 @@ fn print_events(events: &[crate::store::EventRecord]) {
         println!("no events on record");
         return;
     }
-    println!("{:<20} {:<20} {:<16} {:<10} what", "when (UTC)", "target", "event", "tag");
+    println!(
+        "{:<20} {:<20} {:<16} {:<10} what",
+        "when (UTC)", "target", "event", "tag"
+    );
     for e in events.iter().rev() {
         println!(
             "{:<20} {:<20} {:<16} {:<10} {}",

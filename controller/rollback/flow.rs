@@ -187,11 +187,15 @@ impl Rollbacker {
         fault_point("after-intent").await;
         let mut report = ExecReport::new(on_step);
         if request.dry_run {
-            report.output.push_str(&format!("dry run: would roll {id} back to {image}\n"));
-            self.finish(rollback_id, RollbackState::DryRun, None, report, None).await?;
+            report
+                .output
+                .push_str(&format!("dry run: would roll {id} back to {image}\n"));
+            self.finish(rollback_id, RollbackState::DryRun, None, report, None)
+                .await?;
             return self.record(rollback_id).await;
         }
-        self.execute_recorded(rollback_id, target, &docker, &plan, report).await
+        self.execute_recorded(rollback_id, target, &docker, &plan, report)
+            .await
     }
 
     /// Finishes a rollback whose intent is on record but whose outcome is not (the controller
@@ -206,23 +210,43 @@ impl Rollbacker {
         let docker = DockerClient::connect(&target.docker).await?;
         let repository = target.executor.image_repository(&target.role);
         let tag = Tag::parse(&record.to_tag).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let plan = ExecPlan { target: target.id(), tag, image_repository: repository.clone() };
+        let plan = ExecPlan {
+            target: target.id(),
+            tag,
+            image_repository: repository.clone(),
+        };
         let containers = docker.containers(&target.selector, true).await?;
         let mut report = ExecReport::new(on_step);
-        report.output.push_str(&format!("resuming rollback #{} after a controller restart\n", record.id));
+        report.output.push_str(&format!(
+            "resuming rollback #{} after a controller restart\n",
+            record.id
+        ));
         let all_on_tag = !containers.is_empty()
-            && containers.iter().all(|c| c.state == "running" && c.image_ref == plan.image());
+            && containers
+                .iter()
+                .all(|c| c.state == "running" && c.image_ref == plan.image());
         if all_on_tag {
             let (t, ms) = step_start();
-            let probe = self.prober.probe(&target.health.url.0, target.health.timeout).await;
-            report.step("verify", t, ms, probe.outcome.is_ok(), "already on the intended tag");
+            let probe = self
+                .prober
+                .probe(&target.health.url.0, target.health.timeout)
+                .await;
+            report.step(
+                "verify",
+                t,
+                ms,
+                probe.outcome.is_ok(),
+                "already on the intended tag",
+            );
             if probe.outcome.is_ok() {
                 let digest = docker.image_digest(&plan.image()).await.ok().flatten();
-                self.finish(record.id, RollbackState::Succeeded, digest, report, None).await?;
+                self.finish(record.id, RollbackState::Succeeded, digest, report, None)
+                    .await?;
                 return self.record(record.id).await;
             }
         }
-        self.execute_recorded(record.id, target, &docker, &plan, report).await
+        self.execute_recorded(record.id, target, &docker, &plan, report)
+            .await
     }
 
     /// Runs the executor for the recorded rollback `rollback_id`, validates, records the outcome.
@@ -238,19 +262,41 @@ impl Rollbacker {
         let tag = plan.tag.clone();
         let image = plan.image();
         let executor: Box<dyn Executor> = match &target.executor {
-            ExecutorConfig::Compose(c) => Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone())),
-            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(docker.clone(), target.selector.clone())),
+            ExecutorConfig::Compose(c) => {
+                Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone()))
+            }
+            ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(
+                docker.clone(),
+                target.selector.clone(),
+            )),
         };
         if let Err(source) = executor.execute(plan, &mut report).await {
-            self.finish(rollback_id, RollbackState::Failed, None, report, Some(source.to_string())).await?;
-            return Err(RollbackError::Execution { id: rollback_id, target: id, tag, source });
+            self.finish(
+                rollback_id,
+                RollbackState::Failed,
+                None,
+                report,
+                Some(source.to_string()),
+            )
+            .await?;
+            return Err(RollbackError::Execution {
+                id: rollback_id,
+                target: id,
+                tag,
+                source,
+            });
         }
 
         let (t, ms) = step_start();
         let health = &target.health;
         let validated = self
             .prober
-            .wait_healthy(&health.url.0, health.timeout, VALIDATION_INTERVAL, health.validation_timeout)
+            .wait_healthy(
+                &health.url.0,
+                health.timeout,
+                VALIDATION_INTERVAL,
+                health.validation_timeout,
+            )
             .await;
         report.step(
             "validate",
@@ -265,12 +311,20 @@ impl Rollbacker {
         let digest = docker.image_digest(&image).await.ok().flatten();
         match validated {
             Ok(_) => {
-                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None).await?;
+                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None)
+                    .await?;
                 self.record(rollback_id).await
             }
             Err(failure) => {
                 let msg = format!("/health not ok after rollback: {failure}");
-                self.finish(rollback_id, RollbackState::Failed, digest, report, Some(msg)).await?;
+                self.finish(
+                    rollback_id,
+                    RollbackState::Failed,
+                    digest,
+                    report,
+                    Some(msg),
+                )
+                .await?;
                 Err(RollbackError::Validation {
                     id: rollback_id,
                     target: id,

@@ -219,6 +219,7 @@ pub struct ComposeDeployment {
     pub env: String,
     pub role: String,
     pub port: u16,
+    pub api_port: u16,
     pub project: String,
 }
 
@@ -234,13 +235,14 @@ impl ComposeDeployment {
             env: env.into(),
             role: role.into(),
             port,
+            api_port: free_port(),
             project,
         };
         std::fs::create_dir_all(d.dir()).expect("deployment dir");
         std::fs::write(
             d.dir().join("docker-compose.yml"),
             format!(
-                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
+                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    restart: unless-stopped\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
             ),
         )
         .expect("compose file");
@@ -289,6 +291,27 @@ impl ComposeDeployment {
         out
     }
 
+    /// A deploy as CI does it: `.env` gets the new tag, then `up -d`.
+    pub fn deploy(&self, tag: &str) {
+        let text = self.env_file();
+        let updated: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("IMAGE_TAG=") {
+                    format!("IMAGE_TAG={tag}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(self.env_path(), updated).expect("write .env");
+        self.compose(&["up", "-d", "--remove-orphans"]);
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.path().join("rollwatch.db")
+    }
+
     pub fn repository(&self) -> String {
         format!("{REGISTRY}/{}/{}", self.app, self.role)
     }
@@ -313,12 +336,13 @@ impl ComposeDeployment {
             format!(
                 r#"[controller]
 store = "rollwatch.db"
+listen = "127.0.0.1:{api_port}"
 
 [[targets]]
 env = "{env}"
 role = "{role}"
 selector = {{ compose_project = "{project}", compose_service = "{role}" }}
-health = {{ url = "http://127.0.0.1:{port}/health", timeout = "1s", validation_timeout = "30s" }}
+health = {{ url = "http://127.0.0.1:{port}/health", timeout = "1s", validation_timeout = "8s" }}
 executor = {{ kind = "compose", dir = "{dir}", registry = "{registry}" }}
 {extra}
 "#,
@@ -327,6 +351,7 @@ executor = {{ kind = "compose", dir = "{dir}", registry = "{registry}" }}
                 project = self.project,
                 port = self.port,
                 dir = self.dir().display(),
+                api_port = self.api_port,
             ),
         )
         .expect("write config");
@@ -382,4 +407,101 @@ pub fn rollwatch(config: &Path) -> assert_cmd::Command {
         .env("RUST_LOG", "warn")
         .timeout(Duration::from_secs(180));
     cmd
+}
+
+/// The bearer token test controllers are started with.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A `rollwatch run` child process, killed with SIGKILL on drop; its log is printed when the
+/// test failed.
+pub struct Controller {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    pub fn start(config: &Path, extra_env: &[(&str, &str)]) -> Controller {
+        let log = config.with_file_name(format!("rollwatch-{}.log", free_port()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollwatch"));
+        cmd.args(["run"])
+            .env("ROLLWATCH_CONFIG", config)
+            .env("ROLLWATCH_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start rollwatch run");
+        Controller { child, log }
+    }
+
+    /// `kill -9`: no handler, no cleanup.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- rollwatch log {} ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// Rows of the controller's store, read with SQLite directly (the store is WAL: concurrent reads are fine).
+pub fn query<T>(
+    db: &Path,
+    sql: &str,
+    f: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
+    let Ok(conn) = rusqlite::Connection::open(db) else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = conn.prepare(sql) else {
+        return Vec::new();
+    };
+    let Ok(rows) = stmt.query_map([], f) else {
+        return Vec::new();
+    };
+    rows.filter_map(Result::ok).collect()
+}
+
+/// Event kinds with their tags, oldest first.
+pub fn events(db: &Path) -> Vec<(String, Option<String>, String)> {
+    query(
+        db,
+        "SELECT kind, tag, message FROM events ORDER BY id",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+}
+
+pub fn wait_event(db: &Path, kind: &str, tag: &str, within: Duration) -> String {
+    wait_for(within, &format!("event {kind} {tag}"), || {
+        events(db)
+            .into_iter()
+            .find(|(k, t, _)| k == kind && t.as_deref() == Some(tag))
+            .map(|(_, _, m)| m)
+    })
+}
+
+/// (state, trigger, reason, from_tag, to_tag) of every rollback record, oldest first.
+pub fn rollback_rows(db: &Path) -> Vec<(String, String, String, Option<String>, String)> {
+    query(
+        db,
+        "SELECT state, trigger, reason, from_tag, to_tag FROM rollbacks ORDER BY id",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
 }
