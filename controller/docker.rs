@@ -95,6 +95,8 @@ pub struct ContainerInfo {
     pub state: String,
     /// Docker healthcheck status (`healthy`, `unhealthy`, `starting`) when the image has one.
     pub health: Option<String>,
+    /// The exit code of a container that is not running (`Exited (3) 2 seconds ago`).
+    pub exit_code: Option<i64>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -170,6 +172,7 @@ impl DockerClient {
                 // API 1.41 has no Health field in listings; the status text carries it:
                 // "Up 5 seconds (unhealthy)".
                 health: c.status.as_deref().and_then(health_from_status),
+                exit_code: c.status.as_deref().and_then(exit_code_from_status),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect();
@@ -343,6 +346,11 @@ impl DockerClient {
     }
 }
 
+fn exit_code_from_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
 fn health_from_status(status: &str) -> Option<String> {
     ["unhealthy", "healthy", "health: starting"]
         .iter()
@@ -459,5 +467,7 @@ mod tests {
             Some("starting")
         );
         assert_eq!(health_from_status("Exited (1) 3 seconds ago"), None);
+        assert_eq!(exit_code_from_status("Exited (137) 3 seconds ago"), Some(137));
+        assert_eq!(exit_code_from_status("Up 3 seconds"), None);
     }
 }

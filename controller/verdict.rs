@@ -110,6 +110,15 @@ pub struct ContainerView {
     pub state: String,
     /// Docker healthcheck status when the image defines one (`healthy`, `unhealthy`, `starting`).
     pub health: Option<String>,
+    /// Exit code when the container is not running.
+    pub exit_code: Option<i64>,
+}
+
+/// Exit codes of a container stopped on purpose: 0, or 143 (128 + SIGTERM) for a process that
+/// let the signal kill it. `docker compose up` stops the old container this way before it starts
+/// the new one, so such an exit is a recreate in progress, not a crash.
+fn stopped_on_purpose(exit_code: Option<i64>) -> bool {
+    matches!(exit_code, Some(0) | Some(143))
 }
 
 /// One round of evidence.
@@ -183,7 +192,13 @@ fn container_regression(containers: &[ContainerView], tag: &str) -> Option<Strin
         .iter()
         .filter(|c| c.tag.as_deref() == Some(tag))
         .find_map(|c| match (c.state.as_str(), c.health.as_deref()) {
-            ("exited" | "dead", _) => Some(format!("container {} {}", c.name, c.state)),
+            ("exited", _) if stopped_on_purpose(c.exit_code) => None,
+        ("exited" | "dead", _) => Some(format!(
+            "container {} {}{}",
+            c.name,
+            c.state,
+            c.exit_code.map(|e| format!(" with code {e}")).unwrap_or_default()
+        )),
             ("restarting", _) => Some(format!("container {} is restart-looping", c.name)),
             (_, Some("unhealthy")) => Some(format!("container {} is Docker-unhealthy", c.name)),
             _ => None,
@@ -342,6 +357,7 @@ mod tests {
             tag: Some(tag.into()),
             state: "running".into(),
             health: None,
+            exit_code: None,
         }]
     }
 
@@ -452,6 +468,17 @@ mod tests {
             matches!(&d[1], Decision::RollBack { reason, .. } if reason.contains("exited")),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn container_stopped_by_a_recreate_is_not_a_crash() {
+        for code in [0, 143] {
+            let mut c = running("v1.0.0");
+            c[0].state = "exited".into();
+            c[0].exit_code = Some(code);
+            let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+            assert!(!d.iter().any(|d| matches!(d, Decision::RollBack { .. })), "code {code}: {d:?}");
+        }
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl Watcher {
     ) {
         let mut tick = tokio::time::interval(self.target.watch.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.adopt_known_good().await;
         self.refresh_known_good().await;
         self.publish();
         loop {
@@ -153,6 +154,7 @@ impl Watcher {
                         name: c.name,
                         state: c.state,
                         health: c.health,
+                        exit_code: c.exit_code,
                     })
                     .collect())
             }
@@ -487,6 +489,21 @@ impl Watcher {
             }
         }
         self.publish();
+    }
+
+    /// After a restart, a target already running a known-good tag is stable, not on probation:
+    /// probation is for tags nobody has vouched for yet.
+    async fn adopt_known_good(&mut self) {
+        if self.state.phase != Phase::Unknown || self.observe().await.is_err() {
+            return;
+        }
+        let Some(running) = self.running_tag.clone() else { return };
+        let known = self.store.known_good_tags(self.target.id()).await.unwrap_or_default();
+        let bad = self.store.is_bad(self.target.id(), running.clone()).await.unwrap_or(true);
+        if !bad && known.iter().any(|(t, _, _)| *t == running) {
+            self.state.phase = Phase::Stable { tag: running.clone() };
+            self.emit("stable", Some(running.clone()), format!("{running} is on record as known-good; watching it as stable")).await;
+        }
     }
 
     async fn refresh_known_good(&mut self) {
