@@ -27,23 +27,41 @@ pub struct ApiState {
     pub commands: Arc<HashMap<TargetId, mpsc::Sender<Command>>>,
     pub token: Option<String>,
     pub reads_need_token: bool,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    pub alert_window_ms: i64,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/events", get(events))
         .route("/api/v1/rollbacks", get(rollbacks))
+        .route("/api/v1/incidents", get(rollbacks))
         .route("/api/v1/deploys", post(deploy))
+        .route("/api/v1/alertmanager", post(alertmanager))
         .route("/api/v1/targets/{env}/{role}/pause", post(pause))
         .route("/api/v1/targets/{env}/{role}/resume", post(resume))
         .route("/api/v1/targets/{env}/{role}/rollback", post(rollback))
         .with_state(state)
 }
 
+/// An error answer: the status and a sentence, sent as `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    reject(status, message).into_response()
 }
 
 /// Compares in time independent of where the first difference is.
@@ -54,9 +72,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.token else {
-        return Err(error(
+        return Err(reject(
             StatusCode::UNAUTHORIZED,
             "no API token is configured on the controller; set it to enable this endpoint",
         ));
@@ -67,14 +85,14 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(error(
+        _ => Err(reject(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
         )),
     }
 }
 
-fn read_allowed(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+fn read_allowed(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.reads_need_token {
         authorized(state, headers)
     } else {
@@ -86,9 +104,9 @@ fn parse_target(
     state: &ApiState,
     env: &str,
     role: &str,
-) -> Result<(TargetId, mpsc::Sender<Command>), Response> {
+) -> Result<(TargetId, mpsc::Sender<Command>), ApiError> {
     let env = Env::parse(env).ok_or_else(|| {
-        error(
+        reject(
             StatusCode::NOT_FOUND,
             format!("unknown env {env:?}: staging or production"),
         )
@@ -98,7 +116,7 @@ fn parse_target(
         role: role.to_string(),
     };
     let tx = state.commands.get(&id).cloned().ok_or_else(|| {
-        error(
+        reject(
             StatusCode::NOT_FOUND,
             format!("no target {id} is configured"),
         )
@@ -106,9 +124,20 @@ fn parse_target(
     Ok((id, tx))
 }
 
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 async fn targets(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = read_allowed(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let list: Vec<_> = state
         .board
@@ -131,18 +160,18 @@ struct EventQuery {
 fn query_target(
     q_env: &Option<String>,
     q_role: &Option<String>,
-) -> Result<Option<TargetId>, Response> {
+) -> Result<Option<TargetId>, ApiError> {
     match (q_env, q_role) {
         (Some(e), Some(r)) => {
             let env = Env::parse(e)
-                .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("unknown env {e:?}")))?;
+                .ok_or_else(|| reject(StatusCode::BAD_REQUEST, format!("unknown env {e:?}")))?;
             Ok(Some(TargetId {
                 env,
                 role: r.clone(),
             }))
         }
         (None, None) => Ok(None),
-        _ => Err(error(
+        _ => Err(reject(
             StatusCode::BAD_REQUEST,
             "give both env and role, or neither",
         )),
@@ -155,11 +184,11 @@ async fn events(
     Query(q): Query<EventQuery>,
 ) -> Response {
     if let Err(r) = read_allowed(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let target = match query_target(&q.env, &q.role) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state
         .store
@@ -177,11 +206,11 @@ async fn rollbacks(
     Query(q): Query<EventQuery>,
 ) -> Response {
     if let Err(r) = read_allowed(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let target = match query_target(&q.env, &q.role) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state
         .store
@@ -209,7 +238,7 @@ async fn deploy(
     body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let Json(body) = match body {
         Ok(b) => b,
@@ -222,7 +251,7 @@ async fn deploy(
     };
     let (id, tx) = match parse_target(&state, &body.env, &body.role) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let tag = match Tag::parse(&body.tag) {
         Ok(t) => t,
@@ -264,11 +293,11 @@ async fn simple_command(
     word: &str,
 ) -> Response {
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let (id, tx) = match parse_target(&state, &env, &role) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if tx.send(cmd).await.is_err() {
         return error(
@@ -309,11 +338,11 @@ async fn rollback(
     body: Option<Json<RollbackBody>>,
 ) -> Response {
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let (_, tx) = match parse_target(&state, &env, &role) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let tag = match body.tag.as_deref().map(Tag::parse).transpose() {
@@ -347,6 +376,100 @@ async fn rollback(
             "controller stopped before answering",
         ),
     }
+}
+
+/// Alertmanager's webhook. Answers fast (Alertmanager times out): rollbacks are queued to the
+/// target's watcher, not awaited. 200 with a per-alert account; 401/400/404 change nothing.
+async fn alertmanager(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::alertmanager::{parse, plan, AlertAction};
+    if let Err(r) = authorized(&state, &headers) {
+        return r.into_response();
+    }
+    let payload = match parse(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let now = now_ms();
+    let recent: HashMap<TargetId, bool> = state
+        .board
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|s| {
+            (
+                s.target.clone(),
+                s.last_deploy_ms
+                    .is_some_and(|d| now - d <= state.alert_window_ms),
+            )
+        })
+        .collect();
+    let actions = plan(
+        &payload,
+        |t| state.commands.contains_key(t),
+        |t| recent.get(t).copied().unwrap_or(false),
+    );
+    let mut results = Vec::new();
+    let mut unknown = 0;
+    for action in &actions {
+        let result = match action {
+            AlertAction::Ignore { why } => json!({ "action": "ignored", "why": why }),
+            AlertAction::UnknownTarget { env, role } => {
+                unknown += 1;
+                json!({ "action": "ignored", "why": format!("no target {env}/{role} is configured") })
+            }
+            AlertAction::RollBack {
+                target,
+                episode,
+                reason,
+            } => {
+                match state
+                    .store
+                    .claim_alert_episode(target.clone(), episode.clone())
+                    .await
+                {
+                    Ok(false) => {
+                        json!({ "action": "duplicate", "target": target.to_string(), "why": "this alert episode already ordered a rollback" })
+                    }
+                    Ok(true) => {
+                        let (reply, _ignored) = oneshot::channel();
+                        let cmd = Command::Rollback {
+                            tag: None,
+                            trigger: Trigger::Alert,
+                            reason: reason.clone(),
+                            reply,
+                        };
+                        match state.commands.get(target) {
+                            Some(tx) if tx.send(cmd).await.is_ok() => {
+                                json!({ "action": "rollback", "target": target.to_string() })
+                            }
+                            _ => {
+                                return error(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "controller is shutting down",
+                                )
+                            }
+                        }
+                    }
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+        };
+        results.push(result);
+    }
+    let status = if unknown > 0 && unknown == actions.len() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({ "group": payload.group_key, "status": payload.status, "results": results })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

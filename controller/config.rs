@@ -66,6 +66,11 @@ pub struct ControllerConfig {
     /// Whether reads (`GET /api/v1/...`) need the token too.
     #[serde(default)]
     pub api_reads_need_token: bool,
+    /// An Alertmanager alert rolls a target back only if it deployed within this window.
+    #[serde(default = "default_alert_window", with = "humantime_serde")]
+    pub alert_window: Duration,
+    /// Generic JSON webhook called on every rollback event (incident record included).
+    pub webhook_url: Option<Url>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,6 +265,9 @@ fn default_probe_timeout() -> Duration {
 fn default_rollback_validation() -> Duration {
     Duration::from_secs(60)
 }
+fn default_alert_window() -> Duration {
+    Duration::from_secs(1800)
+}
 fn default_token_env() -> String {
     "ROLLWATCH_API_TOKEN".into()
 }
@@ -290,6 +298,8 @@ impl Default for ControllerConfig {
             dry_run: false,
             api_token_env: default_token_env(),
             api_reads_need_token: false,
+            alert_window: default_alert_window(),
+            webhook_url: None,
         }
     }
 }

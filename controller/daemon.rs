@@ -17,8 +17,9 @@ use crate::registry::RegistryClient;
 use crate::rollback::Rollbacker;
 use crate::store::{EventRecord, RollbackState, Store, StoreError};
 use crate::target::TargetId;
+use crate::telemetry::Metrics;
 use crate::verdict::{Phase, TargetState};
-use crate::watch::{StatusBoard, Watcher};
+use crate::watch::{Shared, StatusBoard, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -26,6 +27,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source} (set controller.listen to a free address)")]
     Listen {
         addr: std::net::SocketAddr,
@@ -74,6 +77,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (events, _) = broadcast::channel(1024);
     let board: StatusBoard = Arc::new(RwLock::new(BTreeMap::new()));
+    let metrics = Arc::new(Metrics::new()?);
+    let shared = Shared {
+        store: store.clone(),
+        rollbacker: rollbacker.clone(),
+        prober: prober.clone(),
+        board: board.clone(),
+        events: events.clone(),
+        metrics: metrics.clone(),
+        webhook: config.controller.webhook_url.clone(),
+    };
 
     let mut states = HashMap::new();
     for t in &config.targets {
@@ -102,11 +115,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             t.clone(),
             config.is_dry_run(t),
             states.remove(&t.id()).unwrap_or_default(),
-            store.clone(),
-            rollbacker.clone(),
-            prober.clone(),
-            board.clone(),
-            events.clone(),
+            shared.clone(),
         );
         tasks.push(tokio::spawn(watcher.run(wake_rx, cmd_rx, shutdown.clone())));
     }
@@ -128,6 +137,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         board: board.clone(),
         store: store.clone(),
         commands: Arc::new(commands),
+        metrics: metrics.clone(),
+        alert_window_ms: config.controller.alert_window.as_millis() as i64,
         token,
         reads_need_token: config.controller.api_reads_need_token,
     };

@@ -221,6 +221,25 @@ impl DockerClient {
         })
     }
 
+    /// The last `lines` lines of a container's stdout and stderr, for incident records.
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, DockerError> {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            out.push_str(
+                &item
+                    .map_err(self.api_err(format!("reading logs of {id}")))?
+                    .to_string(),
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
         self.docker
             .inspect_container(id, None)
@@ -467,7 +486,10 @@ mod tests {
             Some("starting")
         );
         assert_eq!(health_from_status("Exited (1) 3 seconds ago"), None);
-        assert_eq!(exit_code_from_status("Exited (137) 3 seconds ago"), Some(137));
+        assert_eq!(
+            exit_code_from_status("Exited (137) 3 seconds ago"),
+            Some(137)
+        );
         assert_eq!(exit_code_from_status("Up 3 seconds"), None);
     }
 }

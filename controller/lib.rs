@@ -2,6 +2,7 @@
 //! environment and role back to its last known-good image tag. See DESIGN.md for the data flow;
 //! each module below owns one concept of it.
 
+pub mod alertmanager;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -132,6 +132,8 @@ pub struct RollbackRecord {
     pub steps: Vec<StepRecord>,
     pub output: String,
     pub error: Option<String>,
+    /// The last log lines of the containers being rolled back, captured before the rollback.
+    pub logs: String,
 }
 
 /// How a rollback ended, written once.
@@ -202,6 +204,12 @@ CREATE TABLE IF NOT EXISTS deploys (
     pipeline_url TEXT,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_episodes (
+    episode TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS known_good (
     env TEXT NOT NULL,
     role TEXT NOT NULL,
@@ -230,6 +238,15 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        // Added after the first schema: older store files get the column, newer ones have it.
+        if let Err(e) = conn.execute(
+            "ALTER TABLE rollbacks ADD COLUMN logs TEXT NOT NULL DEFAULT ''",
+            [],
+        ) {
+            if !e.to_string().contains("duplicate column") {
+                return Err(open_err(e));
+            }
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -267,6 +284,18 @@ impl Store {
                 ],
             )?;
             Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Attaches the failing containers' last log lines to a rollback (the incident's evidence).
+    pub async fn set_rollback_logs(&self, id: i64, logs: String) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE rollbacks SET logs = ?1 WHERE id = ?2",
+                params![logs, id],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -360,7 +389,7 @@ impl Store {
 }
 
 const SELECT_ROLLBACK: &str = "SELECT id, env, role, trigger, reason, from_tag, from_image, to_tag,
-    to_digest, state, started_at_ms, finished_at_ms, steps, output, error FROM rollbacks";
+    to_digest, state, started_at_ms, finished_at_ms, steps, output, error, logs FROM rollbacks";
 
 /// Something that happened to a target, for `rollwatch history` and `GET /api/v1/events`.
 #[derive(Debug, Clone, Serialize)]
@@ -525,6 +554,23 @@ impl Store {
         .await
     }
 
+    /// Records that an alert episode ordered a rollback; `false` when it was already recorded
+    /// (a repeated notification), so each firing episode acts at most once.
+    pub async fn claim_alert_episode(
+        &self,
+        target: TargetId,
+        episode: String,
+    ) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO alert_episodes (episode, env, role, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![episode, target.env.as_str(), target.role, now_ms()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     /// Rollbacks whose intent was written but whose outcome never was: a crash mid-rollback.
     pub async fn unfinished_rollbacks(&self) -> Result<Vec<RollbackRecord>, StoreError> {
         self.with(|c| {
@@ -566,6 +612,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollbackRecor
                 .map_err(|e| StoreError::Corrupt(format!("steps: {e}")))?,
             output: r.get(13)?,
             error: r.get(14)?,
+            logs: r.get(15)?,
         })
     };
     Ok(build())

@@ -1,7 +1,16 @@
-//! Logs: human-readable lines by default, JSON for machines (`--log-format json`). Filtered by
-//! `RUST_LOG`, default `info`. Metrics export lives here too once the watcher produces them.
+//! What rollwatch tells the outside world: logs (human-readable by default, JSON with
+//! `--log-format json`) and the Prometheus metrics served on `/metrics`. Label values are bounded:
+//! env, role, trigger, result, state, probe failure class — and tags only in the two info gauges,
+//! whose old series are removed when the tag changes. Never a raw error string.
 
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use tracing_subscriber::EnvFilter;
+
+use crate::probe::ProbeFailure;
+use crate::target::TargetId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -22,4 +31,215 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Every state a target can be in, so the state gauge always has all series (0 or 1).
+pub const STATES: [&str; 5] = [
+    "unknown",
+    "watching",
+    "stable",
+    "regressed",
+    "rollback_failed",
+];
+
+/// The controller's metrics. Names and meaning are listed in the README.
+pub struct Metrics {
+    registry: Registry,
+    pub rollbacks: IntCounterVec,
+    pub verdicts: IntCounterVec,
+    pub deploys: IntCounterVec,
+    pub state: IntGaugeVec,
+    pub paused: IntGaugeVec,
+    pub unhealthy: IntGaugeVec,
+    pub running_tag: IntGaugeVec,
+    pub known_good_tag: IntGaugeVec,
+    pub detection: HistogramVec,
+    pub rollback_duration: HistogramVec,
+    pub probe_duration: HistogramVec,
+    pub probe_failures: IntCounterVec,
+    pub source_up: IntGaugeVec,
+    pub last_rollback: GaugeVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn label(id: &TargetId) -> [&str; 2] {
+    [id.env.as_str(), id.role.as_str()]
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let tr = &["env", "role"];
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone()))?;
+                m
+            }};
+        }
+        let seconds = vec![
+            0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 60.0, 120.0, 300.0,
+        ];
+        let m = Metrics {
+            rollbacks: reg!(IntCounterVec::new(
+                Opts::new("rollwatch_rollbacks_total", "Rollbacks by trigger (health, error_ratio, latency, alert, manual) and result (succeeded, failed, dry_run)."),
+                &["env", "role", "trigger", "result"]
+            )?),
+            verdicts: reg!(IntCounterVec::new(
+                Opts::new("rollwatch_verdicts_total", "Verdicts on deploys: healthy (promoted), regressed, inconclusive."),
+                &["env", "role", "verdict"]
+            )?),
+            deploys: reg!(IntCounterVec::new(Opts::new("rollwatch_deploys_total", "Deploys seen (a new running tag)."), tr)?),
+            state: reg!(IntGaugeVec::new(
+                Opts::new("rollwatch_target_state", "1 for the state the target is in: unknown, watching, stable, regressed, rollback_failed."),
+                &["env", "role", "state"]
+            )?),
+            paused: reg!(IntGaugeVec::new(Opts::new("rollwatch_target_paused", "1 while automatic rollbacks of the target are paused."), tr)?),
+            unhealthy: reg!(IntGaugeVec::new(
+                Opts::new("rollwatch_target_unhealthy", "1 while a target that is not on probation fails its checks (no automatic action)."),
+                tr
+            )?),
+            running_tag: reg!(IntGaugeVec::new(Opts::new("rollwatch_running_tag_info", "The tag the target runs (value 1)."), &["env", "role", "tag"])?),
+            known_good_tag: reg!(IntGaugeVec::new(
+                Opts::new("rollwatch_known_good_tag_info", "The known-good tag a rollback would go to (value 1)."),
+                &["env", "role", "tag"]
+            )?),
+            detection: reg!(HistogramVec::new(
+                HistogramOpts::new("rollwatch_detection_seconds", "Deploy seen to verdict regressed.").buckets(seconds.clone()),
+                tr
+            )?),
+            rollback_duration: reg!(HistogramVec::new(
+                HistogramOpts::new("rollwatch_rollback_duration_seconds", "Rollback start to /health validated (or failed).").buckets(seconds),
+                &["env", "role", "trigger"]
+            )?),
+            probe_duration: reg!(HistogramVec::new(
+                HistogramOpts::new("rollwatch_probe_duration_seconds", "Health probe latency.")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                tr
+            )?),
+            probe_failures: reg!(IntCounterVec::new(
+                Opts::new("rollwatch_probe_failures_total", "Failed health probes by class: unreachable, timeout, status, not_ok."),
+                &["env", "role", "reason"]
+            )?),
+            source_up: reg!(IntGaugeVec::new(
+                Opts::new("rollwatch_metrics_source_up", "1 when the target's evidence source (Docker, error metrics) answered last time."),
+                &["env", "role", "source"]
+            )?),
+            last_rollback: reg!(GaugeVec::new(
+                Opts::new("rollwatch_last_rollback_timestamp_seconds", "Unix time of the target's last finished rollback."),
+                tr
+            )?),
+            build_info: reg!(IntGaugeVec::new(Opts::new("rollwatch_build_info", "rollwatch version (value 1)."), &["version"])?),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(m)
+    }
+
+    /// Creates every series of a target at its zero value, so dashboards and `absent()` see it
+    /// before anything happened.
+    pub fn init_target(&self, id: &TargetId) {
+        let [env, role] = label(id);
+        self.set_state(id, "unknown");
+        self.paused.with_label_values(&[env, role]).set(0);
+        self.unhealthy.with_label_values(&[env, role]).set(0);
+        self.deploys.with_label_values(&[env, role]);
+        for v in ["healthy", "regressed", "inconclusive"] {
+            self.verdicts.with_label_values(&[env, role, v]);
+        }
+        self.source_up
+            .with_label_values(&[env, role, "docker"])
+            .set(1);
+    }
+
+    pub fn set_state(&self, id: &TargetId, state: &str) {
+        let [env, role] = label(id);
+        for s in STATES {
+            self.state
+                .with_label_values(&[env, role, s])
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Replaces the target's info-gauge series for `gauge` with one for `tag`.
+    pub fn set_tag(
+        &self,
+        gauge: &IntGaugeVec,
+        id: &TargetId,
+        tag: Option<&str>,
+        previous: Option<&str>,
+    ) {
+        let [env, role] = label(id);
+        if previous == tag {
+            if let Some(t) = tag {
+                gauge.with_label_values(&[env, role, t]).set(1);
+            }
+            return;
+        }
+        if let Some(p) = previous {
+            let _ = gauge.remove_label_values(&[env, role, p]);
+        }
+        if let Some(t) = tag {
+            gauge.with_label_values(&[env, role, t]).set(1);
+        }
+    }
+
+    pub fn probe(&self, id: &TargetId, seconds: f64, failure: Option<&ProbeFailure>) {
+        let [env, role] = label(id);
+        self.probe_duration
+            .with_label_values(&[env, role])
+            .observe(seconds);
+        if let Some(f) = failure {
+            let class = match f {
+                ProbeFailure::Unreachable(_) => "unreachable",
+                ProbeFailure::Timeout => "timeout",
+                ProbeFailure::Status(_) => "status",
+                ProbeFailure::NotOk(_) => "not_ok",
+            };
+            self.probe_failures
+                .with_label_values(&[env, role, class])
+                .inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Env;
+
+    #[test]
+    fn state_gauge_has_exactly_one_active_state_and_tags_are_replaced() {
+        let m = Metrics::new().unwrap();
+        let id = TargetId {
+            env: Env::Staging,
+            role: "backend".into(),
+        };
+        m.init_target(&id);
+        m.set_state(&id, "watching");
+        m.set_tag(&m.running_tag, &id, Some("v1.1.0"), None);
+        m.set_tag(&m.running_tag, &id, Some("v1.0.0"), Some("v1.1.0"));
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"rollwatch_target_state{env="staging",role="backend",state="watching"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"rollwatch_target_state{env="staging",role="backend",state="stable"} 0"#));
+        assert!(text.contains(
+            r#"rollwatch_running_tag_info{env="staging",role="backend",tag="v1.0.0"} 1"#
+        ));
+        assert!(!text.contains(r#"tag="v1.1.0""#), "old tag series removed");
+        assert!(text.contains("rollwatch_build_info{version="));
+    }
 }

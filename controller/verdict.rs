@@ -193,12 +193,14 @@ fn container_regression(containers: &[ContainerView], tag: &str) -> Option<Strin
         .filter(|c| c.tag.as_deref() == Some(tag))
         .find_map(|c| match (c.state.as_str(), c.health.as_deref()) {
             ("exited", _) if stopped_on_purpose(c.exit_code) => None,
-        ("exited" | "dead", _) => Some(format!(
-            "container {} {}{}",
-            c.name,
-            c.state,
-            c.exit_code.map(|e| format!(" with code {e}")).unwrap_or_default()
-        )),
+            ("exited" | "dead", _) => Some(format!(
+                "container {} {}{}",
+                c.name,
+                c.state,
+                c.exit_code
+                    .map(|e| format!(" with code {e}"))
+                    .unwrap_or_default()
+            )),
             ("restarting", _) => Some(format!("container {} is restart-looping", c.name)),
             (_, Some("unhealthy")) => Some(format!("container {} is Docker-unhealthy", c.name)),
             _ => None,
@@ -477,7 +479,10 @@ mod tests {
             c[0].state = "exited".into();
             c[0].exit_code = Some(code);
             let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
-            assert!(!d.iter().any(|d| matches!(d, Decision::RollBack { .. })), "code {code}: {d:?}");
+            assert!(
+                !d.iter().any(|d| matches!(d, Decision::RollBack { .. })),
+                "code {code}: {d:?}"
+            );
         }
     }
 

@@ -21,6 +21,7 @@ use crate::store::{
 };
 use crate::tag::Tag;
 use crate::target::TargetId;
+use crate::telemetry::Metrics;
 use crate::verdict::{decide, ContainerView, Decision, Observation, Phase, Policy, TargetState};
 
 /// Orders from people and CI (API, CLI), handled between rounds.
@@ -46,6 +47,8 @@ pub struct TargetStatus {
     pub running_tag: Option<String>,
     pub known_good_tag: Option<String>,
     pub since_ms: i64,
+    /// When the running tag was first seen (the last deploy), for the alert window.
+    pub last_deploy_ms: Option<i64>,
     pub paused: bool,
     pub dry_run: bool,
     pub docker_reachable: bool,
@@ -66,26 +69,50 @@ pub struct Watcher {
     docker: Option<DockerClient>,
     state: TargetState,
     since_ms: i64,
+    last_deploy_ms: Option<i64>,
     running_tag: Option<String>,
     known_good: Option<String>,
     last_probe: Option<String>,
     docker_reachable: bool,
     board: StatusBoard,
     events: broadcast::Sender<EventRecord>,
+    metrics: Arc<Metrics>,
+    webhook: Option<url::Url>,
+    /// Tags currently exported in the info gauges, to replace their series on change.
+    shown_running: Option<String>,
+    shown_known_good: Option<String>,
+}
+
+/// What the controller shares with every watcher.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub rollbacker: Arc<Rollbacker>,
+    pub prober: Prober,
+    pub board: StatusBoard,
+    pub events: broadcast::Sender<EventRecord>,
+    pub metrics: Arc<Metrics>,
+    /// Generic JSON webhook told about every rollback (`controller.webhook_url`).
+    pub webhook: Option<url::Url>,
 }
 
 impl Watcher {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         target: TargetConfig,
         dry_run: bool,
         initial: TargetState,
-        store: Store,
-        rollbacker: Arc<Rollbacker>,
-        prober: Prober,
-        board: StatusBoard,
-        events: broadcast::Sender<EventRecord>,
+        shared: Shared,
     ) -> Watcher {
+        let Shared {
+            store,
+            rollbacker,
+            prober,
+            board,
+            events,
+            metrics,
+            webhook,
+        } = shared;
+        metrics.init_target(&target.id());
         Watcher {
             policy: target.watch.policy(),
             target,
@@ -96,12 +123,17 @@ impl Watcher {
             docker: None,
             state: initial,
             since_ms: now_ms(),
+            last_deploy_ms: None,
             running_tag: None,
             known_good: None,
             last_probe: None,
             docker_reachable: true,
             board,
             events,
+            metrics,
+            webhook,
+            shown_running: None,
+            shown_known_good: None,
         }
     }
 
@@ -183,6 +215,17 @@ impl Watcher {
         let reachable = containers.is_ok();
         if reachable != self.docker_reachable {
             self.docker_reachable = reachable;
+            let [env, role] = [self.target.env.as_str(), self.target.role.as_str()];
+            self.metrics
+                .source_up
+                .with_label_values(&[env, role, "docker"])
+                .set(i64::from(reachable));
+            if !reachable {
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[env, role, "inconclusive"])
+                    .inc();
+            }
             let msg = if reachable {
                 "docker reachable again".to_string()
             } else {
@@ -214,6 +257,11 @@ impl Watcher {
         let id = self.target.id();
         match decision {
             Decision::DeploySeen { tag, previous } => {
+                self.last_deploy_ms = Some(now_ms());
+                self.metrics
+                    .deploys
+                    .with_label_values(&[id.env.as_str(), id.role.as_str()])
+                    .inc();
                 let ci = self
                     .store
                     .deploy_of(id.clone(), tag.clone())
@@ -241,6 +289,10 @@ impl Watcher {
                 .await;
             }
             Decision::Promote { tag } => {
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[id.env.as_str(), id.role.as_str(), "healthy"])
+                    .inc();
                 let image = format!(
                     "{}:{tag}",
                     self.target.executor.image_repository(&self.target.role)
@@ -304,6 +356,17 @@ impl Watcher {
 
     async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
         let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        self.metrics
+            .verdicts
+            .with_label_values(&[env, role, "regressed"])
+            .inc();
+        if let Phase::Watching { since_ms, .. } = &self.state.phase {
+            self.metrics
+                .detection
+                .with_label_values(&[env, role])
+                .observe((now_ms() - since_ms) as f64 / 1000.0);
+        }
         self.emit(
             "regressed",
             Some(from_tag.clone()),
@@ -324,7 +387,8 @@ impl Watcher {
             dry_run: self.dry_run,
         };
         let result = self.execute_rollback(request).await;
-        self.after_rollback(&from_tag, &reason, result).await;
+        self.after_rollback(&from_tag, &reason, trigger, result)
+            .await;
     }
 
     async fn execute_rollback(
@@ -359,8 +423,35 @@ impl Watcher {
         &mut self,
         from_tag: &str,
         reason: &str,
+        trigger: Trigger,
         result: Result<RollbackRecord, RollbackError>,
     ) {
+        let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        let outcome = match &result {
+            Ok(rec) if rec.state == RollbackState::DryRun => "dry_run",
+            Ok(_) => "succeeded",
+            Err(RollbackError::Execution { .. } | RollbackError::Validation { .. }) => "failed",
+            Err(_) => "refused",
+        };
+        self.metrics
+            .rollbacks
+            .with_label_values(&[env, role, trigger.as_str(), outcome])
+            .inc();
+        self.notify(outcome, &result).await;
+        if outcome != "dry_run" {
+            if let Ok(rec) = &result {
+                let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
+                self.metrics
+                    .rollback_duration
+                    .with_label_values(&[env, role, trigger.as_str()])
+                    .observe(took as f64 / 1000.0);
+            }
+            self.metrics
+                .last_rollback
+                .with_label_values(&[env, role])
+                .set(now_ms() as f64 / 1000.0);
+        }
         match result {
             Ok(rec) if rec.state == RollbackState::DryRun => {
                 self.state.phase = Phase::Regressed {
@@ -416,6 +507,52 @@ impl Watcher {
                 )
                 .await;
             }
+        }
+    }
+
+    /// Tells the configured webhook about a rollback, with its incident record. Best effort:
+    /// a receiver that is down is logged, never retried in the way of the next round.
+    async fn notify(&self, outcome: &str, result: &Result<RollbackRecord, RollbackError>) {
+        let Some(url) = &self.webhook else { return };
+        let id = self.target.id();
+        let incident = match result {
+            Ok(rec) => self
+                .store
+                .rollback(rec.id)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+            Err(_) => None,
+        };
+        let body = serde_json::json!({
+            "event": "rollback",
+            "target": id.to_string(),
+            "env": id.env.as_str(),
+            "role": id.role,
+            "result": outcome,
+            "error": result.as_ref().err().map(|e| e.to_string()),
+            "incident": incident,
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build();
+        let sent = match client {
+            Ok(c) => c
+                .post(url.clone())
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status()),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(status) if status.is_success() => {}
+            Ok(status) => {
+                tracing::warn!(%url, %status, "rollback webhook refused the notification")
+            }
+            Err(e) => tracing::warn!(%url, error = %e, "rollback webhook unreachable"),
         }
     }
 
@@ -483,7 +620,7 @@ impl Watcher {
                     Ok(r) => Ok(r.clone()),
                     Err(e) => Err(e.to_string()),
                 };
-                self.after_rollback(&from, &reason, result).await;
+                self.after_rollback(&from, &reason, trigger, result).await;
                 self.refresh_known_good().await;
                 let _ = reply.send(answer);
             }
@@ -497,12 +634,29 @@ impl Watcher {
         if self.state.phase != Phase::Unknown || self.observe().await.is_err() {
             return;
         }
-        let Some(running) = self.running_tag.clone() else { return };
-        let known = self.store.known_good_tags(self.target.id()).await.unwrap_or_default();
-        let bad = self.store.is_bad(self.target.id(), running.clone()).await.unwrap_or(true);
+        let Some(running) = self.running_tag.clone() else {
+            return;
+        };
+        let known = self
+            .store
+            .known_good_tags(self.target.id())
+            .await
+            .unwrap_or_default();
+        let bad = self
+            .store
+            .is_bad(self.target.id(), running.clone())
+            .await
+            .unwrap_or(true);
         if !bad && known.iter().any(|(t, _, _)| *t == running) {
-            self.state.phase = Phase::Stable { tag: running.clone() };
-            self.emit("stable", Some(running.clone()), format!("{running} is on record as known-good; watching it as stable")).await;
+            self.state.phase = Phase::Stable {
+                tag: running.clone(),
+            };
+            self.emit(
+                "stable",
+                Some(running.clone()),
+                format!("{running} is on record as known-good; watching it as stable"),
+            )
+            .await;
         }
     }
 
@@ -547,8 +701,34 @@ impl Watcher {
         });
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        self.metrics.set_state(&id, self.state.phase.name());
+        self.metrics
+            .paused
+            .with_label_values(&[env, role])
+            .set(i64::from(self.state.paused));
+        let unhealthy = matches!(self.state.phase, Phase::Stable { .. })
+            && self.state.stable_failures >= self.policy.failures;
+        self.metrics
+            .unhealthy
+            .with_label_values(&[env, role])
+            .set(i64::from(unhealthy));
+        self.metrics.set_tag(
+            &self.metrics.running_tag,
+            &id,
+            self.running_tag.as_deref(),
+            self.shown_running.as_deref(),
+        );
+        self.shown_running = self.running_tag.clone();
+        self.metrics.set_tag(
+            &self.metrics.known_good_tag,
+            &id,
+            self.known_good.as_deref(),
+            self.shown_known_good.as_deref(),
+        );
+        self.shown_known_good = self.known_good.clone();
         let detail = match &self.state.phase {
             Phase::Watching {
                 since_ms,
@@ -575,6 +755,7 @@ impl Watcher {
             running_tag: self.running_tag.clone(),
             known_good_tag: self.known_good.clone(),
             since_ms: self.since_ms,
+            last_deploy_ms: self.last_deploy_ms,
             paused: self.state.paused,
             dry_run: self.dry_run,
             docker_reachable: self.docker_reachable,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use harness::*;
 
 fn restart_dockerd() {
-    let pid = std::fs::read_to_string("/var/run/docker.pid").expect("dockerd pid file (scripts/setup starts dockerd)");
+    let pid = std::fs::read_to_string("/var/run/docker.pid")
+        .expect("dockerd pid file (scripts/setup starts dockerd)");
     let pid = pid.trim().to_string();
     sh("kill", &["-TERM", &pid]);
     wait_for(Duration::from_secs(60), "dockerd to exit", || {
@@ -33,23 +34,44 @@ fn daemon_restart_during_watch_window_causes_no_false_rollback_and_detection_res
 
     // A long watch window for v1.0.1, with the daemon restart inside it.
     let long = r#"watch = { interval = "500ms", failures = 2, grace = "2s", bake = "25s", cooldown = "5m" }"#;
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace(watch, long)).unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(watch, long),
+    )
+    .unwrap();
     drop(_c);
     let _c = Controller::start(&config, &[]);
     d.deploy("v1.0.1");
     wait_event(&d.db(), "deploy", "v1.0.1", Duration::from_secs(30));
     restart_dockerd();
     wait_for(Duration::from_secs(60), "docker reachable again", || {
-        events(&d.db()).into_iter().find(|(k, _, m)| k == "docker" && m.contains("reachable again"))
+        events(&d.db())
+            .into_iter()
+            .find(|(k, _, m)| k == "docker" && m.contains("reachable again"))
     });
     wait_healthy_version(d.port, "v1.0.1");
     wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
-    assert!(rollback_rows(&d.db()).is_empty(), "no false rollback: {:?}", rollback_rows(&d.db()));
+    assert!(
+        rollback_rows(&d.db()).is_empty(),
+        "no false rollback: {:?}",
+        rollback_rows(&d.db())
+    );
 
     // Detection still works after the reconnect.
     d.deploy("v1.1.0");
-    let row = wait_for(Duration::from_secs(60), "rollback after the restart", || {
-        rollback_rows(&d.db()).into_iter().find(|r| r.0 == "succeeded")
-    });
-    assert_eq!((row.3.as_deref(), row.4.as_str()), (Some("v1.1.0"), "v1.0.1"));
+    let row = wait_for(
+        Duration::from_secs(60),
+        "rollback after the restart",
+        || {
+            rollback_rows(&d.db())
+                .into_iter()
+                .find(|r| r.0 == "succeeded")
+        },
+    );
+    assert_eq!(
+        (row.3.as_deref(), row.4.as_str()),
+        (Some("v1.1.0"), "v1.0.1")
+    );
 }

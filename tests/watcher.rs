@@ -208,36 +208,95 @@ fn ci_deploy_registration_pause_resume_status_and_history() {
     let body = format!(
         r#"{{"env":"staging","role":"backend","tag":"v1.0.1","commit_sha":"{sha}","pipeline_url":"https://gitlab.example.com/p/1"}}"#
     );
-    assert_eq!(http_post(d.api_port, "/api/v1/deploys", None, &body).unwrap().0, 401, "no token");
-    assert_eq!(http_post(d.api_port, "/api/v1/deploys", Some("wrong"), &body).unwrap().0, 401, "wrong token");
-    let bad = http_post(d.api_port, "/api/v1/deploys", Some(TOKEN), r#"{"env":"staging","role":"backend","tag":"v1 0"}"#).unwrap();
+    assert_eq!(
+        http_post(d.api_port, "/api/v1/deploys", None, &body)
+            .unwrap()
+            .0,
+        401,
+        "no token"
+    );
+    assert_eq!(
+        http_post(d.api_port, "/api/v1/deploys", Some("wrong"), &body)
+            .unwrap()
+            .0,
+        401,
+        "wrong token"
+    );
+    let bad = http_post(
+        d.api_port,
+        "/api/v1/deploys",
+        Some(TOKEN),
+        r#"{"env":"staging","role":"backend","tag":"v1 0"}"#,
+    )
+    .unwrap();
     assert_eq!(bad.0, 400, "{bad:?}");
-    let unknown = http_post(d.api_port, "/api/v1/deploys", Some(TOKEN), r#"{"env":"staging","role":"db","tag":"v1.0.1"}"#).unwrap();
+    let unknown = http_post(
+        d.api_port,
+        "/api/v1/deploys",
+        Some(TOKEN),
+        r#"{"env":"staging","role":"db","tag":"v1.0.1"}"#,
+    )
+    .unwrap();
     assert_eq!(unknown.0, 404, "{unknown:?}");
-    assert_eq!(http_post(d.api_port, "/api/v1/deploys", Some(TOKEN), &body).unwrap().0, 202);
+    assert_eq!(
+        http_post(d.api_port, "/api/v1/deploys", Some(TOKEN), &body)
+            .unwrap()
+            .0,
+        202
+    );
     d.deploy("v1.0.1");
     let seen = wait_event(&d.db(), "deploy", "v1.0.1", Duration::from_secs(30));
-    assert!(seen.contains(sha) && seen.contains("pipeline https://gitlab.example.com/p/1"), "{seen}");
+    assert!(
+        seen.contains(sha) && seen.contains("pipeline https://gitlab.example.com/p/1"),
+        "{seen}"
+    );
     wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(30));
 
     let config = d.root.path().join("rollwatch.toml");
-    rollwatch(&config).env("ROLLWATCH_API_TOKEN", TOKEN).args(["pause", "staging", "backend"]).assert().success();
+    rollwatch(&config)
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .args(["pause", "staging", "backend"])
+        .assert()
+        .success();
     d.deploy("v1.1.0");
     let withheld = wait_event(&d.db(), "withheld", "v1.1.0", Duration::from_secs(30));
     assert!(withheld.contains("paused"), "{withheld}");
     assert!(rollback_rows(&d.db()).is_empty());
     let status = rollwatch(&config).arg("status").assert().success();
     let table = String::from_utf8_lossy(&status.get_output().stdout).to_string();
-    assert!(table.contains("v1.1.0") && table.contains("v1.0.1") && table.contains("regressed (paused)"), "{table}");
+    assert!(
+        table.contains("v1.1.0")
+            && table.contains("v1.0.1")
+            && table.contains("regressed (paused)"),
+        "{table}"
+    );
 
-    rollwatch(&config).env("ROLLWATCH_API_TOKEN", TOKEN).args(["resume", "staging", "backend"]).assert().success();
+    rollwatch(&config)
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .args(["resume", "staging", "backend"])
+        .assert()
+        .success();
     let row = wait_for(Duration::from_secs(60), "rollback after resume", || {
-        rollback_rows(&d.db()).into_iter().find(|r| r.0 == "succeeded")
+        rollback_rows(&d.db())
+            .into_iter()
+            .find(|r| r.0 == "succeeded")
     });
     assert_eq!(row.4, "v1.0.1", "back to the newest known-good");
-    let history = rollwatch(&config).args(["history", "staging", "backend"]).assert().success();
+    let history = rollwatch(&config)
+        .args(["history", "staging", "backend"])
+        .assert()
+        .success();
     let h = String::from_utf8_lossy(&history.get_output().stdout).to_string();
-    for word in ["ci_deploy", "promoted", "paused", "withheld", "resumed", "regressed", "rollback", "v1.1.0 -> v1.0.1"] {
+    for word in [
+        "ci_deploy",
+        "promoted",
+        "paused",
+        "withheld",
+        "resumed",
+        "regressed",
+        "rollback",
+        "v1.1.0 -> v1.0.1",
+    ] {
         assert!(h.contains(word), "history lacks {word}: {h}");
     }
 }

@@ -83,7 +83,18 @@ async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// Timings of one bad deploy, measured from the moment `up -d` of the bad tag returned.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Fault onset to the `regressed` verdict.
+    pub detect: Duration,
+    /// Fault onset to `/health` validated ok on the known-good tag.
+    pub healthy: Duration,
+}
+
+/// Runs the scenario `runs` times; with `runs > 1` it prints quantiles and, when `bench` names a
+/// file, appends a table there.
+pub async fn run(runs: usize, bench: Option<PathBuf>) -> anyhow::Result<()> {
     let docker_ok = std::process::Command::new("docker")
         .args(["info"])
         .output()
@@ -91,23 +102,83 @@ pub async fn run() -> anyhow::Result<()> {
     if !docker_ok {
         bail!("no Docker Engine answers; run scripts/demo, which installs and starts one");
     }
-    let root = std::env::temp_dir().join("rollwatch-demo");
-    remove_demo_containers();
-    let _ = std::fs::remove_dir_all(&root);
-    let (app_port, api_port) = (free_port()?, free_port()?);
-    let dir = lay_out(&root, app_port)?;
-    let text = TEMPLATE
-        .replace("{store}", &root.join("rollwatch.db").display().to_string())
-        .replace("{api_port}", &api_port.to_string())
-        .replace("{app_port}", &app_port.to_string())
-        .replace("{dir}", &dir.display().to_string());
-    let config = Config::parse(&text, Path::new("<embedded demo config>"), &root)?;
-    let result = scenario(config, &dir, app_port).await;
-    remove_demo_containers();
-    result
+    let mut all = Vec::new();
+    for i in 0..runs.max(1) {
+        if runs > 1 {
+            println!("\n== run {}/{runs}", i + 1);
+        }
+        let root = std::env::temp_dir().join("rollwatch-demo");
+        remove_demo_containers();
+        let _ = std::fs::remove_dir_all(&root);
+        let (app_port, api_port) = (free_port()?, free_port()?);
+        let dir = lay_out(&root, app_port)?;
+        let text = TEMPLATE
+            .replace("{store}", &root.join("rollwatch.db").display().to_string())
+            .replace("{api_port}", &api_port.to_string())
+            .replace("{app_port}", &app_port.to_string())
+            .replace("{dir}", &dir.display().to_string());
+        let config = Config::parse(&text, Path::new("<embedded demo config>"), &root)?;
+        let result = scenario(config, &dir, app_port).await;
+        remove_demo_containers();
+        all.push(result?);
+    }
+    if runs > 1 {
+        report(&all, bench.as_deref())?;
+    }
+    Ok(())
 }
 
-async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<()> {
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    // Nearest-rank: the smallest value with at least q of the samples at or below it.
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn report(all: &[Timings], bench: Option<&Path>) -> anyhow::Result<()> {
+    let stats = |f: fn(&Timings) -> Duration| {
+        let mut v: Vec<f64> = all.iter().map(|t| f(t).as_secs_f64()).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (quantile(&v, 0.5), quantile(&v, 0.95), v[0], v[v.len() - 1])
+    };
+    let (d50, d95, dmin, dmax) = stats(|t| t.detect);
+    let (h50, h95, hmin, hmax) = stats(|t| t.healthy);
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let table = format!(
+        "## Watcher: detection and recovery of a health-down deploy ({date})\n\n\
+         Machine: {host}, {cores} cores. `rollwatch demo --runs {n}`: compose target on loopback, probe interval 1 s,\n\
+         2 consecutive failures = regressed, start-up grace 1 s; bad tag `v1.1.0` answers /health 503.\n\
+         Fault onset = `docker-compose up -d` of the bad tag returned; healthy = rollback validated /health ok on v1.0.0.\n\n\
+         | measure | p50 | p95 | min | max | goal (p50) |\n|---|---|---|---|---|---|\n\
+         | fault onset -> verdict regressed | {d50:.2} s | {d95:.2} s | {dmin:.2} s | {dmax:.2} s | <= 3.5 s |\n\
+         | fault onset -> healthy on known-good | {h50:.2} s | {h95:.2} s | {hmin:.2} s | {hmax:.2} s | <= 8 s |\n",
+        n = all.len()
+    );
+    println!("\n{table}");
+    if let Some(path) = bench {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "\n{table}")?;
+        println!("appended to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<Timings> {
     let t0 = Instant::now();
     let say = move |msg: String| println!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
     say(format!(
@@ -119,7 +190,7 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<(
     let shutdown = CancellationToken::new();
     let running = crate::daemon::start(config.clone(), shutdown.clone()).await?;
     let mut events = running.events.subscribe();
-    say(format!("rollwatch watching staging/backend (probe every 1s, 2 failures = regressed, bake 5s); API on {}", running.addr));
+    say(format!("rollwatch watching staging/backend (probe every 1s, 2 failures = regressed, bake 3s); API on {}", running.addr));
 
     let mut fault_at: Option<Instant> = None;
     let mut regressed_at = None;
@@ -139,11 +210,11 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<(
             match (e.kind.as_str(), e.tag.as_deref()) {
                 ("promoted", Some(GOOD)) if fault_at.is_none() => {
                     say(format!("deploying demo {BAD} (its /health answers 503)"));
-                    fault_at = Some(Instant::now());
                     deploy(dir, BAD).await?;
+                    fault_at = Some(Instant::now());
                 }
                 ("regressed", _) => regressed_at = Some(Instant::now()),
-                ("rollback", _) => return Ok(()),
+                ("rollback", _) => return Ok(Instant::now()),
                 ("rollback_failed", _) => bail!("rollback failed: {}", e.message),
                 _ => {}
             }
@@ -152,40 +223,46 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<(
     .await;
     shutdown.cancel();
     let _ = running.done.await;
-    outcome.context("the demo did not finish within 120 s")??;
+    let healthy_at = outcome.context("the demo did not finish within 120 s")??;
 
     let prober = Prober::new()?;
     let url = url::Url::parse(&format!("http://127.0.0.1:{app_port}/health"))?;
-    let healthy = prober
+    prober
         .wait_healthy(
             &url,
             Duration::from_secs(1),
             Duration::from_millis(100),
             Duration::from_secs(10),
         )
-        .await;
-    let healthy_at = Instant::now();
-    let body = reqwest::get(url.clone()).await?.text().await?;
-    if healthy.is_err() || !body.contains(GOOD) {
+        .await
+        .map_err(|f| anyhow::anyhow!("after the rollback /health is not ok: {f}"))?;
+    let body = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(url.clone())
+        .send()
+        .await?
+        .text()
+        .await?;
+    if !body.contains(GOOD) {
         bail!("after the rollback /health says {body}");
     }
     let fault = fault_at.unwrap_or(t0);
+    let timings = Timings {
+        detect: regressed_at.map(|r| r - fault).unwrap_or_default(),
+        healthy: healthy_at - fault,
+    };
     println!();
     println!("summary");
-    if let Some(r) = regressed_at {
-        println!(
-            "  bad deploy -> verdict regressed   {:>6.2}s",
-            (r - fault).as_secs_f64()
-        );
-    }
     println!(
-        "  bad deploy -> healthy on {GOOD}   {:>6.2}s",
-        (healthy_at - fault).as_secs_f64()
+        "  bad deploy running -> verdict regressed        {:>6.2}s",
+        timings.detect.as_secs_f64()
+    );
+    println!(
+        "  bad deploy running -> healthy on {GOOD} again   {:>6.2}s",
+        timings.healthy.as_secs_f64()
     );
     println!("  /health now: {}", body.trim());
-    println!(
-        "  records: rollwatch --config <demo> history; store {}",
-        config.controller.store.display()
-    );
-    Ok(())
+    println!("  store: {}", config.controller.store.display());
+    Ok(timings)
 }

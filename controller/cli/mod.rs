@@ -42,13 +42,27 @@ enum Command {
     /// Watch every configured target and roll back regressed deploys (the controller).
     Run,
     /// The live demo on an embedded config: a good deploy, a bad one, an automatic rollback.
-    Demo,
+    Demo {
+        /// Repeat the scenario and print detection and recovery quantiles (a benchmark).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// With --runs: append the result table to this file (docs/BENCHMARKS.md).
+        #[arg(long)]
+        bench_file: Option<PathBuf>,
+    },
     /// Targets as the running controller sees them: env, role, running tag, known-good tag, state.
     Status,
     /// Stop automatic rollbacks of <env> <role> (through the running controller's API).
     Pause { env: String, role: String },
     /// Resume automatic rollbacks of <env> <role>; also clears a rollback_failed halt.
     Resume { env: String, role: String },
+    /// Incident records of rollbacks: reason and evidence, tags, timings, the failed containers' logs.
+    Incidents {
+        env: Option<String>,
+        role: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
+    },
     /// Validate the configuration and print the targets it defines.
     CheckConfig,
     /// Roll <env> <role> back to <tag> now, then wait for /health to answer status=ok.
@@ -90,7 +104,7 @@ struct Refused(String);
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates through its own output; its logs would only repeat it.
-    let level = if matches!(cli.command, Command::Demo) {
+    let level = if matches!(cli.command, Command::Demo { .. }) {
         "error"
     } else {
         "info"
@@ -133,8 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config_path)?;
             run_controller(config).await
         }
-        Command::Demo => {
-            demo::run().await?;
+        Command::Demo { runs, bench_file } => {
+            demo::run(runs, bench_file).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
@@ -170,6 +184,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .transpose()
                 .map_err(|e| Refused(e.to_string()))?;
             rollback(&config, id, tag, reason, dry_run).await
+        }
+        Command::Incidents { env, role, limit } => {
+            let config = Config::load(&config_path)?;
+            let target = optional_target(env, role)?;
+            let store = Store::open(&config.controller.store)?;
+            print_incidents(&store.rollbacks(target, limit).await?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::History {
             env,
@@ -322,6 +343,63 @@ fn print_events(events: &[crate::store::EventRecord]) {
             e.tag.as_deref().unwrap_or("-"),
             e.message
         );
+    }
+}
+
+fn optional_target(env: Option<String>, role: Option<String>) -> Result<Option<TargetId>, Refused> {
+    match (env, role) {
+        (Some(e), Some(r)) => Ok(Some(parse_target(&e, &r)?)),
+        (None, None) => Ok(None),
+        _ => Err(Refused("give both <env> and <role>, or neither".into())),
+    }
+}
+
+fn print_incidents(records: &[RollbackRecord]) {
+    if records.is_empty() {
+        println!("no incidents on record");
+    }
+    for r in records {
+        let took = r
+            .finished_at_ms
+            .map(|f| secs(f - r.started_at_ms))
+            .unwrap_or_else(|| "unfinished".into());
+        println!(
+            "== incident #{}: {} rolled back {} -> {} ({})",
+            r.id,
+            r.target,
+            r.from_tag.as_deref().unwrap_or("?"),
+            r.to_tag,
+            r.state.as_str()
+        );
+        println!(
+            "   when:     {} UTC, took {took}",
+            fmt_time(r.started_at_ms)
+        );
+        println!("   trigger:  {}", r.trigger.as_str());
+        println!("   reason:   {}", r.reason);
+        if let Some(d) = &r.to_digest {
+            println!("   now runs: {d}");
+        }
+        if let Some(e) = &r.error {
+            println!("   error:    {e}");
+        }
+        println!("   steps:");
+        for s in &r.steps {
+            println!(
+                "     {:<20} {:>7} {} {}",
+                s.name,
+                secs(s.duration_ms),
+                if s.ok { "ok  " } else { "FAIL" },
+                s.detail
+            );
+        }
+        if !r.logs.is_empty() {
+            println!("   last log lines of the replaced containers:");
+            for line in r.logs.lines() {
+                println!("     | {line}");
+            }
+        }
+        println!();
     }
 }
 

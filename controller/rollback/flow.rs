@@ -20,6 +20,9 @@ use crate::store::{
 use crate::tag::Tag;
 use crate::target::TargetId;
 
+/// Log lines kept per container in the incident record.
+const LOG_LINES: usize = 30;
+
 /// How often `/health` is asked while a rollback is being validated.
 const VALIDATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -185,6 +188,19 @@ impl Rollbacker {
             })
             .await?;
         fault_point("after-intent").await;
+        // Evidence for the incident record: what the containers said before they were replaced.
+        let mut logs = String::new();
+        for c in &containers {
+            if let Ok(tail) = docker.logs_tail(&c.id, LOG_LINES).await {
+                logs.push_str(&format!(
+                    "==> {} ({}, {}) <==\n{tail}",
+                    c.name, c.image_ref, c.state
+                ));
+            }
+        }
+        if !logs.is_empty() {
+            self.store.set_rollback_logs(rollback_id, logs).await?;
+        }
         let mut report = ExecReport::new(on_step);
         if request.dry_run {
             report

@@ -123,9 +123,15 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// POST a JSON body over loopback, with a bearer token when given: (status, body).
 pub fn http_post(port: u16, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_secs(1),
+    )
+    .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
@@ -135,7 +141,10 @@ pub fn http_post(port: u16, path: &str, token: Option<&str>, body: &str) -> Opti
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -523,4 +532,182 @@ pub fn rollback_rows(db: &Path) -> Vec<(String, String, String, Option<String>, 
         "SELECT state, trigger, reason, from_tag, to_tag FROM rollbacks ORDER BY id",
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )
+}
+
+/// A background process (Prometheus, Alertmanager) killed on drop; its log is printed when
+/// the test failed.
+pub struct Service {
+    pub name: &'static str,
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn spawn(
+        name: &'static str,
+        program: &str,
+        args: Vec<String>,
+        dir: tempfile::TempDir,
+        port: u16,
+    ) -> Service {
+        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+        let child = Command::new(program)
+            .args(&args)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e} (scripts/setup installs it)"));
+        let svc = Service {
+            name,
+            child,
+            port,
+            dir,
+        };
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{name} ready on {port}"),
+            || http_get(port, "/-/ready").filter(|(s, _)| *s == 200),
+        );
+        svc
+    }
+
+    /// Prometheus on loopback evaluating every second, with `rules` loaded and alerts sent to
+    /// `alertmanager_port` when given. `scrape` is the `scrape_configs` YAML list.
+    pub fn prometheus(scrape: &str, rules: &[PathBuf], alertmanager_port: Option<u16>) -> Service {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let rule_files: String = rules
+            .iter()
+            .map(|r| {
+                let dst = dir.path().join(r.file_name().expect("rule file name"));
+                std::fs::copy(r, &dst).expect("copy rules");
+                format!("  - {}\n", dst.display())
+            })
+            .collect();
+        let alerting = alertmanager_port
+            .map(|p| format!("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{p}']\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rule_files}{alerting}scrape_configs:\n{scrape}"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).expect("prometheus.yml");
+        let args = vec![
+            format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            // The first notification is dropped while Alertmanager discovery starts; the default
+            // resend waits a minute.
+            "--rules.alert.resend-delay=1s".into(),
+        ];
+        Service::spawn("prometheus", "prometheus", args, dir, port)
+    }
+
+    /// Alertmanager on loopback (no gossip) sending every alert to `webhook` with a bearer token.
+    pub fn alertmanager(webhook: &str, token: &str) -> Service {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = format!(
+            "route:\n  receiver: rollwatch\n  group_by: [alertname, env, role]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: rollwatch\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n        http_config:\n          authorization:\n            credentials: '{token}'\n"
+        );
+        std::fs::write(dir.path().join("alertmanager.yml"), config).expect("alertmanager.yml");
+        let args = vec![
+            format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ),
+            format!("--storage.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=".into(),
+        ];
+        Service::spawn("alertmanager", "prometheus-alertmanager", args, dir, port)
+    }
+
+    /// Prometheus HTTP API instant query: the `data.result` array.
+    pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}", urlencode(expr));
+        let Some((200, body)) = http_get(self.port, &path) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Names of the alerts Prometheus has firing now.
+    pub fn firing(&self) -> Vec<(String, serde_json::Value)> {
+        let Some((200, body)) = http_get(self.port, "/api/v1/alerts") else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["alerts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["state"] == "firing")
+                    .map(|x| {
+                        (
+                            x["labels"]["alertname"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            x["labels"].clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("---- {} log (last 30 lines) ----", self.name);
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Sends GET / to the demo service at about `per_second` requests per second until `stop`.
+pub fn load(
+    port: u16,
+    per_second: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut sent = 0u64;
+        let pause = Duration::from_secs(1) / per_second.max(1);
+        // Bounded: at most 10 minutes of traffic whatever the test does.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let _ = http_get(port, "/");
+            sent += 1;
+            std::thread::sleep(pause);
+        }
+        sent
+    })
 }

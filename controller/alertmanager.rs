@@ -1,0 +1,200 @@
+//! Rollback orders from Prometheus alerts. Alertmanager's webhook payload (version 4) is parsed
+//! here and turned into plain actions by a pure function: a *firing* alert that opts in with
+//! `rollwatch_action="rollback"` and names a configured `env` and `role` orders a rollback of that
+//! target, if it deployed within the alert window. Everything else is answered and ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::target::{Env, TargetId};
+
+/// The opt-in label an alert rule must carry to be allowed to order a rollback.
+pub const ACTION_LABEL: &str = "rollwatch_action";
+
+#[derive(Debug, Deserialize)]
+pub struct Payload {
+    pub version: String,
+    #[serde(rename = "groupKey", default)]
+    pub group_key: String,
+    #[serde(default)]
+    pub status: String,
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Alert {
+    pub status: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "startsAt", default)]
+    pub starts_at: String,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+impl Alert {
+    /// One firing episode of one alert: repeats of a notification carry the same key.
+    pub fn episode_key(&self) -> String {
+        format!("{}@{}", self.fingerprint, self.starts_at)
+    }
+}
+
+/// What to do with one alert of the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertAction {
+    RollBack {
+        target: TargetId,
+        episode: String,
+        reason: String,
+    },
+    /// Answered but not acted on, with why (resolved, not opted in, unknown target, ...).
+    Ignore {
+        why: String,
+    },
+    UnknownTarget {
+        env: String,
+        role: String,
+    },
+}
+
+/// Parses the body; the error says what is wrong, for a 400 answer.
+pub fn parse(body: &[u8]) -> Result<Payload, String> {
+    let payload: Payload = serde_json::from_slice(body)
+        .map_err(|e| format!("not an Alertmanager webhook payload: {e}"))?;
+    if payload.version != "4" {
+        return Err(format!(
+            "webhook payload version {:?} is not supported; Alertmanager sends version \"4\"",
+            payload.version
+        ));
+    }
+    Ok(payload)
+}
+
+/// Decides per alert. `is_target` says whether a target is configured; `deployed_recently`
+/// whether it saw a deploy within the alert window.
+pub fn plan(
+    payload: &Payload,
+    is_target: impl Fn(&TargetId) -> bool,
+    deployed_recently: impl Fn(&TargetId) -> bool,
+) -> Vec<AlertAction> {
+    payload
+        .alerts
+        .iter()
+        .map(|a| {
+            let name = a
+                .labels
+                .get("alertname")
+                .cloned()
+                .unwrap_or_else(|| "alert".into());
+            if a.status != "firing" {
+                return AlertAction::Ignore {
+                    why: format!("{name} is {}", a.status),
+                };
+            }
+            if a.labels.get(ACTION_LABEL).map(String::as_str) != Some("rollback") {
+                return AlertAction::Ignore {
+                    why: format!("{name} does not carry {ACTION_LABEL}=\"rollback\""),
+                };
+            }
+            let (Some(env), Some(role)) = (a.labels.get("env"), a.labels.get("role")) else {
+                return AlertAction::Ignore {
+                    why: format!("{name} has no env and role labels"),
+                };
+            };
+            let Some(target) = Env::parse(env)
+                .map(|env| TargetId {
+                    env,
+                    role: role.clone(),
+                })
+                .filter(|t| is_target(t))
+            else {
+                return AlertAction::UnknownTarget {
+                    env: env.clone(),
+                    role: role.clone(),
+                };
+            };
+            if !deployed_recently(&target) {
+                return AlertAction::Ignore {
+                    why: format!(
+                        "{target} did not deploy within the alert window; not rolled back"
+                    ),
+                };
+            }
+            let summary = a
+                .annotations
+                .get("summary")
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            AlertAction::RollBack {
+                target,
+                episode: a.episode_key(),
+                reason: format!("alert {name} firing{summary}"),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(alerts: &str) -> Payload {
+        parse(
+            format!(r#"{{"version":"4","groupKey":"g","status":"firing","alerts":[{alerts}]}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn alert(status: &str, labels: &str) -> String {
+        format!(
+            r#"{{"status":"{status}","labels":{{{labels}}},"annotations":{{"summary":"5xx high"}},"startsAt":"2026-01-01T00:00:00Z","fingerprint":"abc"}}"#
+        )
+    }
+
+    const OPTED: &str = r#""alertname":"HighErrors","env":"staging","role":"backend","rollwatch_action":"rollback""#;
+
+    #[test]
+    fn firing_opted_in_alert_for_a_recent_deploy_rolls_back() {
+        let p = payload(&alert("firing", OPTED));
+        let a = plan(&p, |_| true, |_| true);
+        assert!(
+            matches!(&a[0], AlertAction::RollBack { target, reason, episode } if target.to_string() == "staging/backend" && reason.contains("HighErrors firing: 5xx high") && episode == "abc@2026-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn resolved_not_opted_in_old_deploy_and_unknown_target_are_not_acted_on() {
+        assert!(matches!(
+            plan(&payload(&alert("resolved", OPTED)), |_| true, |_| true)[0],
+            AlertAction::Ignore { .. }
+        ));
+        let plain = r#""alertname":"HighErrors","env":"staging","role":"backend""#;
+        assert!(matches!(
+            plan(&payload(&alert("firing", plain)), |_| true, |_| true)[0],
+            AlertAction::Ignore { .. }
+        ));
+        assert!(matches!(
+            plan(&payload(&alert("firing", OPTED)), |_| true, |_| false)[0],
+            AlertAction::Ignore { .. }
+        ));
+        assert!(matches!(
+            plan(&payload(&alert("firing", OPTED)), |_| false, |_| true)[0],
+            AlertAction::UnknownTarget { .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_version_and_garbage_are_refused_with_a_reason() {
+        assert!(parse(br#"{"version":"3","alerts":[]}"#)
+            .unwrap_err()
+            .contains("version"));
+        assert!(parse(b"{not json")
+            .unwrap_err()
+            .contains("not an Alertmanager webhook payload"));
+        assert!(parse(br#"{"version":"4"}"#).unwrap_err().contains("alerts"));
+    }
+}

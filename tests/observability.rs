@@ -1,0 +1,315 @@
+//! Metrics, rules, dashboard and alert-driven rollback against a real Prometheus, a real
+//! Alertmanager and real promtool.
+
+mod harness;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::*;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_pass_for_the_rules() {
+    let rules = repo("rules/rollwatch.rules.yml");
+    let out = sh("promtool", &["check", "rules", rules.to_str().unwrap()]);
+    assert!(stdout(&out).contains("SUCCESS"), "{}", stdout(&out));
+    let tests = repo("rules/rollwatch.rules.test.yml");
+    let out = sh("promtool", &["test", "rules", tests.to_str().unwrap()]);
+    assert!(stdout(&out).contains("SUCCESS"), "{}", stdout(&out));
+}
+
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo("dashboards/rollwatch.json")).unwrap())
+        .expect("dashboard JSON")
+}
+
+/// Every query of the dashboard with its variables filled as Grafana would for "All".
+fn dashboard_queries(d: &serde_json::Value) -> Vec<(String, String)> {
+    let fill = |e: &str| {
+        e.replace("$env", ".*")
+            .replace("$role", ".*")
+            .replace("$__range", "1h")
+            .replace("$__rate_interval", "1m")
+    };
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            out.push((
+                format!("panel {} {}", p["id"], t["refId"]),
+                fill(t["expr"].as_str().unwrap()),
+            ));
+        }
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        out.push((
+            format!("annotation {}", a["name"]),
+            fill(a["expr"].as_str().unwrap()),
+        ));
+    }
+    out
+}
+
+#[test]
+fn dashboard_has_a_sound_shape() {
+    let d = dashboard();
+    let panels = d["panels"].as_array().unwrap();
+    let mut ids: Vec<i64> = panels.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, vec!["datasource", "env", "role"]);
+    for p in panels {
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "panel {} uses the datasource variable",
+            p["id"]
+        );
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}");
+            let e = t["expr"].as_str().unwrap();
+            assert!(
+                e.contains("$env") && e.contains("$role"),
+                "panel {} filters by env and role: {e}",
+                p["id"]
+            );
+        }
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        assert_eq!(a["datasource"]["uid"], "${datasource}");
+    }
+}
+
+#[test]
+fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_alert_fires() {
+    testbed();
+    let app = unique_app("ob");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "5m" }"#;
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
+    let _c = Controller::start(&config, &[]);
+    let scrape = format!(
+        "  - job_name: rollwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        d.api_port
+    );
+    let prom = Service::prometheus(&scrape, &[repo("rules/rollwatch.rules.yml")], None);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    // Let Prometheus see the counters at zero before they move, so increase() has two points.
+    std::thread::sleep(Duration::from_secs(3));
+    d.deploy("v1.1.0");
+    wait_for(Duration::from_secs(60), "rollback succeeded", || {
+        rollback_rows(&d.db())
+            .into_iter()
+            .find(|r| r.0 == "succeeded")
+    });
+
+    let rollbacks = wait_for(
+        Duration::from_secs(30),
+        "rollback counter in Prometheus",
+        || {
+            let r = prom.query(r#"rollwatch_rollbacks_total{trigger="health",result="succeeded"}"#);
+            (!r.is_empty() && r[0]["value"][1] == "1").then_some(r)
+        },
+    );
+    assert_eq!(rollbacks[0]["metric"]["env"], "staging");
+    let running = prom.query("rollwatch_running_tag_info");
+    assert_eq!(running.len(), 1, "one running-tag series: {running:?}");
+    assert_eq!(running[0]["metric"]["tag"], "v1.0.0");
+
+    let queries = dashboard_queries(&dashboard());
+    wait_for(
+        Duration::from_secs(60),
+        "every dashboard query to return data",
+        || {
+            let empty: Vec<&(String, String)> = queries
+                .iter()
+                .filter(|(_, q)| prom.query(q).is_empty())
+                .collect();
+            if !empty.is_empty() {
+                eprintln!("still empty: {empty:?}");
+            }
+            empty.is_empty().then_some(())
+        },
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "RollwatchRollbackPerformed firing",
+        || {
+            prom.firing().into_iter().find(|(name, labels)| {
+                name == "RollwatchRollbackPerformed" && labels["role"] == "backend"
+            })
+        },
+    );
+}
+
+#[test]
+fn prometheus_alert_on_error_rate_orders_a_rollback_through_alertmanager() {
+    testbed();
+    let app = unique_app("am");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.3.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "5m" }"#;
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
+    let _c = Controller::start(&config, &[]);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+
+    let am = Service::alertmanager(
+        &format!("http://127.0.0.1:{}/api/v1/alertmanager", d.api_port),
+        TOKEN,
+    );
+    let demo_rules = tempfile::tempdir().unwrap();
+    let demo_rule = demo_rules.path().join("demo.rules.yml");
+    std::fs::write(
+        &demo_rule,
+        "groups:\n  - name: demo\n    interval: 1s\n    rules:\n      - alert: DemoHighErrorRate\n        expr: sum(rate(http_requests_total{job=\"demo\",code=\"500\"}[5s])) / sum(rate(http_requests_total{job=\"demo\"}[5s])) > 0.1\n        labels:\n          env: staging\n          role: backend\n          rollwatch_action: rollback\n        annotations:\n          summary: more than 10% of requests fail\n",
+    )
+    .unwrap();
+    let scrape = format!(
+        "  - job_name: rollwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n  - job_name: demo\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        d.api_port, d.port
+    );
+    let prom = Service::prometheus(
+        &scrape,
+        &[repo("rules/rollwatch.rules.yml"), demo_rule],
+        Some(am.port),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(d.port, 50, stop.clone());
+
+    // v1.3.0 answers /health ok but fails 20% of real requests: only the alert can see it.
+    d.deploy("v1.3.0");
+    let row = wait_for(Duration::from_secs(90), "alert-ordered rollback", || {
+        rollback_rows(&d.db())
+            .into_iter()
+            .find(|r| r.0 == "succeeded")
+    });
+    assert_eq!(row.1, "alert");
+    assert!(row.2.contains("DemoHighErrorRate"), "{row:?}");
+    assert_eq!(
+        (row.3.as_deref(), row.4.as_str()),
+        (Some("v1.3.0"), "v1.0.0")
+    );
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.0", d.repository())
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "RollwatchRollbackPerformed firing",
+        || {
+            prom.firing().into_iter().find(|(name, labels)| {
+                name == "RollwatchRollbackPerformed" && labels["trigger"] == "alert"
+            })
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.join().unwrap();
+    assert!(sent > 50, "load generator ran ({sent} requests)");
+    // Repeats of the same alert episode (Alertmanager re-notifies) never roll back twice.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        rollback_rows(&d.db()).len(),
+        1,
+        "{:?}",
+        rollback_rows(&d.db())
+    );
+}
+
+fn am_payload(status: &str, env: &str, role: &str, starts_at: &str) -> String {
+    format!(
+        r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"HighErrors\"}}","status":"{status}","receiver":"rollwatch","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"HighErrors","env":"{env}","role":"{role}","rollwatch_action":"rollback"}},"annotations":{{"summary":"5xx above 10%"}},"startsAt":"{starts_at}","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"0123abcd"}}]}}"#
+    )
+}
+
+#[test]
+fn alertmanager_webhook_answers_each_case_and_changes_only_what_it_should() {
+    let (d, _c) = {
+        testbed();
+        let app = unique_app("wh");
+        push_app_images(&app, "backend", &["v1.0.0", "v1.0.1"]);
+        let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+        let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "2s", cooldown = "5m" }"#;
+        let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
+        let c = Controller::start(&config, &[]);
+        wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+        d.deploy("v1.0.1");
+        wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
+        (d, c)
+    };
+    let path = "/api/v1/alertmanager";
+    let firing = am_payload("firing", "staging", "backend", "2026-11-25T10:00:00Z");
+    let unchanged = |what: &str| {
+        assert!(rollback_rows(&d.db()).is_empty(), "{what}: no rollback");
+        assert_eq!(
+            d.container().image_ref,
+            format!("{}:v1.0.1", d.repository()),
+            "{what}: container unchanged"
+        );
+    };
+
+    let r = http_post(d.api_port, path, None, &firing).unwrap();
+    assert_eq!(r.0, 401, "{r:?}");
+    unchanged("no token");
+    let r = http_post(d.api_port, path, Some("not-the-token"), &firing).unwrap();
+    assert_eq!(r.0, 401, "{r:?}");
+    unchanged("wrong token");
+    let r = http_post(
+        d.api_port,
+        path,
+        Some(TOKEN),
+        r#"{"version":"4","alerts":[{"status":"#,
+    )
+    .unwrap();
+    assert_eq!(r.0, 400, "{r:?}");
+    assert!(r.1.contains("not an Alertmanager webhook payload"), "{r:?}");
+    unchanged("malformed JSON");
+    let r = http_post(
+        d.api_port,
+        path,
+        Some(TOKEN),
+        &am_payload("firing", "production", "backend", "2026-11-25T10:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(r.0, 404, "{r:?}");
+    unchanged("unknown target");
+    let r = http_post(
+        d.api_port,
+        path,
+        Some(TOKEN),
+        &am_payload("resolved", "staging", "backend", "2026-11-25T10:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{r:?}");
+    assert!(r.1.contains("ignored"), "{r:?}");
+    unchanged("resolved alert");
+
+    let r = http_post(d.api_port, path, Some(TOKEN), &firing).unwrap();
+    assert_eq!(r.0, 200, "{r:?}");
+    assert!(r.1.contains(r#""action":"rollback""#), "{r:?}");
+    let again = http_post(d.api_port, path, Some(TOKEN), &firing).unwrap();
+    assert_eq!(again.0, 200, "{again:?}");
+    assert!(again.1.contains(r#""action":"duplicate""#), "{again:?}");
+    let row = wait_for(Duration::from_secs(60), "alert rollback", || {
+        rollback_rows(&d.db())
+            .into_iter()
+            .find(|r| r.0 == "succeeded")
+    });
+    assert_eq!(
+        (row.1.as_str(), row.3.as_deref(), row.4.as_str()),
+        ("alert", Some("v1.0.1"), "v1.0.0")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rollback_rows(&d.db()).len(), 1, "the duplicate did nothing");
+}
