@@ -152,6 +152,16 @@ impl Metrics {
         self.source_up
             .with_label_values(&[env, role, "docker"])
             .set(1);
+        // Counters must exist at 0 before their first increment, or increase() and rate() miss it.
+        for trigger in ["health", "error_ratio", "latency", "alert", "manual"] {
+            for result in ["succeeded", "failed", "dry_run", "refused"] {
+                self.rollbacks
+                    .with_label_values(&[env, role, trigger, result]);
+            }
+        }
+        for class in ["unreachable", "timeout", "status", "not_ok"] {
+            self.probe_failures.with_label_values(&[env, role, class]);
+        }
     }
 
     pub fn set_state(&self, id: &TargetId, state: &str) {

@@ -204,6 +204,11 @@ impl Watcher {
                 .prober
                 .probe(&self.target.health.url.0, self.target.health.timeout)
                 .await;
+            self.metrics.probe(
+                &self.target.id(),
+                r.latency.as_secs_f64(),
+                r.outcome.as_ref().err(),
+            );
             self.last_probe = Some(match &r.outcome {
                 Ok(()) => format!("ok in {} ms", r.latency.as_millis()),
                 Err(f) => f.to_string(),

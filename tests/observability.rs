@@ -135,7 +135,14 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
         || {
             let empty: Vec<&(String, String)> = queries
                 .iter()
-                .filter(|(_, q)| prom.query(q).is_empty())
+                // Annotations are range queries in Grafana: evaluate them over the last 10 minutes.
+                .filter(|(what, q)| {
+                    if what.starts_with("annotation") {
+                        prom.query_range(q, 600).is_empty()
+                    } else {
+                        prom.query(q).is_empty()
+                    }
+                })
                 .collect();
             if !empty.is_empty() {
                 eprintln!("still empty: {empty:?}");

@@ -636,6 +636,25 @@ impl Service {
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Range query over the last `seconds`, one point a second: the `data.result` array. This is
+    /// how Grafana evaluates annotation queries.
+    pub fn query_range(&self, expr: &str, seconds: u64) -> Vec<serde_json::Value> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let path = format!(
+            "/api/v1/query_range?query={}&start={}&end={now}&step=1",
+            urlencode(expr),
+            now - seconds
+        );
+        let Some((200, body)) = http_get(self.port, &path) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Names of the alerts Prometheus has firing now.
     pub fn firing(&self) -> Vec<(String, serde_json::Value)> {
         let Some((200, body)) = http_get(self.port, "/api/v1/alerts") else {
