@@ -102,6 +102,8 @@ pub struct TargetConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub watch: WatchConfig,
+    /// Error metrics judged during the watch window, besides `/health`.
+    pub metrics: Option<MetricsConfig>,
     pub executor: ExecutorConfig,
     /// Overrides `controller.dry_run` for this target only.
     pub dry_run: Option<bool>,
@@ -170,6 +172,91 @@ impl WatchConfig {
             cooldown_ms: self.cooldown.as_millis() as i64,
         }
     }
+}
+
+/// Where a target's error metrics come from, and how strict the judgement is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub source: MetricsKind,
+    /// One read's deadline; a slower source is down (inconclusive), never a reason to roll back.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bound on the false-rollback rate of the error-ratio test, however long it watches.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Requests the candidate must have served before any metric verdict.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// Practical effect: the candidate's error ratio must be at least this many times the baseline's...
+    #[serde(default = "default_error_factor")]
+    pub error_ratio_factor: f64,
+    /// ...and at least this much higher in absolute terms (0.005 = half a percentage point).
+    #[serde(default = "default_error_increase")]
+    pub error_ratio_increase: f64,
+    /// Latency: the candidate's median interval mean must be this many times the baseline's...
+    #[serde(default = "default_latency_factor")]
+    pub latency_factor: f64,
+    /// ...and this much slower.
+    #[serde(default = "default_latency_increase", with = "humantime_serde")]
+    pub latency_increase: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MetricsKind {
+    /// The service's own `/metrics`, one URL per container; counters are summed.
+    Scrape {
+        urls: Vec<Url>,
+        /// Selector of the request counter, e.g. `http_requests_total`.
+        requests: String,
+        /// Selector of the error counter, e.g. `http_requests_total{code=~"5.."}`.
+        errors: String,
+        /// Base name of the latency histogram (its `_sum` and `_count` are read).
+        latency_histogram: Option<String>,
+    },
+    /// A Prometheus server; each query must return one cumulative number (use `sum(...)`).
+    Prometheus {
+        url: Url,
+        requests: String,
+        errors: String,
+        latency_sum: Option<String>,
+        latency_count: Option<String>,
+        /// Environment variable holding the `Authorization` header value, if the server needs one.
+        auth_header_env: Option<String>,
+    },
+}
+
+impl MetricsConfig {
+    pub fn policy(&self) -> crate::analysis::MetricPolicy {
+        crate::analysis::MetricPolicy {
+            alpha: self.alpha,
+            min_requests: self.min_requests as f64,
+            error_ratio_factor: self.error_ratio_factor,
+            error_ratio_increase: self.error_ratio_increase,
+            latency_factor: self.latency_factor,
+            latency_increase_s: self.latency_increase.as_secs_f64(),
+        }
+    }
+}
+
+fn default_alpha() -> f64 {
+    0.01
+}
+fn default_min_requests() -> u64 {
+    100
+}
+fn default_error_factor() -> f64 {
+    1.5
+}
+fn default_error_increase() -> f64 {
+    0.005
+}
+fn default_latency_factor() -> f64 {
+    1.5
+}
+fn default_latency_increase() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// A health URL; only http and https can be probed.
@@ -370,6 +457,39 @@ impl Config {
                     "target {}: watch.failures and watch.interval must be above zero",
                     t.id()
                 )));
+            }
+            if let Some(m) = &t.metrics {
+                if !(m.alpha > 0.0 && m.alpha < 0.5) {
+                    return Err(fail(format!(
+                        "target {}: metrics.alpha {} must be between 0 and 0.5",
+                        t.id(),
+                        m.alpha
+                    )));
+                }
+                if m.error_ratio_factor < 1.0 || m.latency_factor < 1.0 {
+                    return Err(fail(format!(
+                        "target {}: metrics factors must be at least 1.0",
+                        t.id()
+                    )));
+                }
+                if let MetricsKind::Scrape {
+                    urls,
+                    requests,
+                    errors,
+                    ..
+                } = &m.source
+                {
+                    if urls.is_empty() {
+                        return Err(fail(format!(
+                            "target {}: metrics.source.urls is empty",
+                            t.id()
+                        )));
+                    }
+                    for sel in [requests, errors] {
+                        crate::metrics::Selector::parse(sel)
+                            .map_err(|e| fail(format!("target {}: metrics.source: {e}", t.id())))?;
+                    }
+                }
             }
             if t.selector.required_labels().is_empty() {
                 return Err(fail(format!(

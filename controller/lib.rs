@@ -3,12 +3,14 @@
 //! each module below owns one concept of it.
 
 pub mod alertmanager;
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod docker;
+pub mod metrics;
 pub mod probe;
 pub mod registry;
 pub mod rollback;

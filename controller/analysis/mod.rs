@@ -1,0 +1,458 @@
+//! Error-metric analysis: counters become per-interval evidence (deltas, with counter resets
+//! handled per endpoint), evidence accumulates into a baseline (the known-good version, measured on
+//! the same target before the deploy) and a candidate (the new version since its deploy), and
+//! [`judge`] compares the two. Pure: no I/O, no clock; the watcher feeds it readings.
+
+pub mod simulate;
+pub mod stats;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Reading;
+use crate::store::Trigger;
+
+/// How strict the judgement is (from the target's `metrics` config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricPolicy {
+    pub alpha: f64,
+    pub min_requests: f64,
+    pub error_ratio_factor: f64,
+    pub error_ratio_increase: f64,
+    pub latency_factor: f64,
+    pub latency_increase_s: f64,
+}
+
+impl Default for MetricPolicy {
+    fn default() -> Self {
+        MetricPolicy {
+            alpha: 0.01,
+            min_requests: 100.0,
+            error_ratio_factor: 1.5,
+            error_ratio_increase: 0.005,
+            latency_factor: 1.5,
+            latency_increase_s: 0.1,
+        }
+    }
+}
+
+/// What one interval added: requests, errors, and the mean latency of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub requests: f64,
+    pub errors: f64,
+    pub latency_mean: Option<f64>,
+}
+
+/// Increase of a counter; a smaller value means the process restarted and counts from zero.
+pub fn counter_delta(prev: f64, cur: f64) -> f64 {
+    if cur >= prev {
+        cur - prev
+    } else {
+        cur
+    }
+}
+
+/// The interval between two readings of the same endpoints, summed over endpoints. `None` when
+/// the endpoints changed (nothing comparable yet).
+pub fn interval(prev: &[Reading], cur: &[Reading]) -> Option<Interval> {
+    if prev.len() != cur.len() || cur.is_empty() {
+        return None;
+    }
+    let mut out = Interval {
+        requests: 0.0,
+        errors: 0.0,
+        latency_mean: None,
+    };
+    let (mut lat_sum, mut lat_count) = (0.0, 0.0);
+    for (p, c) in prev.iter().zip(cur) {
+        let requests = counter_delta(p.requests, c.requests);
+        // A process restart resets both counters; errors can never exceed requests.
+        let errors = counter_delta(p.errors, c.errors).min(requests);
+        out.requests += requests;
+        out.errors += errors;
+        if let (Some((ps, pc)), Some((cs, cc))) = (p.latency, c.latency) {
+            lat_sum += counter_delta(ps, cs);
+            lat_count += counter_delta(pc, cc);
+        }
+    }
+    if lat_count > 0.0 {
+        out.latency_mean = Some(lat_sum / lat_count);
+    }
+    Some(out)
+}
+
+/// Accumulated evidence of one population (baseline or candidate), the last `cap` intervals.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Evidence {
+    intervals: VecDeque<Interval>,
+    cap: usize,
+}
+
+impl Evidence {
+    pub fn with_cap(cap: usize) -> Evidence {
+        Evidence {
+            intervals: VecDeque::new(),
+            cap,
+        }
+    }
+
+    pub fn add(&mut self, i: Interval) {
+        self.intervals.push_back(i);
+        while self.cap > 0 && self.intervals.len() > self.cap {
+            self.intervals.pop_front();
+        }
+    }
+
+    pub fn requests(&self) -> f64 {
+        self.intervals.iter().map(|i| i.requests).sum()
+    }
+
+    pub fn errors(&self) -> f64 {
+        self.intervals.iter().map(|i| i.errors).sum()
+    }
+
+    pub fn latency_means(&self) -> Vec<f64> {
+        self.intervals
+            .iter()
+            .filter_map(|i| i.latency_mean)
+            .collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.intervals.clear();
+    }
+}
+
+/// The metric side of a verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricVerdict {
+    /// Not enough traffic yet (candidate or baseline): keep watching.
+    Waiting(String),
+    /// No regression shown so far, with the numbers.
+    Healthy(String),
+    Regressed {
+        trigger: Trigger,
+        evidence: String,
+    },
+    /// The source is broken: nothing can be concluded from metrics.
+    Inconclusive(String),
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+/// Compares the candidate with the baseline. `latency_look` counts latency comparisons made so
+/// far for this candidate (1-based), for the alpha spending of repeated looks.
+pub fn judge(
+    baseline: &Evidence,
+    candidate: &Evidence,
+    latency_look: u32,
+    policy: &MetricPolicy,
+) -> MetricVerdict {
+    let (n, x) = (candidate.requests(), candidate.errors());
+    if n < policy.min_requests {
+        return MetricVerdict::Waiting(format!(
+            "candidate served {n:.0} of the {:.0} requests needed",
+            policy.min_requests
+        ));
+    }
+    let (bn, bx) = (baseline.requests(), baseline.errors());
+    if bn < policy.min_requests {
+        return MetricVerdict::Waiting(format!(
+            "baseline has {bn:.0} of the {:.0} requests needed",
+            policy.min_requests
+        ));
+    }
+    let observed = x / n;
+    let base = bx / bn;
+    let p0 = stats::conservative_rate(bn, bx);
+    let p1 = (p0 * 2.0).max(p0 + 0.01).min(0.99);
+    let llr = stats::sprt_llr(n, x, p0, p1);
+    let threshold = stats::sprt_threshold(policy.alpha);
+    let big_enough = observed >= base * policy.error_ratio_factor
+        && observed - base >= policy.error_ratio_increase;
+    let error_summary = format!(
+        "errors {x:.0}/{n:.0} = {} vs baseline {} ({bx:.0}/{bn:.0}); SPRT log-LR {llr:.2} vs {threshold:.2} (alpha {}, H0 {}, H1 {})",
+        pct(observed),
+        pct(base),
+        policy.alpha,
+        pct(p0),
+        pct(p1)
+    );
+    if llr >= threshold && big_enough {
+        return MetricVerdict::Regressed {
+            trigger: Trigger::ErrorRatio,
+            evidence: format!(
+                "{error_summary}; effect {:.1}x and +{:.2} pp (needs {}x and +{:.2} pp)",
+                observed / base.max(1e-9),
+                (observed - base) * 100.0,
+                policy.error_ratio_factor,
+                policy.error_ratio_increase * 100.0
+            ),
+        };
+    }
+
+    let (cand_lat, base_lat) = (candidate.latency_means(), baseline.latency_means());
+    let mut latency_summary = String::new();
+    if cand_lat.len() >= 5 && base_lat.len() >= 5 {
+        let p = stats::mann_whitney_greater(&cand_lat, &base_lat).unwrap_or(1.0);
+        let level = stats::alpha_at_look(policy.alpha, latency_look);
+        let (mc, mb) = (
+            stats::median(&cand_lat).unwrap_or(0.0),
+            stats::median(&base_lat).unwrap_or(0.0),
+        );
+        latency_summary = format!(
+            "; latency median {:.0} ms vs {:.0} ms, Mann-Whitney p {p:.2e} vs {level:.2e} (look {latency_look})",
+            mc * 1000.0,
+            mb * 1000.0
+        );
+        if p < level && mc >= mb * policy.latency_factor && mc - mb >= policy.latency_increase_s {
+            return MetricVerdict::Regressed {
+                trigger: Trigger::Latency,
+                evidence: format!(
+                    "latency median {:.0} ms vs baseline {:.0} ms over {} and {} intervals; Mann-Whitney one-sided p {p:.2e} < {level:.2e}; effect {:.1}x and +{:.0} ms (needs {}x and +{:.0} ms)",
+                    mc * 1000.0,
+                    mb * 1000.0,
+                    cand_lat.len(),
+                    base_lat.len(),
+                    mc / mb.max(1e-9),
+                    (mc - mb) * 1000.0,
+                    policy.latency_factor,
+                    policy.latency_increase_s * 1000.0
+                ),
+            };
+        }
+    }
+    MetricVerdict::Healthy(format!("{error_summary}{latency_summary}"))
+}
+
+/// The metric state of one target: last readings, baseline and candidate evidence.
+#[derive(Debug, Clone)]
+pub struct MetricWatch {
+    prev: Option<Vec<Reading>>,
+    pub baseline: Evidence,
+    pub candidate: Evidence,
+    latency_looks: u32,
+}
+
+/// Which population the next intervals belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Population {
+    /// A known-good version runs: its intervals are the baseline.
+    Baseline,
+    /// A deploy is on probation: its intervals are the candidate.
+    Candidate,
+}
+
+/// Intervals kept: ten minutes at a 1 s interval.
+const WINDOW: usize = 600;
+
+impl Default for MetricWatch {
+    fn default() -> Self {
+        MetricWatch {
+            prev: None,
+            baseline: Evidence::with_cap(WINDOW),
+            candidate: Evidence::with_cap(0),
+            latency_looks: 0,
+        }
+    }
+}
+
+impl MetricWatch {
+    /// A new deploy: the candidate starts empty; the baseline is frozen as it is.
+    pub fn start_candidate(&mut self) {
+        self.candidate.clear();
+        self.latency_looks = 0;
+    }
+
+    /// A new known-good version runs (promotion or rollback): its baseline starts from scratch.
+    pub fn restart_baseline(&mut self) {
+        self.baseline.clear();
+        self.candidate.clear();
+        self.latency_looks = 0;
+    }
+
+    /// Feeds one read of the source and returns the verdict for a candidate (`None` while
+    /// collecting the baseline).
+    pub fn observe(
+        &mut self,
+        read: Result<Vec<Reading>, String>,
+        into: Population,
+        policy: &MetricPolicy,
+    ) -> Option<MetricVerdict> {
+        let readings = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // The next good read must not be compared with one from before the outage.
+                self.prev = None;
+                return (into == Population::Candidate).then(|| MetricVerdict::Inconclusive(e));
+            }
+        };
+        let added = self.prev.as_deref().and_then(|p| interval(p, &readings));
+        self.prev = Some(readings);
+        if let Some(i) = added {
+            match into {
+                Population::Baseline => self.baseline.add(i),
+                Population::Candidate => self.candidate.add(i),
+            }
+        }
+        if into == Population::Baseline {
+            return None;
+        }
+        if self.candidate.latency_means().len() >= 5 {
+            self.latency_looks += 1;
+        }
+        Some(judge(
+            &self.baseline,
+            &self.candidate,
+            self.latency_looks.max(1),
+            policy,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(requests: f64, errors: f64) -> Reading {
+        Reading {
+            requests,
+            errors,
+            latency: Some((requests * 0.01, requests)),
+        }
+    }
+
+    #[test]
+    fn deltas_handle_counter_resets_per_endpoint() {
+        let prev = [reading(1000.0, 10.0), reading(500.0, 5.0)];
+        // The second endpoint restarted and has served 20 requests since.
+        let cur = [reading(1100.0, 11.0), reading(20.0, 4.0)];
+        let i = interval(&prev, &cur).unwrap();
+        assert_eq!((i.requests, i.errors), (120.0, 5.0));
+        assert!(interval(&prev, &cur[..1]).is_none(), "endpoints changed");
+    }
+
+    fn evidence(intervals: usize, requests: f64, errors: f64, latency: f64) -> Evidence {
+        let mut e = Evidence::with_cap(0);
+        for _ in 0..intervals {
+            e.add(Interval {
+                requests,
+                errors,
+                latency_mean: Some(latency),
+            });
+        }
+        e
+    }
+
+    #[test]
+    fn twenty_percent_errors_regress_with_evidence() {
+        let base = evidence(60, 20.0, 0.2, 0.01);
+        let cand = evidence(10, 20.0, 4.0, 0.01);
+        match judge(&base, &cand, 1, &MetricPolicy::default()) {
+            MetricVerdict::Regressed {
+                trigger: Trigger::ErrorRatio,
+                evidence,
+            } => {
+                assert!(
+                    evidence.contains("errors 40/200 = 20.00%") && evidence.contains("SPRT"),
+                    "{evidence}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn same_error_ratio_is_healthy_and_low_traffic_waits() {
+        let base = evidence(60, 20.0, 0.2, 0.01);
+        assert!(matches!(
+            judge(
+                &base,
+                &evidence(30, 20.0, 0.2, 0.01),
+                1,
+                &MetricPolicy::default()
+            ),
+            MetricVerdict::Healthy(_)
+        ));
+        assert!(matches!(
+            judge(
+                &base,
+                &evidence(3, 20.0, 10.0, 0.01),
+                1,
+                &MetricPolicy::default()
+            ),
+            MetricVerdict::Waiting(_)
+        ));
+        assert!(matches!(
+            judge(
+                &evidence(2, 20.0, 0.0, 0.01),
+                &evidence(30, 20.0, 10.0, 0.01),
+                1,
+                &MetricPolicy::default()
+            ),
+            MetricVerdict::Waiting(_)
+        ));
+    }
+
+    #[test]
+    fn statistically_clear_but_tiny_increase_is_not_a_regression() {
+        // 1.0% -> 1.3% on huge traffic: significant, but below the practical thresholds.
+        let base = evidence(600, 10_000.0, 100.0, 0.01);
+        let cand = evidence(600, 10_000.0, 130.0, 0.01);
+        assert!(matches!(
+            judge(&base, &cand, 1, &MetricPolicy::default()),
+            MetricVerdict::Healthy(_)
+        ));
+    }
+
+    #[test]
+    fn slower_candidate_regresses_on_latency() {
+        let mut base = Evidence::with_cap(0);
+        for k in 0..60 {
+            base.add(Interval {
+                requests: 20.0,
+                errors: 0.0,
+                latency_mean: Some(0.010 + (k % 5) as f64 * 0.001),
+            });
+        }
+        let cand = evidence(8, 20.0, 0.0, 0.31);
+        match judge(&base, &cand, 1, &MetricPolicy::default()) {
+            MetricVerdict::Regressed {
+                trigger: Trigger::Latency,
+                evidence,
+            } => assert!(evidence.contains("Mann-Whitney"), "{evidence}"),
+            other => panic!("{other:?}"),
+        }
+        // +20 ms is below the practical threshold.
+        assert!(matches!(
+            judge(
+                &base,
+                &evidence(8, 20.0, 0.0, 0.032),
+                1,
+                &MetricPolicy::default()
+            ),
+            MetricVerdict::Healthy(_)
+        ));
+    }
+
+    #[test]
+    fn a_broken_source_is_inconclusive_and_breaks_the_delta_chain() {
+        let mut w = MetricWatch::default();
+        let p = MetricPolicy::default();
+        assert_eq!(
+            w.observe(Ok(vec![reading(100.0, 1.0)]), Population::Baseline, &p),
+            None
+        );
+        assert!(matches!(
+            w.observe(Err("down".into()), Population::Candidate, &p),
+            Some(MetricVerdict::Inconclusive(_))
+        ));
+        // The first read after the outage only re-anchors.
+        w.observe(Ok(vec![reading(5000.0, 4000.0)]), Population::Candidate, &p);
+        assert_eq!(w.candidate.requests(), 0.0);
+    }
+}
