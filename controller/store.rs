@@ -210,6 +210,14 @@ CREATE TABLE IF NOT EXISTS alert_episodes (
     role TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS baselines (
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env, role)
+);
 CREATE TABLE IF NOT EXISTS known_good (
     env TEXT NOT NULL,
     role TEXT NOT NULL,
@@ -567,6 +575,41 @@ impl Store {
                 params![episode, target.env.as_str(), target.role, now_ms()],
             )?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Saves the metric baseline measured on `tag` (JSON), replacing the previous one.
+    pub async fn save_baseline(
+        &self,
+        target: TargetId,
+        tag: String,
+        evidence: String,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO baselines (env, role, tag, evidence, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (env, role) DO UPDATE SET tag = excluded.tag, evidence = excluded.evidence, at_ms = excluded.at_ms",
+                params![target.env.as_str(), target.role, tag, evidence, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The saved baseline of `target`, if it was measured on `tag`.
+    pub async fn baseline(
+        &self,
+        target: TargetId,
+        tag: String,
+    ) -> Result<Option<String>, StoreError> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT evidence FROM baselines WHERE env = ?1 AND role = ?2 AND tag = ?3",
+                params![target.env.as_str(), target.role, tag],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::analysis::MetricVerdict;
 use crate::probe::ProbeFailure;
 use crate::store::Trigger;
 
@@ -129,6 +130,8 @@ pub struct Observation {
     pub containers: Result<Vec<ContainerView>, String>,
     /// `None` when no probe ran this round.
     pub probe: Option<Result<(), ProbeFailure>>,
+    /// The error-metric judgement of the candidate, when the target has a metrics source.
+    pub metrics: Option<MetricVerdict>,
 }
 
 /// What the caller should do. Only `RollBack` has side effects on the deployment.
@@ -264,7 +267,8 @@ pub fn decide(
             last_failure,
         } => {
             let in_grace = obs.now_ms < next.grace_until_ms;
-            let mut regression = container_regression(containers, tag);
+            let mut regression =
+                container_regression(containers, tag).map(|r| (Trigger::Health, r));
             match &obs.probe {
                 Some(Ok(())) => {
                     *failures = 0;
@@ -274,16 +278,19 @@ pub fn decide(
                     *failures += 1;
                     *last_failure = Some(f.to_string());
                     if *failures >= policy.failures && regression.is_none() {
-                        regression = Some(format!(
-                            "{} consecutive /health failures, last: {f}",
-                            failures
-                        ));
+                        let reason = format!("{failures} consecutive /health failures, last: {f}");
+                        regression = Some((Trigger::Health, reason));
                     }
                 }
                 Some(Err(f)) => *last_failure = Some(format!("{f} (in start-up grace)")),
                 None => {}
             }
-            if let Some(reason) = regression {
+            if regression.is_none() {
+                if let Some(MetricVerdict::Regressed { trigger, evidence }) = &obs.metrics {
+                    regression = Some((*trigger, evidence.clone()));
+                }
+            }
+            if let Some((trigger, reason)) = regression {
                 let tag = tag.clone();
                 let cooling = state
                     .last_rollback_ms
@@ -305,7 +312,7 @@ pub fn decide(
                 } else {
                     out.push(Decision::RollBack {
                         from_tag: tag,
-                        trigger: Trigger::Health,
+                        trigger,
                         reason,
                     });
                 }
@@ -372,6 +379,7 @@ mod tests {
             now_ms,
             containers: Ok(containers),
             probe,
+            metrics: None,
         }
     }
 
@@ -513,6 +521,7 @@ mod tests {
             now_ms: 10_000,
             containers: Err("connection refused".into()),
             probe: fail(),
+            metrics: None,
         };
         let (s1, d) = decide(&s0, &o, &POLICY);
         assert_eq!(s0.phase, s1.phase, "no verdict progress without evidence");
@@ -528,6 +537,7 @@ mod tests {
             now_ms: 6_000,
             containers: Err("daemon restarting".into()),
             probe: None,
+            metrics: None,
         };
         let (s1, _) = decide(&s0, &blind, &POLICY);
         // Containers come back slowly: three failed probes right after, all inside the new grace.
@@ -572,6 +582,30 @@ mod tests {
         let (s, d) = run(state.clone(), 0, &rounds);
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(s, state);
+    }
+
+    #[test]
+    fn metric_regression_rolls_back_with_its_trigger_but_inconclusive_never_does() {
+        let (s0, _) = decide(
+            &TargetState::new(),
+            &obs(0, running("v1.3.0"), Some(Ok(()))),
+            &POLICY,
+        );
+        let mut o = obs(1_000, running("v1.3.0"), Some(Ok(())));
+        o.metrics = Some(MetricVerdict::Inconclusive("source down".into()));
+        let (s1, d) = decide(&s0, &o, &POLICY);
+        assert!(d.is_empty(), "{d:?}");
+        o.metrics = Some(MetricVerdict::Regressed {
+            trigger: Trigger::ErrorRatio,
+            evidence: "errors 20%".into(),
+        });
+        let (_, d) = decide(&s1, &o, &POLICY);
+        let expected = Decision::RollBack {
+            from_tag: "v1.3.0".into(),
+            trigger: Trigger::ErrorRatio,
+            reason: "errors 20%".into(),
+        };
+        assert_eq!(d, vec![expected]);
     }
 
     #[test]

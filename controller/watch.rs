@@ -11,9 +11,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::analysis::{Evidence, MetricVerdict, Population};
 use crate::config::TargetConfig;
 use crate::detect::Wake;
 use crate::docker::DockerClient;
+use crate::metrics::MetricsFeed;
 use crate::probe::Prober;
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 use crate::store::{
@@ -78,6 +80,8 @@ pub struct Watcher {
     events: broadcast::Sender<EventRecord>,
     metrics: Arc<Metrics>,
     webhook: Option<url::Url>,
+    /// The error-metric side, when the target has a metrics source.
+    feed: Option<MetricsFeed>,
     /// Tags currently exported in the info gauges, to replace their series on change.
     shown_running: Option<String>,
     shown_known_good: Option<String>,
@@ -132,6 +136,7 @@ impl Watcher {
             events,
             metrics,
             webhook,
+            feed: None,
             shown_running: None,
             shown_known_good: None,
         }
@@ -145,7 +150,16 @@ impl Watcher {
     ) {
         let mut tick = tokio::time::interval(self.target.watch.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        if let Some(m) = &self.target.metrics {
+            match MetricsFeed::new(m) {
+                Ok(f) => self.feed = Some(f),
+                Err(e) => {
+                    tracing::error!(target_id = %self.target.id(), error = %e, "metrics source unusable; judging on /health only")
+                }
+            }
+        }
         self.adopt_known_good().await;
+        self.load_baseline().await;
         self.refresh_known_good().await;
         self.publish();
         loop {
@@ -238,10 +252,16 @@ impl Watcher {
             };
             self.emit("docker", None, msg).await;
         }
+        let metrics = if probe.is_some() {
+            self.metric_round().await
+        } else {
+            None
+        };
         let obs = Observation {
             now_ms: now_ms(),
             containers,
             probe,
+            metrics,
         };
         let (next, decisions) = decide(&self.state, &obs, &self.policy);
         if next.phase.name() != self.state.phase.name() {
@@ -258,11 +278,82 @@ impl Watcher {
         self.publish();
     }
 
+    /// Reads the metrics source (probe rounds only) and returns the verdict on a candidate.
+    async fn metric_round(&mut self) -> Option<MetricVerdict> {
+        let population = match &self.state.phase {
+            Phase::Watching { .. } => Population::Candidate,
+            Phase::Stable { .. } => Population::Baseline,
+            _ => Population::Neither,
+        };
+        let feed = self.feed.as_mut()?;
+        let round = feed.round(population).await;
+        let save = (feed.unsaved >= 30)
+            .then(|| serde_json::to_string(&feed.watch.baseline).ok())
+            .flatten();
+        if save.is_some() {
+            feed.unsaved = 0;
+        }
+        let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        if let Some((up, why)) = round.transition {
+            self.metrics
+                .source_up
+                .with_label_values(&[env, role, "metrics"])
+                .set(i64::from(up));
+            if up {
+                self.emit(
+                    "metrics_source_up",
+                    None,
+                    "metrics source answers again".into(),
+                )
+                .await;
+            } else {
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[env, role, "inconclusive"])
+                    .inc();
+                let why = why.unwrap_or_default();
+                self.emit(
+                    "metrics_source_down",
+                    None,
+                    format!("{why}; metric verdicts inconclusive, never a rollback on that"),
+                )
+                .await;
+            }
+        }
+        if let (Some(json), Phase::Stable { tag }) = (save, &self.state.phase) {
+            if let Err(e) = self.store.save_baseline(id, tag.clone(), json).await {
+                tracing::warn!(error = %e, "cannot save the metric baseline");
+            }
+        }
+        round.verdict
+    }
+
+    /// What the metrics said about the candidate, for promotion and status messages.
+    fn metric_note(&self) -> String {
+        match self.feed.as_ref().and_then(|f| f.last.as_ref()) {
+            Some(MetricVerdict::Healthy(e)) => format!("; metrics healthy: {e}"),
+            Some(MetricVerdict::Waiting(e)) => {
+                format!("; metrics inconclusive (too little traffic: {e})")
+            }
+            Some(MetricVerdict::Inconclusive(e)) => {
+                format!("; metrics inconclusive (source down: {e})")
+            }
+            Some(MetricVerdict::Regressed { evidence, .. }) => format!("; metrics: {evidence}"),
+            None if self.feed.is_some() => "; metrics inconclusive (no reading yet)".into(),
+            None => String::new(),
+        }
+    }
+
     async fn act(&mut self, decision: Decision) {
         let id = self.target.id();
         match decision {
             Decision::DeploySeen { tag, previous } => {
                 self.last_deploy_ms = Some(now_ms());
+                if let Some(f) = self.feed.as_mut() {
+                    f.watch.start_candidate();
+                    f.last = None;
+                }
                 self.metrics
                     .deploys
                     .with_label_values(&[id.env.as_str(), id.role.as_str()])
@@ -324,9 +415,16 @@ impl Watcher {
                 self.emit(
                     "promoted",
                     Some(tag.clone()),
-                    format!("{tag} healthy for the whole watch window: known-good ({digest})"),
+                    format!(
+                        "{tag} healthy for the whole watch window: known-good ({digest}){}",
+                        self.metric_note()
+                    ),
                 )
                 .await;
+                if let Some(f) = self.feed.as_mut() {
+                    // The new known-good version's own traffic is the next baseline.
+                    f.watch.restart_baseline();
+                }
             }
             Decision::RollBack {
                 from_tag,
@@ -474,6 +572,9 @@ impl Watcher {
                 .await;
             }
             Ok(rec) => {
+                if let Some(f) = self.feed.as_mut() {
+                    f.watch.restart_baseline();
+                }
                 let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
                 self.state.phase = Phase::Stable {
                     tag: rec.to_tag.clone(),
@@ -665,6 +766,24 @@ impl Watcher {
         }
     }
 
+    /// A restart keeps the metric baseline measured on the tag that still runs.
+    async fn load_baseline(&mut self) {
+        let (Some(feed), Phase::Stable { tag }) = (self.feed.as_mut(), &self.state.phase) else {
+            return;
+        };
+        if let Ok(Some(json)) = self.store.baseline(self.target.id(), tag.clone()).await {
+            match serde_json::from_str::<Evidence>(&json) {
+                Ok(e) => {
+                    tracing::info!(target_id = %self.target.id(), requests = e.requests(), "metric baseline restored");
+                    feed.watch.baseline = e;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "saved metric baseline unreadable; measuring anew")
+                }
+            }
+        }
+    }
+
     async fn refresh_known_good(&mut self) {
         let running = self.running_tag.clone();
         if let Ok(tags) = self.store.known_good_tags(self.target.id()).await {
@@ -741,13 +860,14 @@ impl Watcher {
                 last_failure,
                 ..
             } => Some(format!(
-                "{}s of {} watched, {failures} consecutive failures{}",
+                "{}s of {} watched, {failures} consecutive failures{}{}",
                 (now_ms() - since_ms) / 1000,
                 humantime::format_duration(self.target.watch.bake),
                 last_failure
                     .as_ref()
                     .map(|f| format!(", last: {f}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                self.metric_note()
             )),
             Phase::Regressed { reason, .. } | Phase::RollbackFailed { reason, .. } => {
                 Some(reason.clone())

@@ -245,6 +245,8 @@ pub enum Population {
     Baseline,
     /// A deploy is on probation: its intervals are the candidate.
     Candidate,
+    /// Neither (a regressed or unjudged version runs): readings only keep the delta chain.
+    Neither,
 }
 
 /// Intervals kept: ten minutes at a 1 s interval.
@@ -288,7 +290,7 @@ impl MetricWatch {
             Err(e) => {
                 // The next good read must not be compared with one from before the outage.
                 self.prev = None;
-                return (into == Population::Candidate).then(|| MetricVerdict::Inconclusive(e));
+                return (into == Population::Candidate).then_some(MetricVerdict::Inconclusive(e));
             }
         };
         let added = self.prev.as_deref().and_then(|p| interval(p, &readings));
@@ -297,9 +299,10 @@ impl MetricWatch {
             match into {
                 Population::Baseline => self.baseline.add(i),
                 Population::Candidate => self.candidate.add(i),
+                Population::Neither => {}
             }
         }
-        if into == Population::Baseline {
+        if into != Population::Candidate {
             return None;
         }
         if self.candidate.latency_means().len() >= 5 {

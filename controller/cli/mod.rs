@@ -63,6 +63,18 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         limit: usize,
     },
+    /// Simulate healthy and regressed deploys (seeded) and compare rollwatch's error-ratio test
+    /// with a Flagger-style threshold and a Kayenta-style Mann-Whitney judge.
+    Simulate {
+        /// Runs per scenario.
+        #[arg(long, default_value_t = 400)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Append the result table to this file (docs/BENCHMARKS.md).
+        #[arg(long)]
+        bench_file: Option<PathBuf>,
+    },
     /// Validate the configuration and print the targets it defines.
     CheckConfig,
     /// Roll <env> <role> back to <tag> now, then wait for /health to answer status=ok.
@@ -184,6 +196,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .transpose()
                 .map_err(|e| Refused(e.to_string()))?;
             rollback(&config, id, tag, reason, dry_run).await
+        }
+        Command::Simulate {
+            runs,
+            seed,
+            bench_file,
+        } => {
+            simulate(runs.max(1), seed, bench_file)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Incidents { env, role, limit } => {
             let config = Config::load(&config_path)?;
@@ -344,6 +364,30 @@ fn print_events(events: &[crate::store::EventRecord]) {
             e.message
         );
     }
+}
+
+fn simulate(runs: usize, seed: u64, bench_file: Option<PathBuf>) -> anyhow::Result<()> {
+    use crate::analysis::simulate::{evaluate, standard_scenarios, table};
+    let started = std::time::Instant::now();
+    let rows = evaluate(&standard_scenarios(), runs, seed);
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let text = format!(
+        "## Error-ratio detection: simulated deploys ({date})\n\n`rollwatch simulate --runs {runs} --seed {seed}` ({:.1} s). {}",
+        started.elapsed().as_secs_f64(),
+        table(&rows, runs)
+    );
+    println!("{text}");
+    if let Some(path) = bench_file {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "\n{text}")?;
+        println!("appended to {}", path.display());
+    }
+    Ok(())
 }
 
 fn optional_target(env: Option<String>, role: Option<String>) -> Result<Option<TargetId>, Refused> {

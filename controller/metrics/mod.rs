@@ -4,9 +4,11 @@
 //! is [`crate::analysis`]'s job. A source that is down, slow or answers garbage returns an error,
 //! which the watcher turns into an `inconclusive` verdict — never a rollback.
 
+mod feed;
 pub mod parse;
 mod selector;
 mod source;
 
+pub use feed::{FeedRound, MetricsFeed};
 pub use selector::{Selector, SelectorError};
 pub use source::{MetricsSource, Reading, SourceError};
