@@ -144,24 +144,25 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
-/// Compares the candidate with the baseline. `latency_look` counts latency comparisons made so
-/// far for this candidate (1-based), for the alpha spending of repeated looks.
-pub fn judge(
-    baseline: &Evidence,
-    candidate: &Evidence,
-    latency_look: u32,
-    policy: &MetricPolicy,
-) -> MetricVerdict {
+/// One test's outcome: not enough data (with why), no regression (with the numbers), or one.
+enum Test {
+    Waiting(String),
+    Clear(String),
+    Regressed(Trigger, String),
+}
+
+/// Error ratio: the SPRT on cumulative counts plus the practical thresholds.
+fn error_ratio_test(baseline: &Evidence, candidate: &Evidence, policy: &MetricPolicy) -> Test {
     let (n, x) = (candidate.requests(), candidate.errors());
     if n < policy.min_requests {
-        return MetricVerdict::Waiting(format!(
+        return Test::Waiting(format!(
             "candidate served {n:.0} of the {:.0} requests needed",
             policy.min_requests
         ));
     }
     let (bn, bx) = (baseline.requests(), baseline.errors());
     if bn < policy.min_requests {
-        return MetricVerdict::Waiting(format!(
+        return Test::Waiting(format!(
             "baseline has {bn:.0} of the {:.0} requests needed",
             policy.min_requests
         ));
@@ -174,7 +175,7 @@ pub fn judge(
     let threshold = stats::sprt_threshold(policy.alpha);
     let big_enough = observed >= base * policy.error_ratio_factor
         && observed - base >= policy.error_ratio_increase;
-    let error_summary = format!(
+    let summary = format!(
         "errors {x:.0}/{n:.0} = {} vs baseline {} ({bx:.0}/{bn:.0}); SPRT log-LR {llr:.2} vs {threshold:.2} (alpha {}, H0 {}, H1 {})",
         pct(observed),
         pct(base),
@@ -183,50 +184,94 @@ pub fn judge(
         pct(p1)
     );
     if llr >= threshold && big_enough {
-        return MetricVerdict::Regressed {
-            trigger: Trigger::ErrorRatio,
-            evidence: format!(
-                "{error_summary}; effect {:.1}x and +{:.2} pp (needs {}x and +{:.2} pp)",
+        return Test::Regressed(
+            Trigger::ErrorRatio,
+            format!(
+                "{summary}; effect {:.1}x and +{:.2} pp (needs {}x and +{:.2} pp)",
                 observed / base.max(1e-9),
                 (observed - base) * 100.0,
                 policy.error_ratio_factor,
                 policy.error_ratio_increase * 100.0
             ),
-        };
+        );
     }
+    Test::Clear(summary)
+}
 
-    let (cand_lat, base_lat) = (candidate.latency_means(), baseline.latency_means());
-    let mut latency_summary = String::new();
-    if cand_lat.len() >= 5 && base_lat.len() >= 5 {
-        let p = stats::mann_whitney_greater(&cand_lat, &base_lat).unwrap_or(1.0);
-        let level = stats::alpha_at_look(policy.alpha, latency_look);
-        let (mc, mb) = (
-            stats::median(&cand_lat).unwrap_or(0.0),
-            stats::median(&base_lat).unwrap_or(0.0),
+/// Latency: Mann-Whitney on per-interval means, with look spending and practical thresholds.
+/// Needs five intervals with traffic on each side, not a request count: a slow version serves
+/// few requests, which must not hide its slowness.
+fn latency_test(
+    baseline: &Evidence,
+    candidate: &Evidence,
+    look: u32,
+    policy: &MetricPolicy,
+) -> Test {
+    let (cand, base) = (candidate.latency_means(), baseline.latency_means());
+    if cand.len() < 5 || base.len() < 5 {
+        return Test::Waiting(format!(
+            "latency needs 5 intervals with traffic (candidate {}, baseline {})",
+            cand.len(),
+            base.len()
+        ));
+    }
+    let p = stats::mann_whitney_greater(&cand, &base).unwrap_or(1.0);
+    let level = stats::alpha_at_look(policy.alpha, look);
+    let (mc, mb) = (
+        stats::median(&cand).unwrap_or(0.0),
+        stats::median(&base).unwrap_or(0.0),
+    );
+    if p < level && mc >= mb * policy.latency_factor && mc - mb >= policy.latency_increase_s {
+        return Test::Regressed(
+            Trigger::Latency,
+            format!(
+                "latency median {:.0} ms vs baseline {:.0} ms over {} and {} intervals; Mann-Whitney one-sided p {p:.2e} < {level:.2e}; effect {:.1}x and +{:.0} ms (needs {}x and +{:.0} ms)",
+                mc * 1000.0,
+                mb * 1000.0,
+                cand.len(),
+                base.len(),
+                mc / mb.max(1e-9),
+                (mc - mb) * 1000.0,
+                policy.latency_factor,
+                policy.latency_increase_s * 1000.0
+            ),
         );
-        latency_summary = format!(
-            "; latency median {:.0} ms vs {:.0} ms, Mann-Whitney p {p:.2e} vs {level:.2e} (look {latency_look})",
-            mc * 1000.0,
-            mb * 1000.0
-        );
-        if p < level && mc >= mb * policy.latency_factor && mc - mb >= policy.latency_increase_s {
-            return MetricVerdict::Regressed {
-                trigger: Trigger::Latency,
-                evidence: format!(
-                    "latency median {:.0} ms vs baseline {:.0} ms over {} and {} intervals; Mann-Whitney one-sided p {p:.2e} < {level:.2e}; effect {:.1}x and +{:.0} ms (needs {}x and +{:.0} ms)",
-                    mc * 1000.0,
-                    mb * 1000.0,
-                    cand_lat.len(),
-                    base_lat.len(),
-                    mc / mb.max(1e-9),
-                    (mc - mb) * 1000.0,
-                    policy.latency_factor,
-                    policy.latency_increase_s * 1000.0
-                ),
-            };
+    }
+    Test::Clear(format!(
+        "latency median {:.0} ms vs {:.0} ms, Mann-Whitney p {p:.2e} vs {level:.2e} (look {look})",
+        mc * 1000.0,
+        mb * 1000.0
+    ))
+}
+
+/// Compares the candidate with the baseline. `latency_look` counts latency comparisons made so
+/// far for this candidate (1-based), for the alpha spending of repeated looks. Only the latency
+/// test runs on histogram data; a target without latency data is judged on errors alone.
+pub fn judge(
+    baseline: &Evidence,
+    candidate: &Evidence,
+    latency_look: u32,
+    policy: &MetricPolicy,
+) -> MetricVerdict {
+    let errors = error_ratio_test(baseline, candidate, policy);
+    let latency = latency_test(baseline, candidate, latency_look, policy);
+    let mut clear = Vec::new();
+    let mut waiting = Vec::new();
+    for t in [errors, latency] {
+        match t {
+            Test::Regressed(trigger, evidence) => {
+                return MetricVerdict::Regressed { trigger, evidence }
+            }
+            Test::Clear(s) => clear.push(s),
+            Test::Waiting(s) => waiting.push(s),
         }
     }
-    MetricVerdict::Healthy(format!("{error_summary}{latency_summary}"))
+    if clear.is_empty() {
+        MetricVerdict::Waiting(waiting.join("; "))
+    } else {
+        clear.extend(waiting.into_iter().map(|w| format!("still waiting: {w}")));
+        MetricVerdict::Healthy(clear.join("; "))
+    }
 }
 
 /// The metric state of one target: last readings, baseline and candidate evidence.

@@ -1,0 +1,205 @@
+//! Error-metric verdicts on real deploys under real load on loopback: what `/health` cannot see.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::*;
+
+const WATCH: &str =
+    r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "6s", cooldown = "5m" }"#;
+
+fn scrape_source(url: &str) -> String {
+    format!(
+        r#"[targets.metrics]
+source = {{ kind = "scrape", urls = ["{url}"], requests = "http_requests_total", errors = 'http_requests_total{{code=~"5.."}}', latency_histogram = "http_request_duration_seconds" }}
+timeout = "1s""#
+    )
+}
+
+/// A deployment on v1.0.0 under 50 req/s, promoted, with a baseline measured.
+struct Loaded {
+    d: ComposeDeployment,
+    _c: Controller,
+    stop: Arc<AtomicBool>,
+    traffic: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.traffic.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn loaded(prefix: &str, tags: &[&str], metrics: impl FnOnce(u16) -> String) -> Loaded {
+    testbed();
+    let app = unique_app(prefix);
+    let mut all = vec!["v1.0.0"];
+    all.extend_from_slice(tags);
+    push_app_images(&app, "backend", &all);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let config = d.write_config(
+        &format!("{REGISTRY}/{app}"),
+        &format!("{WATCH}\n{}", metrics(d.port)),
+    );
+    let c = Controller::start(&config, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = Some(load(d.port, 50, stop.clone()));
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    // The baseline restarts at promotion: give it a few hundred requests and intervals.
+    std::thread::sleep(Duration::from_secs(8));
+    Loaded {
+        d,
+        _c: c,
+        stop,
+        traffic,
+    }
+}
+
+fn rolled_back(d: &ComposeDeployment) -> (String, String, String, Option<String>, String) {
+    wait_for(Duration::from_secs(60), "rollback succeeded", || {
+        rollback_rows(&d.db())
+            .into_iter()
+            .find(|r| r.0 == "succeeded")
+    })
+}
+
+#[test]
+fn twenty_percent_errors_under_load_are_rolled_back_for_error_ratio() {
+    let l = loaded("er", &["v1.3.0"], |port| {
+        scrape_source(&format!("http://127.0.0.1:{port}/metrics"))
+    });
+    l.d.deploy("v1.3.0");
+    let (_, trigger, reason, from, to) = rolled_back(&l.d);
+    assert_eq!(trigger, "error_ratio");
+    assert!(
+        reason.contains("SPRT") && reason.contains("errors"),
+        "{reason}"
+    );
+    assert_eq!((from.as_deref(), to.as_str()), (Some("v1.3.0"), "v1.0.0"));
+    assert_eq!(
+        l.d.container().image_ref,
+        format!("{}:v1.0.0", l.d.repository())
+    );
+}
+
+#[test]
+fn three_hundred_ms_slower_version_is_rolled_back_for_latency() {
+    let l = loaded("lt", &["v1.4.0"], |port| {
+        scrape_source(&format!("http://127.0.0.1:{port}/metrics"))
+    });
+    l.d.deploy("v1.4.0");
+    let (_, trigger, reason, from, _) = rolled_back(&l.d);
+    assert_eq!(trigger, "latency", "{reason}");
+    assert!(reason.contains("Mann-Whitney"), "{reason}");
+    assert_eq!(from.as_deref(), Some("v1.4.0"));
+}
+
+#[test]
+fn identical_new_version_is_promoted_with_healthy_metrics() {
+    let l = loaded("id", &["v1.0.1"], |port| {
+        scrape_source(&format!("http://127.0.0.1:{port}/metrics"))
+    });
+    l.d.deploy("v1.0.1");
+    let msg = wait_event(&l.d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
+    assert!(msg.contains("metrics healthy"), "{msg}");
+    assert!(rollback_rows(&l.d.db()).is_empty());
+}
+
+/// Answers every request with 200 and a body that is not the metrics format.
+fn garbage_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten().take(10_000) {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let body = "<html>this{is not=metrics</html>\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+fn assert_no_rollback_and_source_down(l: &Loaded, kind: &str) {
+    l.d.deploy("v1.3.0");
+    let down = wait_for(Duration::from_secs(30), "metrics_source_down event", || {
+        events(&l.d.db())
+            .into_iter()
+            .find(|(k, _, _)| k == "metrics_source_down")
+            .map(|(_, _, m)| m)
+    });
+    assert!(down.contains(kind), "{down}");
+    let promoted = wait_event(&l.d.db(), "promoted", "v1.3.0", Duration::from_secs(60));
+    assert!(promoted.contains("metrics inconclusive"), "{promoted}");
+    assert!(
+        rollback_rows(&l.d.db()).is_empty(),
+        "never a rollback on missing evidence"
+    );
+    let (_, exported) = http_get(l.d.api_port, "/metrics").unwrap();
+    assert!(
+        exported.contains(
+            r#"rollwatch_metrics_source_up{env="staging",role="backend",source="metrics"} 0"#
+        ),
+        "{exported}"
+    );
+}
+
+#[test]
+fn metrics_endpoint_down_means_no_rollback_and_source_marked_down() {
+    let dead = free_port();
+    let l = loaded("sd", &["v1.3.0"], |_| {
+        scrape_source(&format!("http://127.0.0.1:{dead}/metrics"))
+    });
+    assert_no_rollback_and_source_down(&l, "unreachable");
+}
+
+#[test]
+fn metrics_endpoint_answering_garbage_means_no_rollback_and_source_marked_down() {
+    let port = garbage_server();
+    let l = loaded("gb", &["v1.3.0"], |_| {
+        scrape_source(&format!("http://127.0.0.1:{port}/metrics"))
+    });
+    assert_no_rollback_and_source_down(&l, "not metrics");
+}
+
+#[test]
+fn twenty_percent_errors_are_rolled_back_through_a_real_prometheus() {
+    testbed();
+    // Prometheus must scrape the demo before rollwatch asks it, so it starts first.
+    let app = unique_app("pq");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.3.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let scrape = format!(
+        "  - job_name: demo\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        d.port
+    );
+    let prom = Service::prometheus(&scrape, &[], None);
+    let metrics = format!(
+        r#"[targets.metrics]
+source = {{ kind = "prometheus", url = "http://127.0.0.1:{}", requests = 'sum(http_requests_total{{job="demo"}})', errors = 'sum(http_requests_total{{job="demo",code=~"5.."}})' }}"#,
+        prom.port
+    );
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), &format!("{WATCH}\n{metrics}"));
+    let _c = Controller::start(&config, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(d.port, 50, stop.clone());
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(8));
+    d.deploy("v1.3.0");
+    let (_, trigger, reason, from, to) = rolled_back(&d);
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    assert_eq!(trigger, "error_ratio", "{reason}");
+    assert_eq!((from.as_deref(), to.as_str()), (Some("v1.3.0"), "v1.0.0"));
+}
