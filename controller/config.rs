@@ -311,6 +311,98 @@ pub struct ComposeExecutorConfig {
     pub image: Option<String>,
     #[serde(default)]
     pub compose_command: ComposeCommand,
+    /// `user@host` to run the runbook on through ssh; unset runs it on this machine.
+    pub host: Option<SshDestination>,
+    /// Further hosts of the same target (several containers for one env/role): each runs the
+    /// runbook in its own directory; all are rolled back, failures are reported per host.
+    #[serde(default)]
+    pub also: Vec<ExtraHost>,
+    #[serde(default)]
+    pub ssh: SshConfig,
+}
+
+/// Another host of a multi-host compose target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraHost {
+    /// `user@host`; unset means this machine (a second compose project here).
+    pub host: Option<SshDestination>,
+    pub dir: PathBuf,
+}
+
+/// `[user@]host`, checked so it can never be read as an ssh option or carry shell syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SshDestination(pub String);
+
+impl TryFrom<String> for SshDestination {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && !s.starts_with('-')
+            && s.matches('@').count() <= 1
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@'));
+        if ok {
+            Ok(SshDestination(s))
+        } else {
+            Err(format!(
+                "ssh host {s:?} is not [user@]hostname (letters, digits, '.', '-', '_')"
+            ))
+        }
+    }
+}
+
+/// How rollwatch connects to deployment hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Private key; default: ssh's own choice (~/.ssh/id_*).
+    pub identity_file: Option<PathBuf>,
+    #[serde(default)]
+    pub host_key_checking: HostKeyChecking,
+    pub known_hosts_file: Option<PathBuf>,
+    #[serde(default = "default_ssh_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Further attempts when the connection fails (never when the remote command failed).
+    #[serde(default = "default_ssh_retries")]
+    pub retries: u32,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            port: default_ssh_port(),
+            identity_file: None,
+            host_key_checking: HostKeyChecking::default(),
+            known_hosts_file: None,
+            connect_timeout: default_ssh_timeout(),
+            retries: default_ssh_retries(),
+        }
+    }
+}
+
+/// `strict` refuses unknown hosts (the safe default), `accept-new` trusts a host on first
+/// contact, `off` checks nothing (tests only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyChecking {
+    #[default]
+    Strict,
+    AcceptNew,
+    Off,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_ssh_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ssh_retries() -> u32 {
+    2
 }
 
 /// Which compose binary to run. `auto` tries `docker compose` first and falls back to
@@ -499,8 +591,22 @@ impl Config {
             }
             let tid = t.id();
             if let ExecutorConfig::Compose(c) = &mut t.executor {
+                let remote_relative = (c.host.is_some() && c.dir.is_relative())
+                    || c.also
+                        .iter()
+                        .any(|h| h.host.is_some() && h.dir.is_relative());
+                if remote_relative {
+                    return Err(fail(format!(
+                        "target {tid}: directories on remote hosts must be absolute paths"
+                    )));
+                }
                 if c.dir.is_relative() {
                     c.dir = base.join(&c.dir);
+                }
+                for h in &mut c.also {
+                    if h.dir.is_relative() {
+                        h.dir = base.join(&h.dir);
+                    }
                 }
                 if c.env_file.contains('/') {
                     return Err(fail(format!(

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, NetworkingConfig};
@@ -20,12 +21,61 @@ use crate::target::Selector;
 /// Seconds bollard waits for one API call; pulls stream and are not bound by it.
 const API_TIMEOUT_SECS: u64 = 120;
 
-/// Where a Docker Engine answers. Parsed from `unix:///path` or `tcp://host:port` in the config.
+/// Where a Docker Engine answers: `unix:///path`, `tcp://host:port` (plain, or TLS with client
+/// certificates), or `ssh://user@host` (the engine's socket through ssh, key auth).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "EndpointSpec")]
 pub enum DockerEndpoint {
     Unix(String),
     Tcp(String),
+    Tls { addr: String, tls: TlsFiles },
+    Ssh { addr: String, key: Option<PathBuf> },
+}
+
+/// The CA that signed the engine's certificate, and our client certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The config's spellings: a URL string, or a table with the URL and its TLS files or ssh key.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EndpointSpec {
+    Url(String),
+    Table {
+        url: String,
+        tls: Option<TlsFiles>,
+        ssh_key: Option<PathBuf>,
+    },
+}
+
+impl TryFrom<EndpointSpec> for DockerEndpoint {
+    type Error = String;
+    fn try_from(spec: EndpointSpec) -> Result<Self, String> {
+        match spec {
+            EndpointSpec::Url(url) => DockerEndpoint::try_from(url),
+            EndpointSpec::Table { url, tls, ssh_key } => match (
+                DockerEndpoint::try_from(url.clone())?,
+                tls,
+                ssh_key,
+            ) {
+                (DockerEndpoint::Tcp(addr), Some(tls), None) => {
+                    Ok(DockerEndpoint::Tls { addr, tls })
+                }
+                (DockerEndpoint::Ssh { addr, .. }, None, key) => {
+                    Ok(DockerEndpoint::Ssh { addr, key })
+                }
+                (e, None, None) => Ok(e),
+                _ => Err(format!(
+                    "docker endpoint {url:?}: tls goes with tcp:// only, ssh_key with ssh:// only"
+                )),
+            },
+        }
+    }
 }
 
 impl Default for DockerEndpoint {
@@ -45,13 +95,21 @@ impl TryFrom<String> for DockerEndpoint {
             if addr.contains(':') && !addr.contains('/') {
                 return Ok(DockerEndpoint::Tcp(addr.to_string()));
             }
-        } else if s.starts_with("ssh://") {
-            return Err(format!(
-                "docker endpoint {s:?}: ssh:// endpoints are not supported yet; run rollwatch on that host or expose the engine on tcp://"
-            ));
+        } else if let Some(dest) = s.strip_prefix("ssh://") {
+            let valid = !dest.is_empty()
+                && !dest.starts_with('-')
+                && dest.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@' | b':')
+                });
+            if valid {
+                return Ok(DockerEndpoint::Ssh {
+                    addr: s.clone(),
+                    key: None,
+                });
+            }
         }
         Err(format!(
-            "docker endpoint {s:?} is not unix:///path/to/docker.sock or tcp://host:port"
+            "docker endpoint {s:?} is not unix:///path/to/docker.sock, tcp://host:port or ssh://user@host"
         ))
     }
 }
@@ -61,6 +119,8 @@ impl fmt::Display for DockerEndpoint {
         match self {
             DockerEndpoint::Unix(p) => write!(f, "unix://{p}"),
             DockerEndpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            DockerEndpoint::Tls { addr, .. } => write!(f, "tcp://{addr} (TLS)"),
+            DockerEndpoint::Ssh { addr, .. } => f.write_str(addr),
         }
     }
 }
@@ -123,6 +183,20 @@ impl DockerClient {
             DockerEndpoint::Tcp(addr) => {
                 Docker::connect_with_http(addr, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             }
+            DockerEndpoint::Tls { addr, tls } => Docker::connect_with_ssl(
+                addr,
+                &tls.key,
+                &tls.cert,
+                &tls.ca,
+                API_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            DockerEndpoint::Ssh { addr, key } => Docker::connect_with_ssh(
+                addr,
+                API_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+                key.as_ref().map(|k| k.display().to_string()),
+            ),
         }
         .map_err(connect_err)?;
         let docker = docker.negotiate_version().await.map_err(connect_err)?;

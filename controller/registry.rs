@@ -37,9 +37,14 @@ fn scheme_for(host: &str) -> &'static str {
     }
 }
 
+/// Environment variable holding a full `Authorization` header value (`Bearer ...` or
+/// `Basic ...`) for registries that need one.
+pub const AUTH_ENV: &str = "ROLLWATCH_REGISTRY_AUTH";
+
 #[derive(Clone)]
 pub struct RegistryClient {
     client: reqwest::Client,
+    auth: Option<String>,
 }
 
 impl RegistryClient {
@@ -48,7 +53,70 @@ impl RegistryClient {
             .no_proxy()
             .timeout(timeout)
             .build()?;
-        Ok(RegistryClient { client })
+        let auth = std::env::var(AUTH_ENV).ok().filter(|a| !a.is_empty());
+        Ok(RegistryClient { client, auth })
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, url);
+        match &self.auth {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+            None => req,
+        }
+    }
+
+    /// Every tag of `repo` (registry HTTP API v2 `tags/list`, following `Link` pagination).
+    pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
+        let (host, path) =
+            split_repository(repo).ok_or_else(|| RegistryError::NoHost(repo.to_string()))?;
+        let base = format!("{}://{host}", scheme_for(host));
+        let mut next = Some(format!("{base}/v2/{path}/tags/list?n=1000"));
+        let mut tags = Vec::new();
+        while let Some(url) = next.take() {
+            let resp = self
+                .request(reqwest::Method::GET, &url)
+                .send()
+                .await
+                .map_err(|e| RegistryError::Unreachable {
+                    host: host.to_string(),
+                    message: root_cause(&e),
+                })?;
+            let status = resp.status().as_u16();
+            if status == 404 {
+                return Ok(Vec::new());
+            }
+            if !(200..300).contains(&status) {
+                return Err(RegistryError::Refused {
+                    host: host.to_string(),
+                    repo: path.to_string(),
+                    tag: "*".into(),
+                    status,
+                });
+            }
+            // `Link: </v2/...?last=x&n=1000>; rel="next"`
+            next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| {
+                    l.split_once('<')
+                        .and_then(|(_, r)| r.split_once('>'))
+                        .map(|(u, _)| format!("{base}{u}"))
+                });
+            let body: serde_json::Value =
+                resp.json().await.map_err(|e| RegistryError::Unreachable {
+                    host: host.to_string(),
+                    message: format!("bad tags/list answer: {e}"),
+                })?;
+            tags.extend(
+                body["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(String::from)),
+            );
+        }
+        Ok(tags)
     }
 
     /// `Ok(true)` when the registry has a manifest for `repo:tag`, `Ok(false)` on 404.
@@ -57,8 +125,7 @@ impl RegistryClient {
             split_repository(repo).ok_or_else(|| RegistryError::NoHost(repo.to_string()))?;
         let url = format!("{}://{host}/v2/{path}/manifests/{tag}", scheme_for(host));
         let resp = self
-            .client
-            .head(&url)
+            .request(reqwest::Method::HEAD, &url)
             .header(
                 reqwest::header::ACCEPT,
                 "application/vnd.docker.distribution.manifest.v2+json, \

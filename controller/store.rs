@@ -547,6 +547,24 @@ impl Store {
         .await
     }
 
+    /// The newest CI registration whose commit is `sha` (a SHA tag's pipeline).
+    pub async fn deploy_by_commit(
+        &self,
+        target: TargetId,
+        sha: String,
+    ) -> Result<Option<DeployRecord>, StoreError> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT tag, commit_sha, pipeline_url, at_ms FROM deploys WHERE env = ?1 AND role = ?2
+                 AND (commit_sha = ?3 OR tag = ?3) ORDER BY id DESC LIMIT 1",
+                params![target.env.as_str(), target.role, sha],
+                |r| Ok(DeployRecord { tag: r.get(0)?, commit_sha: r.get(1)?, pipeline_url: r.get(2)?, at_ms: r.get(3)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     /// The known-good tag `target` would roll back to, for status output.
     pub async fn known_good_tags(
         &self,

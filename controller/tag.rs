@@ -149,9 +149,43 @@ fn is_slug(raw: &str) -> bool {
         })
 }
 
+/// Orders tags the way people pick a rollback target: versions newest first, then branch slugs
+/// alphabetically, then commit SHAs (which carry no order of their own).
+pub fn display_order(mut tags: Vec<Tag>) -> Vec<Tag> {
+    let rank = |t: &Tag| match t.kind {
+        TagKind::Semver { .. } => 0,
+        TagKind::BranchSlug => 1,
+        TagKind::CommitSha => 2,
+    };
+    tags.sort_by(|a, b| {
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| b.semver_cmp(a).unwrap_or(Ordering::Equal))
+            .then_with(|| a.raw.cmp(&b.raw))
+    });
+    tags.dedup();
+    tags
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_order_is_semver_desc_then_branches_then_shas() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let tags = [
+            "v1.2.0", "develop", sha, "v1.10.0", "main", "v1.9.9", "v1.2.0",
+        ]
+        .iter()
+        .map(|t| Tag::parse(t).unwrap())
+        .collect();
+        let ordered: Vec<String> = display_order(tags).into_iter().map(String::from).collect();
+        assert_eq!(
+            ordered,
+            vec!["v1.10.0", "v1.9.9", "v1.2.0", "develop", "main", sha]
+        );
+    }
 
     #[test]
     fn semver_tags_are_versions_with_order() {

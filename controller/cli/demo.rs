@@ -65,6 +65,9 @@ async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
             registry: "127.0.0.1:5000/demo".into(),
             image: None,
             compose_command: ComposeCommand::Auto,
+            host: None,
+            also: Vec::new(),
+            ssh: Default::default(),
         },
     );
     let plan = ExecPlan {

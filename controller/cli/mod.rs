@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod ci;
 mod demo;
 
 use anyhow::Context;
@@ -74,6 +75,19 @@ enum Command {
         /// Append the result table to this file (docs/BENCHMARKS.md).
         #[arg(long)]
         bench_file: Option<PathBuf>,
+    },
+    /// Tags to roll back to: known-good history (with pipeline and commit) and the registry's tags.
+    Tags { env: String, role: String },
+    /// For CI smoke jobs: wait for rollwatch's verdict; exit 0 promoted, 1 regressed or rolled
+    /// back, 3 no verdict within --timeout.
+    Wait {
+        env: String,
+        role: String,
+        /// The deployed tag (default: whatever deploy rollwatch sees next).
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Validate the configuration and print the targets it defines.
     CheckConfig,
@@ -204,6 +218,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             simulate(runs.max(1), seed, bench_file)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Tags { env, role } => {
+            let config = Config::load(&config_path)?;
+            let id = parse_target(&env, &role)?;
+            ci::tags(&config, &id).await
+        }
+        Command::Wait {
+            env,
+            role,
+            tag,
+            timeout,
+        } => {
+            let config = Config::load(&config_path)?;
+            let id = parse_target(&env, &role)?;
+            let tag = tag
+                .map(|t| Tag::parse(&t))
+                .transpose()
+                .map_err(|e| Refused(e.to_string()))?;
+            ci::wait(&config, &id, tag, timeout).await
         }
         Command::Incidents { env, role, limit } => {
             let config = Config::load(&config_path)?;

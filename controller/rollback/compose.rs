@@ -31,6 +31,8 @@ pub struct ComposeExecutor {
     runner: Arc<dyn CommandRunner>,
     config: ComposeExecutorConfig,
     flavor: OnceCell<ComposeFlavor>,
+    /// The host's name in step names (`pull@backend-2`) on multi-host targets; empty otherwise.
+    label: String,
 }
 
 impl ComposeExecutor {
@@ -39,6 +41,15 @@ impl ComposeExecutor {
             runner,
             config,
             flavor: OnceCell::new(),
+            label: String::new(),
+        }
+    }
+
+    fn step_name(&self, base: &str) -> String {
+        if self.label.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}@{}", self.label)
         }
     }
 
@@ -60,6 +71,10 @@ impl ComposeExecutor {
                         Ok(out) if out.success() => return Ok(flavor),
                         Ok(out) => {
                             tried.push(format!("{}: exit {}", argv.join(" "), out.status_text()))
+                        }
+                        // The host itself is unreachable: no point trying another command.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            return Err(ExecError::Unreachable(e.to_string()));
                         }
                         Err(e) => tried.push(format!("{}: {e}", argv.join(" "))),
                     }
@@ -116,7 +131,7 @@ impl ComposeExecutor {
         let (t, ms) = step_start();
         let pull = self.compose(flavor, plan, &["pull"], report).await?;
         if pull.success() {
-            report.step("pull", t, ms, true, plan.image());
+            report.step(&self.step_name("pull"), t, ms, true, plan.image());
         } else {
             // The runbook tolerates a failed pull when the image is already here (registry
             // briefly down, air-gapped host); anything else must stop before `up` touches a thing.
@@ -132,7 +147,7 @@ impl ComposeExecutor {
                 .is_ok_and(|o| o.success());
             if !present {
                 report.step(
-                    "pull",
+                    &self.step_name("pull"),
                     t,
                     ms,
                     false,
@@ -146,14 +161,26 @@ impl ComposeExecutor {
                 "pull of {} failed; using the copy present locally",
                 plan.image()
             ));
-            report.step("pull", t, ms, true, "failed, image present locally");
+            report.step(
+                &self.step_name("pull"),
+                t,
+                ms,
+                true,
+                "failed, image present locally",
+            );
         }
 
         let (t, ms) = step_start();
         let up = self
             .compose(flavor, plan, &["up", "-d", "--remove-orphans"], report)
             .await?;
-        report.step("up", t, ms, up.success(), "up -d --remove-orphans");
+        report.step(
+            &self.step_name("up"),
+            t,
+            ms,
+            up.success(),
+            "up -d --remove-orphans",
+        );
         if !up.success() {
             return Err(ExecError::Up {
                 command: "up -d --remove-orphans".into(),
@@ -178,7 +205,7 @@ impl ComposeExecutor {
             .await
             .map_err(env_err)?;
         report.step(
-            "env-file",
+            &self.step_name("env-file"),
             t,
             ms,
             true,
@@ -189,6 +216,85 @@ impl ComposeExecutor {
 }
 
 impl Executor for ComposeExecutor {
+    fn kind(&self) -> &'static str {
+        "compose"
+    }
+
+    fn execute<'a>(
+        &'a self,
+        plan: &'a ExecPlan,
+        report: &'a mut ExecReport,
+    ) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(self.run(plan, report))
+    }
+}
+
+/// Builds the executor for a compose target: one host, or every host of a multi-host target.
+pub fn compose_executor(config: &ComposeExecutorConfig) -> Box<dyn Executor> {
+    let runner_for = |host: &Option<crate::config::SshDestination>| -> Arc<dyn CommandRunner> {
+        match host {
+            Some(h) => Arc::new(super::SshRunner::new(h.0.clone(), config.ssh.clone())),
+            None => Arc::new(super::LocalRunner),
+        }
+    };
+    let primary = ComposeExecutor::new(runner_for(&config.host), config.clone());
+    if config.also.is_empty() {
+        return Box::new(primary);
+    }
+    let name = |host: &Option<crate::config::SshDestination>, dir: &std::path::Path| match host {
+        Some(h) => format!("{}:{}", h.0, dir.display()),
+        None => format!("local:{}", dir.display()),
+    };
+    let mut hosts = vec![ComposeExecutor {
+        label: name(&config.host, &config.dir),
+        ..primary
+    }];
+    for extra in &config.also {
+        let mut c = config.clone();
+        c.dir = extra.dir.clone();
+        c.host = extra.host.clone();
+        let mut e = ComposeExecutor::new(runner_for(&extra.host), c);
+        e.label = name(&extra.host, &extra.dir);
+        hosts.push(e);
+    }
+    Box::new(MultiHostExecutor { hosts })
+}
+
+/// Several hosts of one target: every host is rolled back (a failure on one does not stop the
+/// others), and the outcome names each host.
+pub struct MultiHostExecutor {
+    hosts: Vec<ComposeExecutor>,
+}
+
+impl MultiHostExecutor {
+    async fn run(&self, plan: &ExecPlan, report: &mut ExecReport) -> Result<(), ExecError> {
+        let mut lines = Vec::new();
+        let mut failed = 0;
+        for h in &self.hosts {
+            report.output.push_str(&format!("== host {}\n", h.label));
+            match h.run(plan, report).await {
+                Ok(()) => lines.push(format!("{}: rolled back to {}", h.label, plan.tag)),
+                Err(e) => {
+                    failed += 1;
+                    lines.push(format!("{}: FAILED: {e}", h.label));
+                }
+            }
+        }
+        report
+            .output
+            .push_str(&format!("per host:\n  {}\n", lines.join("\n  ")));
+        if failed > 0 {
+            return Err(ExecError::Hosts {
+                failed,
+                total: self.hosts.len(),
+                summary: lines.join("; "),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Executor for MultiHostExecutor {
     fn kind(&self) -> &'static str {
         "compose"
     }

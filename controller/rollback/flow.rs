@@ -2,12 +2,10 @@
 //! anything, write the intent, run the executor, validate `/health`, store the outcome. Manual
 //! rollbacks (CLI, API) and automatic ones (watcher, alerts) all come through [`Rollbacker`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    step_start, ComposeExecutor, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor,
-    LocalRunner,
+    compose_executor, step_start, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor,
 };
 use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
 use crate::docker::{ContainerInfo, DockerClient, DockerError};
@@ -278,9 +276,7 @@ impl Rollbacker {
         let tag = plan.tag.clone();
         let image = plan.image();
         let executor: Box<dyn Executor> = match &target.executor {
-            ExecutorConfig::Compose(c) => {
-                Box::new(ComposeExecutor::new(Arc::new(LocalRunner), c.clone()))
-            }
+            ExecutorConfig::Compose(c) => compose_executor(c),
             ExecutorConfig::Docker(_) => Box::new(DockerApiExecutor::new(
                 docker.clone(),
                 target.selector.clone(),

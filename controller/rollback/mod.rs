@@ -7,15 +7,17 @@ mod docker_api;
 pub mod envfile;
 mod flow;
 mod runner;
+mod ssh;
 
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
-pub use compose::{ComposeExecutor, ComposeFlavor};
+pub use compose::{compose_executor, ComposeExecutor, ComposeFlavor};
 pub use docker_api::DockerApiExecutor;
 pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 pub use runner::{CommandOutput, CommandRunner, LocalRunner};
+pub use ssh::{shell_quote, SshRunner};
 
 use crate::docker::DockerError;
 use crate::store::{now_ms, StepRecord};
@@ -118,6 +120,14 @@ pub enum ExecError {
     },
     #[error("no container of {target} matches the selector; nothing to roll back")]
     NoContainers { target: TargetId },
+    #[error("{0}; nothing was run on that host (check the host, the ssh key and known_hosts)")]
+    Unreachable(String),
+    #[error("{failed} of {total} hosts failed: {summary}")]
+    Hosts {
+        failed: usize,
+        total: usize,
+        summary: String,
+    },
     #[error(transparent)]
     Docker(#[from] DockerError),
 }

@@ -254,9 +254,19 @@ pub struct ComposeDeployment {
 impl ComposeDeployment {
     /// Lays out the directory with `.env` at `tag` and brings it up with docker-compose.
     pub fn up(app: &str, env: &str, role: &str, tag: &str) -> ComposeDeployment {
+        ComposeDeployment::up_on(app, env, role, tag, "")
+    }
+
+    /// The same, standing in for another host `host` of the target: its own directory tree,
+    /// compose project and port, the same image repository and app label.
+    pub fn up_on(app: &str, env: &str, role: &str, tag: &str, host: &str) -> ComposeDeployment {
         let root = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let project = format!("{app}-{env}-{role}");
+        let project = if host.is_empty() {
+            format!("{app}-{env}-{role}")
+        } else {
+            format!("{app}-{env}-{role}-{host}")
+        };
         let d = ComposeDeployment {
             root,
             app: app.into(),
@@ -270,7 +280,7 @@ impl ComposeDeployment {
         std::fs::write(
             d.dir().join("docker-compose.yml"),
             format!(
-                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    restart: unless-stopped\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
+                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    restart: unless-stopped\n    labels:\n      rollwatch.test.app: {app}\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
             ),
         )
         .expect("compose file");
@@ -729,4 +739,13 @@ pub fn load(
         }
         sent
     })
+}
+
+/// Files scripts/setup made for the remote-host tests (sshd keys, TLS certificates).
+pub fn testbed_file(rel: &str) -> PathBuf {
+    let dir = std::env::var("ROLLWATCH_STATE_DIR")
+        .unwrap_or_else(|_| "/var/lib/rollwatch-testbed".into());
+    let p = PathBuf::from(dir).join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/setup", p.display());
+    p
 }

@@ -1,0 +1,467 @@
+//! Remote hosts and CI: the runbook over a real sshd on 127.0.0.1:2222, the Docker API over TLS on
+//! 127.0.0.1:2376, a target spanning two hosts, the GitLab CI example, rollback.sh, `rollwatch
+//! tags` against the real registry and `rollwatch wait`.
+
+mod harness;
+
+use std::path::Path;
+use std::time::Duration;
+
+use harness::*;
+
+fn ssh_executor(d: &ComposeDeployment, app: &str, key: &str, port: u16) -> String {
+    format!(
+        r#"executor = {{ kind = "compose", dir = "{dir}", registry = "{REGISTRY}/{app}", host = "root@127.0.0.1", ssh = {{ port = {port}, identity_file = "{key}", known_hosts_file = "{kh}", host_key_checking = "strict", connect_timeout = "3s", retries = 1 }} }}"#,
+        dir = d.dir().display(),
+        key = testbed_file(&format!("ssh/{key}")).display(),
+        kh = testbed_file("ssh/known_hosts").display(),
+    )
+}
+
+/// The harness config with the executor line replaced.
+fn config_with_executor(d: &ComposeDeployment, app: &str, executor: &str) -> std::path::PathBuf {
+    let path = d.write_config(&format!("{REGISTRY}/{app}"), "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let replaced: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("executor = ") {
+                executor.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, replaced).unwrap();
+    path
+}
+
+#[test]
+fn compose_target_is_rolled_back_over_ssh() {
+    testbed();
+    let app = unique_app("ss");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, "client", 2222));
+    rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .success();
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.0", d.repository())
+    );
+    assert!(
+        d.env_file().contains("IMAGE_TAG=v1.0.0\n"),
+        "{}",
+        d.env_file()
+    );
+    assert!(
+        d.env_file().starts_with("# written by the test harness"),
+        "the rest of .env is kept"
+    );
+    wait_healthy_version(d.port, "v1.0.0");
+}
+
+fn assert_ssh_failure_changes_nothing(key: &str, port: u16, expect: &str) {
+    testbed();
+    let app = unique_app("sf");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    let before = d.container();
+    let env_before = d.env_file();
+    let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, key, port));
+    let out = rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains("ssh root@127.0.0.1 failed 2 time(s)") && err.contains(expect),
+        "{err}"
+    );
+    assert!(err.contains("nothing was run on that host"), "{err}");
+    assert_eq!(d.container().id, before.id, "container untouched");
+    assert_eq!(d.env_file(), env_before, ".env untouched");
+}
+
+#[test]
+fn wrong_ssh_key_is_a_clear_error_and_changes_nothing() {
+    assert_ssh_failure_changes_nothing("wrong", 2222, "Permission denied");
+}
+
+#[test]
+fn unreachable_ssh_host_is_a_clear_error_and_changes_nothing() {
+    assert_ssh_failure_changes_nothing("client", free_port(), "Connection refused");
+}
+
+#[test]
+fn docker_executor_works_through_the_tls_endpoint() {
+    testbed();
+    let app = unique_app("tl");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let port = free_port();
+    let name = format!("{app}-backend");
+    let _guard = RunContainer {
+        name: name.clone(),
+        app: app.clone(),
+    };
+    let repo = format!("{REGISTRY}/{app}/backend");
+    sh(
+        "docker",
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "-e",
+            &format!("DEMO_PORT={port}"),
+            "--label",
+            &format!("rollwatch.test={app}"),
+            &format!("{repo}:v1.1.0"),
+        ],
+    );
+    wait_for(Duration::from_secs(20), "v1.1.0 up", || {
+        health(port).filter(|b| b.contains("v1.1.0"))
+    });
+    let root = tempfile::tempdir().unwrap();
+    let write = |docker: &str| {
+        let config = root.path().join("rollwatch.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[targets]]\nenv = \"production\"\nrole = \"backend\"\ndocker = {docker}\nselector = {{ labels = {{ \"rollwatch.test\" = \"{app}\" }} }}\nhealth = {{ url = \"http://127.0.0.1:{port}/health\", validation_timeout = \"30s\" }}\nexecutor = {{ kind = \"docker\", image = \"{repo}\" }}\n"
+            ),
+        )
+        .unwrap();
+        config
+    };
+    // Without client certificates the engine refuses: a clear error, nothing changed.
+    let plain = write(r#""tcp://127.0.0.1:2376""#);
+    let out = rollwatch(&plain)
+        .args(["rollback", "production", "backend", "v1.0.0"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("tcp://127.0.0.1:2376"), "{err}");
+    assert_eq!(inspect(&name).image_ref, format!("{repo}:v1.1.0"));
+
+    let tls = format!(
+        r#"{{ url = "tcp://127.0.0.1:2376", tls = {{ ca = "{}", cert = "{}", key = "{}" }} }}"#,
+        testbed_file("tls/ca.pem").display(),
+        testbed_file("tls/cert.pem").display(),
+        testbed_file("tls/key.pem").display()
+    );
+    let config = write(&tls);
+    rollwatch(&config)
+        .args(["rollback", "production", "backend", "v1.0.0"])
+        .assert()
+        .success();
+    assert_eq!(
+        Some(inspect(&name).image_id),
+        image_id(&format!("{repo}:v1.0.0"))
+    );
+    wait_healthy_version(port, "v1.0.0");
+}
+
+fn two_host_config(a: &ComposeDeployment, b: &ComposeDeployment, app: &str) -> std::path::PathBuf {
+    let path = a.root.path().join("rollwatch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[controller]
+store = "rollwatch.db"
+
+[[targets]]
+env = "staging"
+role = "backend"
+selector = {{ labels = {{ "rollwatch.test.app" = "{app}" }} }}
+health = {{ url = "http://127.0.0.1:{port}/health", validation_timeout = "30s" }}
+executor = {{ kind = "compose", dir = "{a}", registry = "{REGISTRY}/{app}", also = [{{ dir = "{b}" }}] }}
+"#,
+            port = a.port,
+            a = a.dir().display(),
+            b = b.dir().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn two_host_target_is_rolled_back_on_both() {
+    testbed();
+    let app = unique_app("th");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hosta");
+    let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hostb");
+    let config = two_host_config(&a, &b, &app);
+    let out = rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.contains("up@local:") && text.matches("up@local:").count() == 2,
+        "{text}"
+    );
+    for d in [&a, &b] {
+        assert_eq!(
+            d.container().image_ref,
+            format!("{}:v1.0.0", d.repository())
+        );
+        assert!(d.env_file().contains("IMAGE_TAG=v1.0.0\n"));
+        wait_healthy_version(d.port, "v1.0.0");
+    }
+}
+
+#[test]
+fn two_host_partial_failure_is_reported_per_host() {
+    testbed();
+    let app = unique_app("tp");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hosta");
+    let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hostb");
+    // Host B's deployment is broken: its compose file no longer parses.
+    std::fs::write(
+        b.dir().join("docker-compose.yml"),
+        "services: [this is not compose\n",
+    )
+    .unwrap();
+    let config = two_host_config(&a, &b, &app);
+    let out = rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let (ha, hb) = (
+        format!("local:{}", a.dir().display()),
+        format!("local:{}", b.dir().display()),
+    );
+    assert!(err.contains("1 of 2 hosts failed"), "{err}");
+    assert!(
+        err.contains(&format!("{ha}: rolled back to v1.0.0")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{hb}: FAILED")), "{err}");
+    assert_eq!(
+        a.container().image_ref,
+        format!("{}:v1.0.0", a.repository())
+    );
+    assert_eq!(
+        b.container().image_ref,
+        format!("{}:v1.1.0", b.repository()),
+        "B left as it was"
+    );
+    let history = rollwatch(&config)
+        .args(["history", "--verbose"])
+        .assert()
+        .success();
+    assert!(String::from_utf8_lossy(&history.get_output().stdout).contains("1 of 2 hosts failed"));
+}
+
+#[test]
+fn rollback_sh_works_with_the_runbook_arguments() {
+    testbed();
+    let app = unique_app("rs");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deployment/scripts/rollback.sh");
+    let run = |args: &[&str]| {
+        std::process::Command::new(&script)
+            .args(args)
+            .env("ROLLWATCH_BIN", env!("CARGO_BIN_EXE_rollwatch"))
+            .env("ROLLWATCH_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&["staging"]).status.code(), Some(2), "usage error");
+    assert_eq!(
+        run(&["staging", "backend", "v1.0.0;id"]).status.code(),
+        Some(2),
+        "malformed tag refused"
+    );
+    let ok = run(&["staging", "backend", "v1.0.0"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.0", d.repository())
+    );
+}
+
+#[test]
+fn gitlab_ci_example_parses_and_its_jobs_and_commands_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/gitlab-ci.yml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
+    for job in [
+        "deploy:staging-backend",
+        "deploy:staging-frontend",
+        "deploy:production-backend",
+        "deploy:production-frontend",
+        "smoke:staging",
+        "smoke:production",
+        "rollback:manual",
+    ] {
+        assert!(doc.get(job).is_some(), "job {job} missing");
+    }
+    assert_eq!(doc["rollback:manual"]["when"], "manual");
+    // Every rollwatch subcommand the example runs exists.
+    for sub in ["wait", "rollback"] {
+        assert!(
+            text.contains(&format!("rollwatch --config \"$ROLLWATCH_CONFIG\" {sub}"))
+                || sub == "rollback"
+        );
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+            .args([sub, "--help"])
+            .output()
+            .map(|o| assert!(o.status.success(), "rollwatch {sub}"))
+            .unwrap();
+    }
+    let script = root.join("deployment/scripts/rollback.sh");
+    assert!(text.contains("./deployment/scripts/rollback.sh"));
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        script.metadata().unwrap().permissions().mode() & 0o111 != 0,
+        "rollback.sh is executable"
+    );
+}
+
+#[test]
+fn gitlab_register_step_and_wait_talk_to_a_real_controller() {
+    testbed();
+    let app = unique_app("gl");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "1s" }"#;
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
+    let _c = Controller::start(&config, &[]);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+
+    // The example's register step, run by bash with CI's variables, against the controller.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gitlab-ci.yml"),
+    )
+    .unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let register = doc[".register"][0]
+        .as_str()
+        .expect("register step")
+        .to_string();
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let out = std::process::Command::new("bash")
+        .args(["-c", &register])
+        .env("ROLLWATCH_URL", format!("http://127.0.0.1:{}", d.api_port))
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .env("DEPLOY_ENV", "staging")
+        .env("DEPLOY_ROLE", "backend")
+        .env("IMAGE_TAG", "v1.0.1")
+        .env("CI_COMMIT_SHA", sha)
+        .env(
+            "CI_PIPELINE_URL",
+            "https://gitlab.example.com/shop/-/pipelines/42",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_event(&d.db(), "ci_deploy", "v1.0.1", Duration::from_secs(10));
+
+    d.deploy("v1.0.1");
+    rollwatch(&config)
+        .args([
+            "wait",
+            "staging",
+            "backend",
+            "--tag",
+            "v1.0.1",
+            "--timeout",
+            "60s",
+        ])
+        .assert()
+        .code(0);
+    d.deploy("v1.1.0");
+    rollwatch(&config)
+        .args([
+            "wait",
+            "staging",
+            "backend",
+            "--tag",
+            "v1.1.0",
+            "--timeout",
+            "60s",
+        ])
+        .assert()
+        .code(1);
+
+    let tags = rollwatch(&config)
+        .args(["tags", "staging", "backend"])
+        .assert()
+        .success();
+    let t = String::from_utf8_lossy(&tags.get_output().stdout).to_string();
+    assert!(
+        t.contains("v1.0.1")
+            && t.contains(&format!(
+                "commit {sha} pipeline https://gitlab.example.com/shop/-/pipelines/42"
+            )),
+        "{t}"
+    );
+}
+
+#[test]
+fn tags_lists_and_orders_the_registry_tags() {
+    testbed();
+    let app = unique_app("tg");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    push_app_images(&app, "backend", &["v1.0.0", "develop", "main"]);
+    for extra in ["v1.10.0", "v1.2.0", sha] {
+        sh(
+            "docker",
+            &[
+                "tag",
+                &format!("{REGISTRY}/demo/backend:v1.0.0"),
+                &format!("{REGISTRY}/{app}/backend:{extra}"),
+            ],
+        );
+        sh(
+            "docker",
+            &["push", "-q", &format!("{REGISTRY}/{app}/backend:{extra}")],
+        );
+    }
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
+    let out = rollwatch(&config)
+        .args(["tags", "staging", "backend"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let listed: Vec<&str> = text
+        .split("registry tags")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        listed,
+        vec!["v1.10.0", "v1.2.0", "v1.0.0", "develop", "main", sha],
+        "{text}"
+    );
+    assert!(text.contains("develop  (fallback for this env)"), "{text}");
+    assert!(
+        text.contains("none yet: a rollback without a tag uses the fallback develop"),
+        "{text}"
+    );
+}
