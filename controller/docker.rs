@@ -58,22 +58,20 @@ impl TryFrom<EndpointSpec> for DockerEndpoint {
     fn try_from(spec: EndpointSpec) -> Result<Self, String> {
         match spec {
             EndpointSpec::Url(url) => DockerEndpoint::try_from(url),
-            EndpointSpec::Table { url, tls, ssh_key } => match (
-                DockerEndpoint::try_from(url.clone())?,
-                tls,
-                ssh_key,
-            ) {
-                (DockerEndpoint::Tcp(addr), Some(tls), None) => {
-                    Ok(DockerEndpoint::Tls { addr, tls })
-                }
-                (DockerEndpoint::Ssh { addr, .. }, None, key) => {
-                    Ok(DockerEndpoint::Ssh { addr, key })
-                }
-                (e, None, None) => Ok(e),
-                _ => Err(format!(
+            EndpointSpec::Table { url, tls, ssh_key } => {
+                match (DockerEndpoint::try_from(url.clone())?, tls, ssh_key) {
+                    (DockerEndpoint::Tcp(addr), Some(tls), None) => {
+                        Ok(DockerEndpoint::Tls { addr, tls })
+                    }
+                    (DockerEndpoint::Ssh { addr, .. }, None, key) => {
+                        Ok(DockerEndpoint::Ssh { addr, key })
+                    }
+                    (e, None, None) => Ok(e),
+                    _ => Err(format!(
                     "docker endpoint {url:?}: tls goes with tcp:// only, ssh_key with ssh:// only"
                 )),
-            },
+                }
+            }
         }
     }
 }
