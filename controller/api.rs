@@ -178,25 +178,36 @@ fn query_target(
     }
 }
 
+/// The common part of the read endpoints: access check and the optional env/role filter.
+fn read_query(
+    state: &ApiState,
+    headers: &HeaderMap,
+    q: &EventQuery,
+) -> Result<Option<TargetId>, ApiError> {
+    read_allowed(state, headers)?;
+    query_target(&q.env, &q.role)
+}
+
+fn json_or_500<T: serde::Serialize>(result: Result<T, crate::store::StoreError>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Response {
-    if let Err(r) = read_allowed(&state, &headers) {
-        return r.into_response();
-    }
-    let target = match query_target(&q.env, &q.role) {
-        Ok(t) => t,
-        Err(r) => return r.into_response(),
-    };
-    match state
-        .store
-        .events(target, q.after, q.limit.unwrap_or(100).min(1000))
-        .await
-    {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match read_query(&state, &headers, &q) {
+        Ok(target) => json_or_500(
+            state
+                .store
+                .events(target, q.after, q.limit.unwrap_or(100).min(1000))
+                .await,
+        ),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -205,20 +216,14 @@ async fn rollbacks(
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Response {
-    if let Err(r) = read_allowed(&state, &headers) {
-        return r.into_response();
-    }
-    let target = match query_target(&q.env, &q.role) {
-        Ok(t) => t,
-        Err(r) => return r.into_response(),
-    };
-    match state
-        .store
-        .rollbacks(target, q.limit.unwrap_or(50).min(1000))
-        .await
-    {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match read_query(&state, &headers, &q) {
+        Ok(target) => json_or_500(
+            state
+                .store
+                .rollbacks(target, q.limit.unwrap_or(50).min(1000))
+                .await,
+        ),
+        Err(r) => r.into_response(),
     }
 }
 

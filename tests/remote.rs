@@ -101,44 +101,10 @@ fn docker_executor_works_through_the_tls_endpoint() {
     testbed();
     let app = unique_app("tl");
     push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
-    let port = free_port();
-    let name = format!("{app}-backend");
-    let _guard = RunContainer {
-        name: name.clone(),
-        app: app.clone(),
-    };
-    let repo = format!("{REGISTRY}/{app}/backend");
-    sh(
-        "docker",
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "host",
-            "-e",
-            &format!("DEMO_PORT={port}"),
-            "--label",
-            &format!("rollwatch.test={app}"),
-            &format!("{repo}:v1.1.0"),
-        ],
-    );
-    wait_for(Duration::from_secs(20), "v1.1.0 up", || {
-        health(port).filter(|b| b.contains("v1.1.0"))
-    });
+    let c = RunContainer::start(&app, "v1.1.0", &[], &[]);
+    let (name, repo, port) = (c.name.clone(), c.repository(), c.port);
     let root = tempfile::tempdir().unwrap();
-    let write = |docker: &str| {
-        let config = root.path().join("rollwatch.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[[targets]]\nenv = \"production\"\nrole = \"backend\"\ndocker = {docker}\nselector = {{ labels = {{ \"rollwatch.test\" = \"{app}\" }} }}\nhealth = {{ url = \"http://127.0.0.1:{port}/health\", validation_timeout = \"30s\" }}\nexecutor = {{ kind = \"docker\", image = \"{repo}\" }}\n"
-            ),
-        )
-        .unwrap();
-        config
-    };
+    let write = |docker: &str| c.write_config(root.path(), docker);
     // Without client certificates the engine refuses: a clear error, nothing changed.
     let plain = write(r#""tcp://127.0.0.1:2376""#);
     let out = rollwatch(&plain)

@@ -189,57 +189,23 @@ fn docker_executor_recreates_a_plain_container_with_same_config_and_older_image(
     testbed();
     let app = unique_app("dx");
     push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
-    let port = free_port();
-    let name = format!("{app}-backend");
-    let guard = RunContainer {
-        name: name.clone(),
-        app: app.clone(),
-    };
-    let repo = format!("{REGISTRY}/{app}/backend");
-    sh(
-        "docker",
+    let c = RunContainer::start(
+        &app,
+        "v1.1.0",
         &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "host",
-            "-e",
-            &format!("DEMO_PORT={port}"),
             "-e",
             "EXTRA_SETTING=kept",
-            "--label",
-            &format!("rollwatch.test={app}"),
             "--label",
             "role=backend",
             "--restart",
             "on-failure:3",
-            &format!("{repo}:v1.1.0"),
-            "--serve",
-            "extra-arg",
         ],
+        &["--serve", "extra-arg"],
     );
-    wait_for(std::time::Duration::from_secs(20), "v1.1.0 up", || {
-        health(port).filter(|b| b.contains("v1.1.0"))
-    });
+    let (name, repo, port) = (c.name.clone(), c.repository(), c.port);
     let before = inspect(&name);
-
     let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("rollwatch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[[targets]]
-env = "production"
-role = "backend"
-selector = {{ labels = {{ "rollwatch.test" = "{app}", role = "backend" }} }}
-health = {{ url = "http://127.0.0.1:{port}/health", validation_timeout = "30s" }}
-executor = {{ kind = "docker", image = "{repo}" }}
-"#
-        ),
-    )
-    .unwrap();
+    let config = c.write_config(root.path(), r#""unix:///var/run/docker.sock""#);
     rollwatch(&config)
         .args(["rollback", "production", "backend", "v1.0.0"])
         .assert()
@@ -266,5 +232,5 @@ executor = {{ kind = "docker", image = "{repo}" }}
     assert!(after.running);
     let body = health(port).unwrap();
     assert!(body.contains("\"ok\"") && body.contains("v1.0.0"), "{body}");
-    drop(guard);
+    drop(c);
 }

@@ -14,6 +14,16 @@ pub struct CommandOutput {
 }
 
 impl CommandOutput {
+    /// Stdout then stderr of a finished process.
+    pub fn from_process(out: std::process::Output) -> CommandOutput {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        CommandOutput {
+            code: out.status.code(),
+            text,
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -67,12 +77,7 @@ impl CommandRunner for LocalRunner {
                 .kill_on_drop(true)
                 .output()
                 .await?;
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            Ok(CommandOutput {
-                code: out.status.code(),
-                text,
-            })
+            Ok(CommandOutput::from_process(out))
         })
     }
 

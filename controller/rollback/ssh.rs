@@ -92,12 +92,7 @@ impl SshRunner {
                 drop(pipe);
             }
             let out = child.wait_with_output().await?;
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            let output = CommandOutput {
-                code: out.status.code(),
-                text,
-            };
+            let output = CommandOutput::from_process(out);
             // 255 is ssh's own failure (refused, unreachable, auth, host key): the remote
             // command never ran, so trying again is safe.
             if output.code != Some(255) {

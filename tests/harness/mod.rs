@@ -424,6 +424,64 @@ pub fn remove_app_images(app: &str) {
 pub struct RunContainer {
     pub name: String,
     pub app: String,
+    pub port: u16,
+}
+
+impl RunContainer {
+    /// `docker run -d --network host` of `<app>/backend:<tag>` on a free loopback port, labelled
+    /// `rollwatch.test=<app>`, with extra `docker run` options and entrypoint arguments; returns
+    /// once `/health` answers for that tag.
+    pub fn start(app: &str, tag: &str, options: &[&str], args: &[&str]) -> RunContainer {
+        let port = free_port();
+        let c = RunContainer {
+            name: format!("{app}-backend"),
+            app: app.to_string(),
+            port,
+        };
+        let env = format!("DEMO_PORT={port}");
+        let label = format!("rollwatch.test={app}");
+        let image = format!("{}:{tag}", c.repository());
+        let mut argv = vec![
+            "run",
+            "-d",
+            "--name",
+            &c.name,
+            "--network",
+            "host",
+            "-e",
+            &env,
+            "--label",
+            &label,
+        ];
+        argv.extend_from_slice(options);
+        argv.push(&image);
+        argv.extend_from_slice(args);
+        sh("docker", &argv);
+        wait_for(Duration::from_secs(20), &format!("{tag} up"), || {
+            health(port).filter(|b| b.contains(tag))
+        });
+        c
+    }
+
+    pub fn repository(&self) -> String {
+        format!("{REGISTRY}/{}/backend", self.app)
+    }
+
+    /// A config with this container as `production/backend`, docker executor, `docker` endpoint.
+    pub fn write_config(&self, dir: &Path, docker: &str) -> PathBuf {
+        let config = dir.join("rollwatch.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[targets]]\nenv = \"production\"\nrole = \"backend\"\ndocker = {docker}\nselector = {{ labels = {{ \"rollwatch.test\" = \"{}\" }} }}\nhealth = {{ url = \"http://127.0.0.1:{}/health\", validation_timeout = \"30s\" }}\nexecutor = {{ kind = \"docker\", image = \"{}\" }}\n",
+                self.app,
+                self.port,
+                self.repository()
+            ),
+        )
+        .expect("write config");
+        config
+    }
 }
 
 impl Drop for RunContainer {
@@ -638,12 +696,7 @@ impl Service {
 
     /// Prometheus HTTP API instant query: the `data.result` array.
     pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
-        let path = format!("/api/v1/query?query={}", urlencode(expr));
-        let Some((200, body)) = http_get(self.port, &path) else {
-            return Vec::new();
-        };
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
+        self.api_result(&format!("/api/v1/query?query={}", urlencode(expr)))
     }
 
     /// Range query over the last `seconds`, one point a second: the `data.result` array. This is
@@ -653,12 +706,15 @@ impl Service {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let path = format!(
+        self.api_result(&format!(
             "/api/v1/query_range?query={}&start={}&end={now}&step=1",
             urlencode(expr),
             now - seconds
-        );
-        let Some((200, body)) = http_get(self.port, &path) else {
+        ))
+    }
+
+    fn api_result(&self, path: &str) -> Vec<serde_json::Value> {
+        let Some((200, body)) = http_get(self.port, path) else {
             return Vec::new();
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
