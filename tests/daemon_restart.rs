@@ -61,15 +61,7 @@ fn daemon_restart_during_watch_window_causes_no_false_rollback_and_detection_res
 
     // Detection still works after the reconnect.
     d.deploy("v1.1.0");
-    let row = wait_for(
-        Duration::from_secs(60),
-        "rollback after the restart",
-        || {
-            rollback_rows(&d.db())
-                .into_iter()
-                .find(|r| r.0 == "succeeded")
-        },
-    );
+    let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(
         (row.3.as_deref(), row.4.as_str()),
         (Some("v1.1.0"), "v1.0.1")

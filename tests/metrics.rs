@@ -63,11 +63,7 @@ fn loaded(prefix: &str, tags: &[&str], metrics: impl FnOnce(u16) -> String) -> L
 }
 
 fn rolled_back(d: &ComposeDeployment) -> (String, String, String, Option<String>, String) {
-    wait_for(Duration::from_secs(60), "rollback succeeded", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    })
+    wait_rollback(&d.db(), "succeeded")
 }
 
 #[test]

@@ -109,11 +109,7 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
     // Let Prometheus see the counters at zero before they move, so increase() has two points.
     std::thread::sleep(Duration::from_secs(3));
     d.deploy("v1.1.0");
-    wait_for(Duration::from_secs(60), "rollback succeeded", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    });
+    wait_rollback(&d.db(), "succeeded");
 
     let rollbacks = wait_for(
         Duration::from_secs(30),
@@ -197,11 +193,7 @@ fn prometheus_alert_on_error_rate_orders_a_rollback_through_alertmanager() {
 
     // v1.3.0 answers /health ok but fails 20% of real requests: only the alert can see it.
     d.deploy("v1.3.0");
-    let row = wait_for(Duration::from_secs(90), "alert-ordered rollback", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    });
+    let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(row.1, "alert");
     assert!(row.2.contains("DemoHighErrorRate"), "{row:?}");
     assert_eq!(
@@ -308,11 +300,7 @@ fn alertmanager_webhook_answers_each_case_and_changes_only_what_it_should() {
     let again = http_post(d.api_port, path, Some(TOKEN), &firing).unwrap();
     assert_eq!(again.0, 200, "{again:?}");
     assert!(again.1.contains(r#""action":"duplicate""#), "{again:?}");
-    let row = wait_for(Duration::from_secs(60), "alert rollback", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    });
+    let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(
         (row.1.as_str(), row.3.as_deref(), row.4.as_str()),
         ("alert", Some("v1.0.1"), "v1.0.0")

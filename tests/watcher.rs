@@ -30,11 +30,7 @@ fn watched_good_deployment(
 fn health_down_deploy_is_rolled_back_to_known_good() {
     let (d, _c) = watched_good_deployment("hd", "", &[]);
     d.deploy("v1.1.0");
-    wait_for(Duration::from_secs(60), "rollback succeeded", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    });
+    wait_rollback(&d.db(), "succeeded");
     let rows = rollback_rows(&d.db());
     assert_eq!(rows.len(), 1, "{rows:?}");
     let (_, trigger, reason, from, to) = &rows[0];
@@ -92,11 +88,7 @@ fn healthy_deploy_is_promoted_after_the_bake_time() {
 fn crash_looping_deploy_is_rolled_back() {
     let (d, _c) = watched_good_deployment("cl", "", &[]);
     d.deploy("v1.2.0");
-    let row = wait_for(Duration::from_secs(60), "rollback succeeded", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    });
+    let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(row.4, "v1.0.0");
     assert_eq!(row.3.as_deref(), Some("v1.2.0"));
     assert_eq!(
@@ -179,15 +171,7 @@ fn kill_9_right_after_the_intent_yields_exactly_one_rollback() {
 
     let config = d.root.path().join("rollwatch.toml");
     let _c2 = Controller::start(&config, &[]);
-    wait_for(
-        Duration::from_secs(60),
-        "resumed rollback succeeded",
-        || {
-            rollback_rows(&d.db())
-                .into_iter()
-                .find(|r| r.0 == "succeeded")
-        },
-    );
+    wait_rollback(&d.db(), "succeeded");
     std::thread::sleep(Duration::from_secs(3));
     let rows = rollback_rows(&d.db());
     assert_eq!(rows.len(), 1, "exactly one rollback: {rows:?}");
@@ -276,11 +260,7 @@ fn ci_deploy_registration_pause_resume_status_and_history() {
         .args(["resume", "staging", "backend"])
         .assert()
         .success();
-    let row = wait_for(Duration::from_secs(60), "rollback after resume", || {
-        rollback_rows(&d.db())
-            .into_iter()
-            .find(|r| r.0 == "succeeded")
-    });
+    let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(row.4, "v1.0.1", "back to the newest known-good");
     let history = rollwatch(&config)
         .args(["history", "staging", "backend"])

@@ -805,3 +805,12 @@ pub fn testbed_file(rel: &str) -> PathBuf {
     assert!(p.exists(), "{} is missing: run scripts/setup", p.display());
     p
 }
+
+/// Waits for the first rollback record in `state` (e.g. `succeeded`) and returns it.
+pub fn wait_rollback(db: &Path, state: &str) -> (String, String, String, Option<String>, String) {
+    wait_for(
+        Duration::from_secs(90),
+        &format!("a rollback record {state}"),
+        || rollback_rows(db).into_iter().find(|r| r.0 == state),
+    )
+}
