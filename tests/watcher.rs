@@ -280,3 +280,123 @@ fn ci_deploy_registration_pause_resume_status_and_history() {
         assert!(h.contains(word), "history lacks {word}: {h}");
     }
 }
+
+/// Collects the bodies of POST requests sent to it (a stand-in webhook receiver).
+fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(100) {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+#[test]
+fn incident_record_webhook_and_manual_rollback_over_the_api() {
+    testbed();
+    let (hook_port, bodies) = webhook_receiver();
+    let app = unique_app("in");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), WATCH);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let hook = format!("webhook_url = \"http://127.0.0.1:{hook_port}/hooks/rollwatch\"\n");
+    std::fs::write(
+        &config,
+        text.replacen("[[targets]]", &format!("{hook}\n[[targets]]"), 1),
+    )
+    .unwrap();
+    let _c = Controller::start(&config, &[]);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    d.deploy("v1.1.0");
+    wait_rollback(&d.db(), "succeeded");
+
+    // The outgoing webhook carried the incident, logs included.
+    let body = wait_for(Duration::from_secs(20), "webhook call", || {
+        bodies.lock().unwrap().first().cloned()
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).expect("webhook JSON");
+    assert_eq!(v["event"], "rollback");
+    assert_eq!(v["result"], "succeeded");
+    assert_eq!(v["target"], "staging/backend");
+    assert_eq!(v["incident"]["from_tag"], "v1.1.0");
+    assert!(
+        v["incident"]["logs"]
+            .as_str()
+            .unwrap_or("")
+            .contains("demo v1.1.0 listening"),
+        "{body}"
+    );
+
+    // `rollwatch incidents` and the API show the same record.
+    let out = rollwatch(&config)
+        .args(["incidents", "staging", "backend"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    for want in [
+        "incident #1: staging/backend rolled back v1.1.0 -> v1.0.0 (succeeded)",
+        "trigger:  health",
+        "consecutive /health failures",
+        "last log lines",
+        "demo v1.1.0 listening",
+    ] {
+        assert!(text.contains(want), "incidents lack {want:?}: {text}");
+    }
+    let (status, api) = http_get(d.api_port, "/api/v1/incidents?env=staging&role=backend").unwrap();
+    assert_eq!(status, 200);
+    assert!(api.contains("demo v1.1.0 listening"), "{api}");
+
+    // A person orders a rollback over HTTP: refused without the token, done with it.
+    let path = "/api/v1/targets/staging/backend/rollback";
+    assert_eq!(
+        http_post(d.api_port, path, None, r#"{"tag":"v1.0.1"}"#)
+            .unwrap()
+            .0,
+        401
+    );
+    let bad = http_post(d.api_port, path, Some(TOKEN), r#"{"tag":"v1.0.1; reboot"}"#).unwrap();
+    assert_eq!(bad.0, 400, "{bad:?}");
+    let (status, record) = http_post(
+        d.api_port,
+        path,
+        Some(TOKEN),
+        r#"{"tag":"v1.0.1","reason":"operator drill"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{record}");
+    let rec: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        (
+            rec["trigger"].as_str(),
+            rec["state"].as_str(),
+            rec["to_tag"].as_str()
+        ),
+        (Some("manual"), Some("succeeded"), Some("v1.0.1"))
+    );
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.1", d.repository())
+    );
+}
