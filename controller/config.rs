@@ -214,6 +214,12 @@ pub enum MetricsKind {
         errors: String,
         /// Base name of the latency histogram (its `_sum` and `_count` are read).
         latency_histogram: Option<String>,
+        /// A metric whose label names the version an endpoint serves (e.g. `build_info`); with
+        /// it, endpoints still on the old version during a canary or host-by-host rollout are
+        /// the side-by-side baseline.
+        version_metric: Option<String>,
+        /// The label of `version_metric` holding the version; default `version`.
+        version_label: Option<String>,
     },
     /// A Prometheus server; each query must return one cumulative number (use `sum(...)`).
     Prometheus {

@@ -16,6 +16,32 @@ use crate::target::{Selector, TargetId};
 pub struct Wake {
     pub target: TargetId,
     pub reason: String,
+    /// Set for `die` events: a crash can be over (and the container restarted) before the next
+    /// listing, so the event itself is evidence.
+    pub death: Option<Death>,
+}
+
+/// A container of the target died: which, running what, with which exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    pub container: String,
+    pub image: String,
+    pub exit_code: i64,
+}
+
+/// Reads a `die` event's attributes (Docker puts `name`, `image` and `exitCode` beside the labels).
+fn death_of(
+    action: &str,
+    attributes: &std::collections::BTreeMap<String, String>,
+) -> Option<Death> {
+    (action == "die").then(|| Death {
+        container: attributes.get("name").cloned().unwrap_or_default(),
+        image: attributes.get("image").cloned().unwrap_or_default(),
+        exit_code: attributes
+            .get("exitCode")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(-1),
+    })
 }
 
 /// One target as the event router sees it.
@@ -61,6 +87,7 @@ pub async fn follow_events(
                                 let _ = s.wake.try_send(Wake {
                                     target: s.target.clone(),
                                     reason: format!("docker event {action}"),
+                                    death: death_of(&action, &labels),
                                 });
                             }
                         }
@@ -88,6 +115,7 @@ pub async fn follow_events(
 async fn wake_all(subscribers: &[Subscriber], reason: &str) {
     for s in subscribers {
         let _ = s.wake.try_send(Wake {
+            death: None,
             target: s.target.clone(),
             reason: reason.to_string(),
         });

@@ -155,6 +155,8 @@ pub struct ContainerInfo {
     pub health: Option<String>,
     /// The exit code of a container that is not running (`Exited (3) 2 seconds ago`).
     pub exit_code: Option<i64>,
+    /// Creation time, Unix seconds.
+    pub created: i64,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -245,6 +247,7 @@ impl DockerClient {
                 // "Up 5 seconds (unhealthy)".
                 health: c.status.as_deref().and_then(health_from_status),
                 exit_code: c.status.as_deref().and_then(exit_code_from_status),
+                created: c.created.unwrap_or(0),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect();

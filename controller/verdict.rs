@@ -113,6 +113,8 @@ pub struct ContainerView {
     pub health: Option<String>,
     /// Exit code when the container is not running.
     pub exit_code: Option<i64>,
+    /// Creation time (Unix seconds): the newest container is the latest deploy.
+    pub created: i64,
 }
 
 /// Exit codes of a container stopped on purpose: 0, or 143 (128 + SIGTERM) for a process that
@@ -132,6 +134,9 @@ pub struct Observation {
     pub probe: Option<Result<(), ProbeFailure>>,
     /// The error-metric judgement of the candidate, when the target has a metrics source.
     pub metrics: Option<MetricVerdict>,
+    /// Containers that died since the last round, as Docker reported them: (container, tag,
+    /// exit code). A crash-looping container may be running again by the time it is listed.
+    pub deaths: Vec<(String, Option<String>, i64)>,
 }
 
 /// What the caller should do. Only `RollBack` has side effects on the deployment.
@@ -167,25 +172,22 @@ pub enum Decision {
     },
 }
 
-/// The running tag: the tag most running containers have (ties: first by name), or, when none
-/// runs, the tag of any container — a crashed deploy is still that deploy.
+/// The deployed tag: the tag of the newest running container (or, when none runs, of the newest
+/// container — a crashed deploy is still that deploy). Newest, not most common: a canary or a
+/// host-by-host rollout runs the new tag beside the old one, and the new one is what is judged.
 fn current_tag(containers: &[ContainerView]) -> Option<String> {
-    let running: Vec<&ContainerView> = containers.iter().filter(|c| c.state == "running").collect();
+    let running: Vec<&ContainerView> = containers
+        .iter()
+        .filter(|c| c.state == "running" && c.tag.is_some())
+        .collect();
     let pool: Vec<&ContainerView> = if running.is_empty() {
-        containers.iter().collect()
+        containers.iter().filter(|c| c.tag.is_some()).collect()
     } else {
         running
     };
-    let mut best: Option<(&str, usize)> = None;
-    for c in &pool {
-        if let Some(t) = c.tag.as_deref() {
-            let n = pool.iter().filter(|o| o.tag.as_deref() == Some(t)).count();
-            if best.is_none_or(|(_, m)| n > m) {
-                best = Some((t, n));
-            }
-        }
-    }
-    best.map(|(t, _)| t.to_string())
+    pool.into_iter()
+        .max_by(|a, b| a.created.cmp(&b.created).then_with(|| b.name.cmp(&a.name)))
+        .and_then(|c| c.tag.clone())
 }
 
 /// Immediate regressions Docker itself shows: a container of the watched tag that exited,
@@ -267,8 +269,15 @@ pub fn decide(
             last_failure,
         } => {
             let in_grace = obs.now_ms < next.grace_until_ms;
-            let mut regression =
-                container_regression(containers, tag).map(|r| (Trigger::Health, r));
+            let crashed = obs.deaths.iter().find(|(_, t, code)| {
+                t.as_deref() == Some(tag.as_str()) && !stopped_on_purpose(Some(*code))
+            });
+            let mut regression = container_regression(containers, tag)
+                .or_else(|| {
+                    crashed
+                        .map(|(name, _, code)| format!("container {name} exited with code {code}"))
+                })
+                .map(|r| (Trigger::Health, r));
             match &obs.probe {
                 Some(Ok(())) => {
                     *failures = 0;
@@ -367,6 +376,7 @@ mod tests {
             state: "running".into(),
             health: None,
             exit_code: None,
+            created: 0,
         }]
     }
 
@@ -380,6 +390,7 @@ mod tests {
             containers: Ok(containers),
             probe,
             metrics: None,
+            deaths: Vec::new(),
         }
     }
 
@@ -404,6 +415,19 @@ mod tests {
             all.extend(d);
         }
         (state, all)
+    }
+
+    #[test]
+    fn with_two_tags_running_the_newest_container_is_the_deploy() {
+        let mut c = running("v1.0.0");
+        c.push(ContainerView {
+            name: "app-2".into(),
+            tag: Some("v1.3.0".into()),
+            created: 100,
+            ..c[0].clone()
+        });
+        let (s, _) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+        assert_eq!(s.phase.tag(), Some("v1.3.0"));
     }
 
     #[test]
@@ -481,6 +505,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_crash_regresses_even_if_the_container_already_restarted() {
+        let (s0, _) = decide(
+            &TargetState::new(),
+            &obs(0, running("v1.2.0"), Some(Ok(()))),
+            &POLICY,
+        );
+        let mut o = obs(500, running("v1.2.0"), None);
+        o.deaths = vec![("app-1".into(), Some("v1.2.0".into()), 3)];
+        let (_, d) = decide(&s0, &o, &POLICY);
+        assert!(
+            matches!(&d[..], [Decision::RollBack { reason, .. }] if reason.contains("exited with code 3")),
+            "{d:?}"
+        );
+        // A clean stop (a recreate) is not a crash.
+        o.deaths = vec![("app-1".into(), Some("v1.2.0".into()), 0)];
+        assert!(decide(&s0, &o, &POLICY).1.is_empty());
+    }
+
+    #[test]
     fn container_stopped_by_a_recreate_is_not_a_crash() {
         for code in [0, 143] {
             let mut c = running("v1.0.0");
@@ -522,6 +565,7 @@ mod tests {
             containers: Err("connection refused".into()),
             probe: fail(),
             metrics: None,
+            deaths: Vec::new(),
         };
         let (s1, d) = decide(&s0, &o, &POLICY);
         assert_eq!(s0.phase, s1.phase, "no verdict progress without evidence");
@@ -538,6 +582,7 @@ mod tests {
             containers: Err("daemon restarting".into()),
             probe: None,
             metrics: None,
+            deaths: Vec::new(),
         };
         let (s1, _) = decide(&s0, &blind, &POLICY);
         // Containers come back slowly: three failed probes right after, all inside the new grace.

@@ -82,6 +82,8 @@ pub struct Watcher {
     webhook: Option<url::Url>,
     /// The error-metric side, when the target has a metrics source.
     feed: Option<MetricsFeed>,
+    /// `die` events since the last round.
+    deaths: Vec<crate::detect::Death>,
     /// Tags currently exported in the info gauges, to replace their series on change.
     shown_running: Option<String>,
     shown_known_good: Option<String>,
@@ -137,6 +139,7 @@ impl Watcher {
             metrics,
             webhook,
             feed: None,
+            deaths: Vec::new(),
             shown_running: None,
             shown_known_good: None,
         }
@@ -168,6 +171,7 @@ impl Watcher {
                 _ = tick.tick() => self.round(true).await,
                 Some(w) = wakes.recv() => {
                     tracing::debug!(target_id = %self.target.id(), reason = %w.reason, "woken");
+                    self.deaths.extend(w.death);
                     self.round(false).await;
                 }
                 Some(cmd) = commands.recv() => self.command(cmd).await,
@@ -201,6 +205,7 @@ impl Watcher {
                         state: c.state,
                         health: c.health,
                         exit_code: c.exit_code,
+                        created: c.created,
                     })
                     .collect())
             }
@@ -257,11 +262,26 @@ impl Watcher {
         } else {
             None
         };
+        let repository = format!(
+            "{}:",
+            self.target.executor.image_repository(&self.target.role)
+        );
+        let deaths = std::mem::take(&mut self.deaths)
+            .into_iter()
+            .map(|d| {
+                (
+                    d.container,
+                    d.image.strip_prefix(&repository).map(String::from),
+                    d.exit_code,
+                )
+            })
+            .collect();
         let obs = Observation {
             now_ms: now_ms(),
             containers,
             probe,
             metrics,
+            deaths,
         };
         let (next, decisions) = decide(&self.state, &obs, &self.policy);
         if next.phase.name() != self.state.phase.name() {
@@ -285,8 +305,12 @@ impl Watcher {
             Phase::Stable { .. } => Population::Baseline,
             _ => Population::Neither,
         };
+        let watched = match &self.state.phase {
+            Phase::Watching { tag, .. } => Some(tag.clone()),
+            _ => None,
+        };
         let feed = self.feed.as_mut()?;
-        let round = feed.round(population).await;
+        let round = feed.round(population, watched.as_deref()).await;
         let save = (feed.unsaved >= 30)
             .then(|| serde_json::to_string(&feed.watch.baseline).ok())
             .flatten();
@@ -488,6 +512,7 @@ impl Watcher {
             trigger,
             reason: reason.clone(),
             dry_run: self.dry_run,
+            failing_tag: Some(from_tag.clone()),
         };
         let result = self.execute_rollback(request).await;
         self.after_rollback(&from_tag, &reason, trigger, result)
@@ -720,6 +745,7 @@ impl Watcher {
                     trigger,
                     reason: reason.clone(),
                     dry_run: self.dry_run,
+                    failing_tag: None,
                 };
                 let result = self.execute_rollback(request).await;
                 let answer = match &result {

@@ -199,3 +199,67 @@ source = {{ kind = "prometheus", url = "http://127.0.0.1:{}", requests = 'sum(ht
     assert_eq!(trigger, "error_ratio", "{reason}");
     assert_eq!((from.as_deref(), to.as_str()), (Some("v1.3.0"), "v1.0.0"));
 }
+
+#[test]
+fn canary_on_one_host_is_judged_against_the_stable_replica_and_rolled_back() {
+    testbed();
+    let app = unique_app("cn");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.3.0"]);
+    let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.0.0", "stable");
+    let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.0.0", "canary");
+    let config = a.root.path().join("rollwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[controller]
+store = "rollwatch.db"
+listen = "127.0.0.1:{api}"
+
+[[targets]]
+env = "staging"
+role = "backend"
+selector = {{ labels = {{ "rollwatch.test.app" = "{app}" }} }}
+health = {{ url = "http://127.0.0.1:{pa}/health", validation_timeout = "30s" }}
+{WATCH}
+executor = {{ kind = "compose", dir = "{da}", registry = "{REGISTRY}/{app}", also = [{{ dir = "{db}" }}] }}
+
+[targets.metrics]
+source = {{ kind = "scrape", urls = ["http://127.0.0.1:{pa}/metrics", "http://127.0.0.1:{pb}/metrics"], requests = "http_requests_total", errors = 'http_requests_total{{code=~"5.."}}', version_metric = "demo_build_info" }}
+"#,
+            api = a.api_port,
+            pa = a.port,
+            pb = b.port,
+            da = a.dir().display(),
+            db = b.dir().display(),
+        ),
+    )
+    .unwrap();
+    let _c = Controller::start(&config, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = [
+        load(a.port, 40, stop.clone()),
+        load(b.port, 40, stop.clone()),
+    ];
+    wait_event(&a.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    // Only one of the two hosts gets the new version: a canary beside the stable replica.
+    b.deploy("v1.3.0");
+    let (_, trigger, reason, from, to) = wait_rollback(&a.db(), "succeeded");
+    stop.store(true, Ordering::Relaxed);
+    for t in traffic {
+        let _ = t.join();
+    }
+    assert_eq!(trigger, "error_ratio", "{reason}");
+    assert!(
+        reason.contains("stable replicas running side by side"),
+        "{reason}"
+    );
+    assert_eq!((from.as_deref(), to.as_str()), (Some("v1.3.0"), "v1.0.0"));
+    assert_eq!(
+        b.container().image_ref,
+        format!("{}:v1.0.0", b.repository())
+    );
+    assert_eq!(
+        a.container().image_ref,
+        format!("{}:v1.0.0", a.repository())
+    );
+}

@@ -54,9 +54,32 @@ pub fn counter_delta(prev: f64, cur: f64) -> f64 {
     }
 }
 
-/// The interval between two readings of the same endpoints, summed over endpoints. `None` when
-/// the endpoints changed (nothing comparable yet).
-pub fn interval(prev: &[Reading], cur: &[Reading]) -> Option<Interval> {
+/// The interval between two readings of one endpoint.
+fn endpoint_interval(p: &Reading, c: &Reading) -> (Interval, Option<(f64, f64)>) {
+    let requests = counter_delta(p.requests, c.requests);
+    // A process restart resets both counters; errors can never exceed requests.
+    let errors = counter_delta(p.errors, c.errors).min(requests);
+    let latency = match (p.latency, c.latency) {
+        (Some((ps, pc)), Some((cs, cc))) => Some((counter_delta(ps, cs), counter_delta(pc, cc))),
+        _ => None,
+    };
+    (
+        Interval {
+            requests,
+            errors,
+            latency_mean: None,
+        },
+        latency,
+    )
+}
+
+/// The interval between two readings of the same endpoints, summed over the endpoints that
+/// `include` accepts. `None` when the endpoints changed or none is included.
+pub fn interval_where(
+    prev: &[Reading],
+    cur: &[Reading],
+    include: impl Fn(&Reading) -> bool,
+) -> Option<Interval> {
     if prev.len() != cur.len() || cur.is_empty() {
         return None;
     }
@@ -65,22 +88,26 @@ pub fn interval(prev: &[Reading], cur: &[Reading]) -> Option<Interval> {
         errors: 0.0,
         latency_mean: None,
     };
-    let (mut lat_sum, mut lat_count) = (0.0, 0.0);
-    for (p, c) in prev.iter().zip(cur) {
-        let requests = counter_delta(p.requests, c.requests);
-        // A process restart resets both counters; errors can never exceed requests.
-        let errors = counter_delta(p.errors, c.errors).min(requests);
-        out.requests += requests;
-        out.errors += errors;
-        if let (Some((ps, pc)), Some((cs, cc))) = (p.latency, c.latency) {
-            lat_sum += counter_delta(ps, cs);
-            lat_count += counter_delta(pc, cc);
+    let (mut lat_sum, mut lat_count, mut any) = (0.0, 0.0, false);
+    for (p, c) in prev.iter().zip(cur).filter(|(_, c)| include(c)) {
+        any = true;
+        let (i, latency) = endpoint_interval(p, c);
+        out.requests += i.requests;
+        out.errors += i.errors;
+        if let Some((sum, count)) = latency {
+            lat_sum += sum;
+            lat_count += count;
         }
     }
     if lat_count > 0.0 {
         out.latency_mean = Some(lat_sum / lat_count);
     }
-    Some(out)
+    any.then_some(out)
+}
+
+/// The interval over all endpoints.
+pub fn interval(prev: &[Reading], cur: &[Reading]) -> Option<Interval> {
+    interval_where(prev, cur, |_| true)
 }
 
 /// Accumulated evidence of one population (baseline or candidate), the last `cap` intervals.
@@ -95,6 +122,12 @@ impl Evidence {
         Evidence {
             intervals: VecDeque::new(),
             cap,
+        }
+    }
+
+    pub fn extend(&mut self, i: Option<Interval>) {
+        if let Some(i) = i {
+            self.add(i);
         }
     }
 
@@ -280,6 +313,9 @@ pub struct MetricWatch {
     prev: Option<Vec<Reading>>,
     pub baseline: Evidence,
     pub candidate: Evidence,
+    /// Endpoints still serving another version while the candidate runs (canary, host-by-host
+    /// rollout): compared side by side, they are a better baseline than the past.
+    pub stable_replicas: Evidence,
     latency_looks: u32,
 }
 
@@ -303,6 +339,7 @@ impl Default for MetricWatch {
             prev: None,
             baseline: Evidence::with_cap(WINDOW),
             candidate: Evidence::with_cap(0),
+            stable_replicas: Evidence::with_cap(0),
             latency_looks: 0,
         }
     }
@@ -312,6 +349,7 @@ impl MetricWatch {
     /// A new deploy: the candidate starts empty; the baseline is frozen as it is.
     pub fn start_candidate(&mut self) {
         self.candidate.clear();
+        self.stable_replicas.clear();
         self.latency_looks = 0;
     }
 
@@ -319,15 +357,18 @@ impl MetricWatch {
     pub fn restart_baseline(&mut self) {
         self.baseline.clear();
         self.candidate.clear();
+        self.stable_replicas.clear();
         self.latency_looks = 0;
     }
 
     /// Feeds one read of the source and returns the verdict for a candidate (`None` while
-    /// collecting the baseline).
+    /// collecting the baseline). `candidate_tag` splits endpoints that report the version they
+    /// serve: those serving another version are the stable replicas, compared side by side.
     pub fn observe(
         &mut self,
         read: Result<Vec<Reading>, String>,
         into: Population,
+        candidate_tag: Option<&str>,
         policy: &MetricPolicy,
     ) -> Option<MetricVerdict> {
         let readings = match read {
@@ -338,27 +379,49 @@ impl MetricWatch {
                 return (into == Population::Candidate).then_some(MetricVerdict::Inconclusive(e));
             }
         };
-        let added = self.prev.as_deref().and_then(|p| interval(p, &readings));
-        self.prev = Some(readings);
-        if let Some(i) = added {
+        let is_stable_replica = |r: &Reading| match (&r.version, candidate_tag) {
+            (Some(v), Some(c)) => v != c,
+            _ => false,
+        };
+        if let Some(prev) = self.prev.as_deref() {
             match into {
-                Population::Baseline => self.baseline.add(i),
-                Population::Candidate => self.candidate.add(i),
+                Population::Baseline => self.baseline.extend(interval(prev, &readings)),
+                Population::Candidate => {
+                    self.candidate
+                        .extend(interval_where(prev, &readings, |r| !is_stable_replica(r)));
+                    self.stable_replicas
+                        .extend(interval_where(prev, &readings, is_stable_replica));
+                }
                 Population::Neither => {}
             }
         }
+        self.prev = Some(readings);
         if into != Population::Candidate {
             return None;
         }
         if self.candidate.latency_means().len() >= 5 {
             self.latency_looks += 1;
         }
-        Some(judge(
-            &self.baseline,
-            &self.candidate,
-            self.latency_looks.max(1),
-            policy,
-        ))
+        let side_by_side = self.stable_replicas.requests() >= policy.min_requests;
+        let baseline = if side_by_side {
+            &self.stable_replicas
+        } else {
+            &self.baseline
+        };
+        let verdict = judge(baseline, &self.candidate, self.latency_looks.max(1), policy);
+        let against = if side_by_side {
+            " [baseline: stable replicas running side by side]"
+        } else {
+            " [baseline: the known-good version before the deploy]"
+        };
+        Some(match verdict {
+            MetricVerdict::Regressed { trigger, evidence } => MetricVerdict::Regressed {
+                trigger,
+                evidence: format!("{evidence}{against}"),
+            },
+            MetricVerdict::Healthy(e) => MetricVerdict::Healthy(format!("{e}{against}")),
+            other => other,
+        })
     }
 }
 
@@ -371,6 +434,7 @@ mod tests {
             requests,
             errors,
             latency: Some((requests * 0.01, requests)),
+            version: None,
         }
     }
 
@@ -488,19 +552,66 @@ mod tests {
     }
 
     #[test]
+    fn stable_replicas_serving_the_old_version_are_the_side_by_side_baseline() {
+        let at = |requests: f64, errors: f64, version: &str| Reading {
+            version: Some(version.into()),
+            ..reading(requests, errors)
+        };
+        let mut w = MetricWatch::default();
+        let p = MetricPolicy::default();
+        let mut verdict = None;
+        for k in 0..=20 {
+            let k = f64::from(k);
+            // Endpoint 1 still serves v1.0.0 with 1% errors; endpoint 2 is the v1.3.0 canary at 20%.
+            let read = vec![
+                at(100.0 * k, k, "v1.0.0"),
+                at(100.0 * k, 20.0 * k, "v1.3.0"),
+            ];
+            verdict = w.observe(Ok(read), Population::Candidate, Some("v1.3.0"), &p);
+        }
+        assert!(
+            w.baseline.requests() == 0.0,
+            "no historical baseline at all"
+        );
+        assert_eq!(w.stable_replicas.requests(), 2000.0);
+        match verdict {
+            Some(MetricVerdict::Regressed {
+                trigger: Trigger::ErrorRatio,
+                evidence,
+            }) => {
+                assert!(
+                    evidence.contains("stable replicas running side by side"),
+                    "{evidence}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_broken_source_is_inconclusive_and_breaks_the_delta_chain() {
         let mut w = MetricWatch::default();
         let p = MetricPolicy::default();
         assert_eq!(
-            w.observe(Ok(vec![reading(100.0, 1.0)]), Population::Baseline, &p),
+            w.observe(
+                Ok(vec![reading(100.0, 1.0)]),
+                Population::Baseline,
+                None,
+                &p
+            ),
             None
         );
         assert!(matches!(
-            w.observe(Err("down".into()), Population::Candidate, &p),
+            w.observe(Err("down".into()), Population::Candidate, None, &p),
             Some(MetricVerdict::Inconclusive(_))
         ));
         // The first read after the outage only re-anchors.
-        w.observe(Ok(vec![reading(5000.0, 4000.0)]), Population::Candidate, &p);
+        w.observe(
+            Ok(vec![reading(5000.0, 4000.0)]),
+            Population::Candidate,
+            None,
+            &p,
+        );
         assert_eq!(w.candidate.requests(), 0.0);
     }
 }

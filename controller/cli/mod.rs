@@ -517,6 +517,7 @@ async fn rollback(
         trigger: Trigger::Manual,
         reason,
         dry_run: dry_run || config.is_dry_run(target),
+        failing_tag: None,
     };
     match &tag {
         Some(t) => println!("rolling back {id} to {t} ({})", t.kind_name()),

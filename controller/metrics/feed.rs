@@ -36,16 +36,24 @@ impl MetricsFeed {
         })
     }
 
-    pub async fn round(&mut self, population: Population) -> FeedRound {
+    /// One read; `candidate_tag` is the tag on probation, if any.
+    pub async fn round(
+        &mut self,
+        population: Population,
+        candidate_tag: Option<&str>,
+    ) -> FeedRound {
         let read = self.source.read().await;
         let now_up = read.is_ok();
         let transition =
             (now_up != self.up).then(|| (now_up, read.as_ref().err().map(|e| e.to_string())));
         self.up = now_up;
         let before = self.watch.baseline.requests();
-        let verdict = self
-            .watch
-            .observe(read.map_err(|e| e.to_string()), population, &self.policy);
+        let verdict = self.watch.observe(
+            read.map_err(|e| e.to_string()),
+            population,
+            candidate_tag,
+            &self.policy,
+        );
         if population == Population::Baseline && self.watch.baseline.requests() != before {
             self.unsaved += 1;
         }

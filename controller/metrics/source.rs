@@ -12,12 +12,14 @@ use super::selector::Selector;
 use crate::config::{MetricsConfig, MetricsKind};
 
 /// Cumulative counters of one endpoint at one instant.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub requests: f64,
     pub errors: f64,
     /// `(sum of seconds, count)` of the latency histogram.
     pub latency: Option<(f64, f64)>,
+    /// The version (tag) this endpoint says it serves, when `version_metric` is configured.
+    pub version: Option<String>,
 }
 
 /// Why a source gave no evidence; bounded kinds (`kind()`) for metrics labels.
@@ -54,12 +56,19 @@ pub struct MetricsSource {
     timeout: Duration,
 }
 
+/// What to read from each scraped endpoint.
+struct ScrapeSpec {
+    requests: Selector,
+    errors: Selector,
+    latency: Option<String>,
+    /// `(metric, label)` naming the version an endpoint serves, e.g. `build_info{version=".."}`.
+    version: Option<(String, String)>,
+}
+
 enum Kind {
     Scrape {
         urls: Vec<Url>,
-        requests: Selector,
-        errors: Selector,
-        latency: Option<String>,
+        spec: ScrapeSpec,
     },
     Prometheus {
         url: Url,
@@ -79,11 +88,18 @@ impl MetricsSource {
                 requests,
                 errors,
                 latency_histogram,
+                version_metric,
+                version_label,
             } => Kind::Scrape {
                 urls: urls.clone(),
-                requests: Selector::parse(requests).map_err(|e| e.to_string())?,
-                errors: Selector::parse(errors).map_err(|e| e.to_string())?,
-                latency: latency_histogram.clone(),
+                spec: ScrapeSpec {
+                    requests: Selector::parse(requests).map_err(|e| e.to_string())?,
+                    errors: Selector::parse(errors).map_err(|e| e.to_string())?,
+                    latency: latency_histogram.clone(),
+                    version: version_metric
+                        .clone()
+                        .map(|m| (m, version_label.clone().unwrap_or_else(|| "version".into()))),
+                },
             },
             MetricsKind::Prometheus {
                 url,
@@ -115,18 +131,10 @@ impl MetricsSource {
     /// evidence would bias the error ratio).
     pub async fn read(&self) -> Result<Vec<Reading>, SourceError> {
         match &self.kind {
-            Kind::Scrape {
-                urls,
-                requests,
-                errors,
-                latency,
-            } => {
+            Kind::Scrape { urls, spec } => {
                 let mut out = Vec::with_capacity(urls.len());
                 for url in urls {
-                    out.push(
-                        self.scrape(url, requests, errors, latency.as_deref())
-                            .await?,
-                    );
+                    out.push(self.scrape(url, spec).await?);
                 }
                 Ok(out)
             }
@@ -151,6 +159,7 @@ impl MetricsSource {
                     requests,
                     errors,
                     latency,
+                    version: None,
                 }])
             }
         }
@@ -175,13 +184,13 @@ impl MetricsSource {
             .map_err(|e| classify(&name, self.timeout, e))
     }
 
-    async fn scrape(
-        &self,
-        url: &Url,
-        requests: &Selector,
-        errors: &Selector,
-        latency: Option<&str>,
-    ) -> Result<Reading, SourceError> {
+    async fn scrape(&self, url: &Url, spec: &ScrapeSpec) -> Result<Reading, SourceError> {
+        let ScrapeSpec {
+            requests,
+            errors,
+            latency,
+            version,
+        } = spec;
         let name = redact(url);
         let body = self.get(url.clone(), None).await?;
         let samples = parse(&body).map_err(|e| SourceError::Garbage {
@@ -198,7 +207,7 @@ impl MetricsSource {
         // No error series yet is normal (no error happened since start): count it as zero, as
         // long as the request series exists.
         let err = errors.sum(&samples).unwrap_or(0.0);
-        let latency = match latency {
+        let latency = match latency.as_deref() {
             Some(h) => {
                 let sum = Selector::parse(&format!("{h}_sum"))
                     .ok()
@@ -213,10 +222,18 @@ impl MetricsSource {
             }
             None => None,
         };
+        let version = version.as_ref().and_then(|(metric, label)| {
+            samples
+                .iter()
+                .find(|s| s.name == *metric)
+                .and_then(|s| s.label(label))
+                .map(String::from)
+        });
         Ok(Reading {
             requests: req,
             errors: err,
             latency,
+            version,
         })
     }
 

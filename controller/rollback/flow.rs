@@ -31,6 +31,9 @@ pub struct RollbackRequest {
     pub trigger: Trigger,
     pub reason: String,
     pub dry_run: bool,
+    /// The tag judged bad, when the watcher knows it (on a target running two tags it is the
+    /// newer one); otherwise the running tag is read from Docker.
+    pub failing_tag: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +94,22 @@ pub struct Rollbacker {
 }
 
 /// The tag a container runs, when its image reference is `<repository>:<tag>`.
+/// With several containers, the newest running one's tag (the latest deploy), as the watcher
+/// sees it.
 pub fn running_tag_of(containers: &[ContainerInfo], repository: &str) -> Option<String> {
-    containers.iter().find_map(|c| {
+    let tag_of = |c: &ContainerInfo| {
         let (repo, tag) = c.image_ref.rsplit_once(':')?;
         (repo == repository && !tag.contains('/')).then(|| tag.to_string())
-    })
+    };
+    let newest = |running: bool| {
+        containers
+            .iter()
+            .filter(|c| !running || c.state == "running")
+            .filter_map(|c| tag_of(c).map(|t| (c.created, t)))
+            .max_by_key(|(created, _)| *created)
+            .map(|(_, t)| t)
+    };
+    newest(true).or_else(|| newest(false))
 }
 
 impl Rollbacker {
@@ -125,7 +139,10 @@ impl Rollbacker {
         let docker = DockerClient::connect(&target.docker).await?;
         let repository = target.executor.image_repository(&target.role);
         let containers = docker.containers(&target.selector, true).await?;
-        let from_tag = running_tag_of(&containers, &repository);
+        let from_tag = request
+            .failing_tag
+            .clone()
+            .or_else(|| running_tag_of(&containers, &repository));
         let from_image = containers.first().map(|c| c.image_id.clone());
 
         let explicit = request.tag.is_some();
