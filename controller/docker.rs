@@ -99,6 +99,11 @@ impl TryFrom<String> for DockerEndpoint {
                 && dest.bytes().all(|b| {
                     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@' | b':')
                 });
+            if valid && dest.contains(':') {
+                return Err(format!(
+                    "docker endpoint {s:?}: ssh:// endpoints take no port (the ssh connector cannot pass one); set it with a Host entry in ~/.ssh/config"
+                ));
+            }
             if valid {
                 return Ok(DockerEndpoint::Ssh {
                     addr: s.clone(),
@@ -541,6 +546,15 @@ mod tests {
         assert_eq!(
             DockerEndpoint::try_from("tcp://127.0.0.1:2375".to_string()),
             Ok(DockerEndpoint::Tcp("127.0.0.1:2375".into()))
+        );
+        assert!(matches!(
+            DockerEndpoint::try_from("ssh://deploy@host".to_string()),
+            Ok(DockerEndpoint::Ssh { .. })
+        ));
+        assert!(
+            DockerEndpoint::try_from("ssh://deploy@host:2222".to_string())
+                .unwrap_err()
+                .contains("no port")
         );
         let err = DockerEndpoint::try_from("http://x".to_string()).unwrap_err();
         assert!(err.contains("http://x"), "{err}");

@@ -1,6 +1,6 @@
 //! Remote hosts and CI: the runbook over a real sshd on 127.0.0.1:2222, the Docker API over TLS on
-//! 127.0.0.1:2376, a target spanning two hosts, the GitLab CI example, rollback.sh, `rollwatch
-//! tags` against the real registry and `rollwatch wait`.
+//! 127.0.0.1:2376 and over ssh (sshd also on 127.0.0.2:22), a target spanning two hosts, the
+//! GitLab CI example, rollback.sh, `rollwatch tags` against the real registry and `rollwatch wait`.
 
 mod harness;
 
@@ -131,6 +131,29 @@ fn docker_executor_works_through_the_tls_endpoint() {
         image_id(&format!("{repo}:v1.0.0"))
     );
     wait_healthy_version(port, "v1.0.0");
+}
+
+#[test]
+fn docker_executor_works_through_an_ssh_endpoint() {
+    testbed();
+    let app = unique_app("sx");
+    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let c = RunContainer::start(&app, "v1.1.0", &[], &[]);
+    let root = tempfile::tempdir().unwrap();
+    let docker = format!(
+        r#"{{ url = "ssh://root@127.0.0.2", ssh_key = "{}" }}"#,
+        testbed_file("ssh/client").display()
+    );
+    let config = c.write_config(root.path(), &docker);
+    rollwatch(&config)
+        .args(["rollback", "production", "backend", "v1.0.0"])
+        .assert()
+        .success();
+    assert_eq!(
+        Some(inspect(&c.name).image_id),
+        image_id(&format!("{}:v1.0.0", c.repository()))
+    );
+    wait_healthy_version(c.port, "v1.0.0");
 }
 
 fn two_host_config(a: &ComposeDeployment, b: &ComposeDeployment, app: &str) -> std::path::PathBuf {
