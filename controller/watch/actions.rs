@@ -1,0 +1,289 @@
+//! What the watcher does beyond looking: rolling back (automatically or on an order), recording
+//! the outcome, telling the webhook, and the operators' commands (pause, resume, CI deploys).
+
+use super::*;
+
+impl Watcher {
+    pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
+        let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        self.metrics
+            .verdicts
+            .with_label_values(&[env, role, "regressed"])
+            .inc();
+        if let Phase::Watching { since_ms, .. } = &self.state.phase {
+            self.metrics
+                .detection
+                .with_label_values(&[env, role])
+                .observe((now_ms() - since_ms) as f64 / 1000.0);
+        }
+        self.emit(
+            "regressed",
+            Some(from_tag.clone()),
+            format!("verdict regressed: {reason}"),
+        )
+        .await;
+        if let Err(e) = self
+            .store
+            .mark_bad(id.clone(), from_tag.clone(), reason.clone())
+            .await
+        {
+            tracing::error!(target_id = %id, error = %e, "cannot record bad tag");
+        }
+        let request = RollbackRequest {
+            tag: None,
+            trigger,
+            reason: reason.clone(),
+            dry_run: self.dry_run,
+            failing_tag: Some(from_tag.clone()),
+        };
+        let result = self.execute_rollback(request).await;
+        self.after_rollback(&from_tag, &reason, trigger, result)
+            .await;
+    }
+
+    pub(super) async fn execute_rollback(
+        &mut self,
+        request: RollbackRequest,
+    ) -> Result<RollbackRecord, RollbackError> {
+        let id = self.target.id();
+        let events = self.events.clone();
+        // Steps are printed live by `rollwatch demo` through the event channel.
+        let on_step = move |s: &crate::store::StepRecord| {
+            let _ = events.send(EventRecord {
+                id: 0,
+                at_ms: now_ms(),
+                target: id.clone(),
+                kind: "step".into(),
+                tag: None,
+                message: format!(
+                    "{} {} in {} ms: {}",
+                    s.name,
+                    if s.ok { "ok" } else { "FAILED" },
+                    s.duration_ms,
+                    s.detail
+                ),
+            });
+        };
+        self.rollbacker
+            .rollback(&self.target, request, on_step)
+            .await
+    }
+
+    pub(super) async fn after_rollback(
+        &mut self,
+        from_tag: &str,
+        reason: &str,
+        trigger: Trigger,
+        result: Result<RollbackRecord, RollbackError>,
+    ) {
+        let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        let outcome = match &result {
+            Ok(rec) if rec.state == RollbackState::DryRun => "dry_run",
+            Ok(_) => "succeeded",
+            Err(RollbackError::Execution { .. } | RollbackError::Validation { .. }) => "failed",
+            Err(_) => "refused",
+        };
+        self.metrics
+            .rollbacks
+            .with_label_values(&[env, role, trigger.as_str(), outcome])
+            .inc();
+        self.notify(outcome, &result).await;
+        if outcome != "dry_run" {
+            if let Ok(rec) = &result {
+                let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
+                self.metrics
+                    .rollback_duration
+                    .with_label_values(&[env, role, trigger.as_str()])
+                    .observe(took as f64 / 1000.0);
+            }
+            self.metrics
+                .last_rollback
+                .with_label_values(&[env, role])
+                .set(now_ms() as f64 / 1000.0);
+        }
+        match result {
+            Ok(rec) if rec.state == RollbackState::DryRun => {
+                self.state.phase = Phase::Regressed {
+                    tag: from_tag.to_string(),
+                    reason: reason.to_string(),
+                };
+                self.emit(
+                    "would_roll_back",
+                    Some(from_tag.to_string()),
+                    format!(
+                        "dry run: would roll back {from_tag} -> {} (record #{})",
+                        rec.to_tag, rec.id
+                    ),
+                )
+                .await;
+            }
+            Ok(rec) => {
+                if let Some(f) = self.feed.as_mut() {
+                    f.watch.restart_baseline();
+                }
+                let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
+                self.state.phase = Phase::Stable {
+                    tag: rec.to_tag.clone(),
+                };
+                self.state.last_rollback_ms = Some(now_ms());
+                self.since_ms = now_ms();
+                self.emit(
+                    "rollback",
+                    Some(rec.to_tag.clone()),
+                    format!(
+                        "rolled back {} -> {} in {took} ms and validated /health (record #{})",
+                        rec.from_tag.as_deref().unwrap_or(from_tag),
+                        rec.to_tag,
+                        rec.id
+                    ),
+                )
+                .await;
+            }
+            Err(e) => {
+                let tag = match &e {
+                    RollbackError::Execution { tag, .. }
+                    | RollbackError::Validation { tag, .. } => tag.to_string(),
+                    _ => from_tag.to_string(),
+                };
+                tracing::error!(target_id = %self.target.id(), error = %e, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
+                self.state.phase = Phase::RollbackFailed {
+                    tag: tag.clone(),
+                    reason: e.to_string(),
+                };
+                self.state.last_rollback_ms = Some(now_ms());
+                self.since_ms = now_ms();
+                self.emit(
+                    "rollback_failed",
+                    Some(tag),
+                    format!("{e}; no further automatic action until `rollwatch resume`"),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Tells the configured webhook about a rollback, with its incident record. Best effort:
+    /// a receiver that is down is logged, never retried in the way of the next round.
+    pub(super) async fn notify(
+        &self,
+        outcome: &str,
+        result: &Result<RollbackRecord, RollbackError>,
+    ) {
+        let Some(url) = &self.webhook else { return };
+        let id = self.target.id();
+        let incident = match result {
+            Ok(rec) => self
+                .store
+                .rollback(rec.id)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+            Err(_) => None,
+        };
+        let body = serde_json::json!({
+            "event": "rollback",
+            "target": id.to_string(),
+            "env": id.env.as_str(),
+            "role": id.role,
+            "result": outcome,
+            "error": result.as_ref().err().map(|e| e.to_string()),
+            "incident": incident,
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build();
+        let sent = match client {
+            Ok(c) => c
+                .post(url.clone())
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status()),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(status) if status.is_success() => {}
+            Ok(status) => {
+                tracing::warn!(%url, %status, "rollback webhook refused the notification")
+            }
+            Err(e) => tracing::warn!(%url, error = %e, "rollback webhook unreachable"),
+        }
+    }
+
+    pub(super) async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Pause => {
+                self.state.paused = true;
+                self.emit(
+                    "paused",
+                    None,
+                    "automatic rollbacks paused by an operator".into(),
+                )
+                .await;
+            }
+            Command::Resume => {
+                self.state.paused = false;
+                if matches!(
+                    self.state.phase,
+                    Phase::RollbackFailed { .. } | Phase::Regressed { .. }
+                ) {
+                    // Re-judge from scratch: whatever runs now goes on probation.
+                    self.state.phase = Phase::Unknown;
+                }
+                self.emit(
+                    "resumed",
+                    None,
+                    "automatic rollbacks resumed by an operator".into(),
+                )
+                .await;
+            }
+            Command::Deploy(d) => {
+                let tag = d.tag.clone();
+                let msg = format!(
+                    "CI registered deploy of {tag} (commit {}, pipeline {})",
+                    d.commit_sha.as_deref().unwrap_or("-"),
+                    d.pipeline_url.as_deref().unwrap_or("-")
+                );
+                if let Err(e) = self.store.register_deploy(self.target.id(), d).await {
+                    tracing::error!(error = %e, "cannot record CI deploy");
+                }
+                self.emit("ci_deploy", Some(tag), msg).await;
+                self.round(false).await;
+            }
+            Command::Rollback {
+                tag,
+                trigger,
+                reason,
+                reply,
+            } => {
+                let from = self.running_tag.clone().unwrap_or_else(|| "?".into());
+                self.emit(
+                    "rollback_ordered",
+                    Some(from.clone()),
+                    format!("{} rollback ordered: {reason}", trigger.as_str()),
+                )
+                .await;
+                let request = RollbackRequest {
+                    tag,
+                    trigger,
+                    reason: reason.clone(),
+                    dry_run: self.dry_run,
+                    failing_tag: None,
+                };
+                let result = self.execute_rollback(request).await;
+                let answer = match &result {
+                    Ok(r) => Ok(r.clone()),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.after_rollback(&from, &reason, trigger, result).await;
+                self.refresh_known_good().await;
+                let _ = reply.send(answer);
+            }
+        }
+        self.publish();
+    }
+}

@@ -1,0 +1,450 @@
+//! One watcher task per target: every interval (and whenever Docker events wake it) it observes
+//! the containers and probes `/health`, asks [`verdict::decide`] what that means, and carries the
+//! decisions out — record a deploy, promote a tag, or roll back through the [`Rollbacker`]. Being
+//! one sequential task is what guarantees at most one rollback in flight per target.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+mod actions;
+mod status;
+
+pub use status::{StatusBoard, TargetStatus};
+
+use crate::analysis::{Evidence, MetricVerdict, Population};
+use crate::config::TargetConfig;
+use crate::detect::Wake;
+use crate::docker::DockerClient;
+use crate::metrics::MetricsFeed;
+use crate::probe::Prober;
+use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
+use crate::store::{
+    now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store, Trigger,
+};
+use crate::tag::Tag;
+use crate::target::TargetId;
+use crate::telemetry::Metrics;
+use crate::verdict::{decide, ContainerView, Decision, Observation, Phase, Policy, TargetState};
+
+/// Orders from people and CI (API, CLI), handled between rounds.
+#[derive(Debug)]
+pub enum Command {
+    Pause,
+    /// Clears a pause and a `rollback_failed` halt: a human has looked.
+    Resume,
+    Deploy(DeployRecord),
+    Rollback {
+        tag: Option<Tag>,
+        trigger: Trigger,
+        reason: String,
+        reply: oneshot::Sender<Result<RollbackRecord, String>>,
+    },
+}
+
+pub struct Watcher {
+    target: TargetConfig,
+    policy: Policy,
+    dry_run: bool,
+    store: Store,
+    rollbacker: Arc<Rollbacker>,
+    prober: Prober,
+    docker: Option<DockerClient>,
+    state: TargetState,
+    since_ms: i64,
+    last_deploy_ms: Option<i64>,
+    running_tag: Option<String>,
+    known_good: Option<String>,
+    last_probe: Option<String>,
+    docker_reachable: bool,
+    board: StatusBoard,
+    events: broadcast::Sender<EventRecord>,
+    metrics: Arc<Metrics>,
+    webhook: Option<url::Url>,
+    /// The error-metric side, when the target has a metrics source.
+    feed: Option<MetricsFeed>,
+    /// `die` events since the last round.
+    deaths: Vec<crate::detect::Death>,
+    /// Tags currently exported in the info gauges, to replace their series on change.
+    shown_running: Option<String>,
+    shown_known_good: Option<String>,
+}
+
+/// What the controller shares with every watcher.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub rollbacker: Arc<Rollbacker>,
+    pub prober: Prober,
+    pub board: StatusBoard,
+    pub events: broadcast::Sender<EventRecord>,
+    pub metrics: Arc<Metrics>,
+    /// Generic JSON webhook told about every rollback (`controller.webhook_url`).
+    pub webhook: Option<url::Url>,
+}
+
+impl Watcher {
+    pub fn new(
+        target: TargetConfig,
+        dry_run: bool,
+        initial: TargetState,
+        shared: Shared,
+    ) -> Watcher {
+        let Shared {
+            store,
+            rollbacker,
+            prober,
+            board,
+            events,
+            metrics,
+            webhook,
+        } = shared;
+        metrics.init_target(&target.id());
+        Watcher {
+            policy: target.watch.policy(),
+            target,
+            dry_run,
+            store,
+            rollbacker,
+            prober,
+            docker: None,
+            state: initial,
+            since_ms: now_ms(),
+            last_deploy_ms: None,
+            running_tag: None,
+            known_good: None,
+            last_probe: None,
+            docker_reachable: true,
+            board,
+            events,
+            metrics,
+            webhook,
+            feed: None,
+            deaths: Vec::new(),
+            shown_running: None,
+            shown_known_good: None,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut wakes: mpsc::Receiver<Wake>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.target.watch.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        if let Some(m) = &self.target.metrics {
+            match MetricsFeed::new(m) {
+                Ok(f) => self.feed = Some(f),
+                Err(e) => {
+                    tracing::error!(target_id = %self.target.id(), error = %e, "metrics source unusable; judging on /health only")
+                }
+            }
+        }
+        self.adopt_known_good().await;
+        self.load_baseline().await;
+        self.refresh_known_good().await;
+        self.publish();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.round(true).await,
+                Some(w) = wakes.recv() => {
+                    tracing::debug!(target_id = %self.target.id(), reason = %w.reason, "woken");
+                    self.deaths.extend(w.death);
+                    self.round(false).await;
+                }
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+            }
+        }
+    }
+
+    async fn observe(&mut self) -> Result<Vec<ContainerView>, String> {
+        if self.docker.is_none() {
+            self.docker = Some(
+                DockerClient::connect(&self.target.docker)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let Some(docker) = &self.docker else {
+            return Err("not connected".into());
+        };
+        let repository = self.target.executor.image_repository(&self.target.role);
+        match docker.containers(&self.target.selector, true).await {
+            Ok(list) => {
+                self.running_tag = running_tag_of(&list, &repository);
+                Ok(list
+                    .into_iter()
+                    .map(|c| ContainerView {
+                        tag: c
+                            .image_ref
+                            .strip_prefix(&format!("{repository}:"))
+                            .map(String::from),
+                        name: c.name,
+                        state: c.state,
+                        health: c.health,
+                        exit_code: c.exit_code,
+                        created: c.created,
+                    })
+                    .collect())
+            }
+            Err(e) => {
+                self.docker = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn round(&mut self, probe: bool) {
+        let containers = self.observe().await;
+        let probe = if probe && containers.is_ok() {
+            let r = self
+                .prober
+                .probe(&self.target.health.url.0, self.target.health.timeout)
+                .await;
+            self.metrics.probe(
+                &self.target.id(),
+                r.latency.as_secs_f64(),
+                r.outcome.as_ref().err(),
+            );
+            self.last_probe = Some(match &r.outcome {
+                Ok(()) => format!("ok in {} ms", r.latency.as_millis()),
+                Err(f) => f.to_string(),
+            });
+            Some(r.outcome)
+        } else {
+            None
+        };
+        let reachable = containers.is_ok();
+        if reachable != self.docker_reachable {
+            self.docker_reachable = reachable;
+            let [env, role] = [self.target.env.as_str(), self.target.role.as_str()];
+            self.metrics
+                .source_up
+                .with_label_values(&[env, role, "docker"])
+                .set(i64::from(reachable));
+            if !reachable {
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[env, role, "inconclusive"])
+                    .inc();
+            }
+            let msg = if reachable {
+                "docker reachable again".to_string()
+            } else {
+                "docker unreachable: verdicts inconclusive".to_string()
+            };
+            self.emit("docker", None, msg).await;
+        }
+        let metrics = if probe.is_some() {
+            self.metric_round().await
+        } else {
+            None
+        };
+        let repository = format!(
+            "{}:",
+            self.target.executor.image_repository(&self.target.role)
+        );
+        let deaths = std::mem::take(&mut self.deaths)
+            .into_iter()
+            .map(|d| {
+                (
+                    d.container,
+                    d.image.strip_prefix(&repository).map(String::from),
+                    d.exit_code,
+                )
+            })
+            .collect();
+        let obs = Observation {
+            now_ms: now_ms(),
+            containers,
+            probe,
+            metrics,
+            deaths,
+        };
+        let (next, decisions) = decide(&self.state, &obs, &self.policy);
+        if next.phase.name() != self.state.phase.name() {
+            self.since_ms = obs.now_ms;
+        }
+        self.state = next;
+        let changed = !decisions.is_empty();
+        for d in decisions {
+            self.act(d).await;
+        }
+        if changed {
+            self.refresh_known_good().await;
+        }
+        self.publish();
+    }
+
+    /// Reads the metrics source (probe rounds only) and returns the verdict on a candidate.
+    async fn metric_round(&mut self) -> Option<MetricVerdict> {
+        let population = match &self.state.phase {
+            Phase::Watching { .. } => Population::Candidate,
+            Phase::Stable { .. } => Population::Baseline,
+            _ => Population::Neither,
+        };
+        let watched = match &self.state.phase {
+            Phase::Watching { tag, .. } => Some(tag.clone()),
+            _ => None,
+        };
+        let feed = self.feed.as_mut()?;
+        let round = feed.round(population, watched.as_deref()).await;
+        let save = (feed.unsaved >= 30)
+            .then(|| serde_json::to_string(&feed.watch.baseline).ok())
+            .flatten();
+        if save.is_some() {
+            feed.unsaved = 0;
+        }
+        let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        if let Some((up, why)) = round.transition {
+            self.metrics
+                .source_up
+                .with_label_values(&[env, role, "metrics"])
+                .set(i64::from(up));
+            if up {
+                self.emit(
+                    "metrics_source_up",
+                    None,
+                    "metrics source answers again".into(),
+                )
+                .await;
+            } else {
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[env, role, "inconclusive"])
+                    .inc();
+                let why = why.unwrap_or_default();
+                self.emit(
+                    "metrics_source_down",
+                    None,
+                    format!("{why}; metric verdicts inconclusive, never a rollback on that"),
+                )
+                .await;
+            }
+        }
+        if let (Some(json), Phase::Stable { tag }) = (save, &self.state.phase) {
+            if let Err(e) = self.store.save_baseline(id, tag.clone(), json).await {
+                tracing::warn!(error = %e, "cannot save the metric baseline");
+            }
+        }
+        round.verdict
+    }
+
+    async fn act(&mut self, decision: Decision) {
+        let id = self.target.id();
+        match decision {
+            Decision::DeploySeen { tag, previous } => {
+                self.last_deploy_ms = Some(now_ms());
+                if let Some(f) = self.feed.as_mut() {
+                    f.watch.start_candidate();
+                    f.last = None;
+                }
+                self.metrics
+                    .deploys
+                    .with_label_values(&[id.env.as_str(), id.role.as_str()])
+                    .inc();
+                let ci = self
+                    .store
+                    .deploy_of(id.clone(), tag.clone())
+                    .await
+                    .ok()
+                    .flatten();
+                let from = previous.map(|p| format!(" (was {p})")).unwrap_or_default();
+                let ci = ci
+                    .map(|d| {
+                        format!(
+                            "; CI commit {} pipeline {}",
+                            d.commit_sha.unwrap_or_default(),
+                            d.pipeline_url.unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default();
+                self.emit(
+                    "deploy",
+                    Some(tag.clone()),
+                    format!(
+                        "{tag} seen{from}; watch window {} started{ci}",
+                        humantime::format_duration(self.target.watch.bake)
+                    ),
+                )
+                .await;
+            }
+            Decision::Promote { tag } => {
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[id.env.as_str(), id.role.as_str(), "healthy"])
+                    .inc();
+                let image = format!(
+                    "{}:{tag}",
+                    self.target.executor.image_repository(&self.target.role)
+                );
+                let digest = match &self.docker {
+                    Some(d) => d.image_digest(&image).await.ok().flatten(),
+                    None => None,
+                };
+                match Tag::parse(&tag) {
+                    Ok(t) => {
+                        if let Err(e) = self
+                            .store
+                            .record_known_good(id.clone(), t, digest.clone())
+                            .await
+                        {
+                            tracing::error!(target_id = %id, error = %e, "cannot record known-good tag");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_id = %id, error = %e, "running tag is not a valid tag; not promoted")
+                    }
+                }
+                let digest = digest.unwrap_or_else(|| "digest unknown".into());
+                self.emit(
+                    "promoted",
+                    Some(tag.clone()),
+                    format!(
+                        "{tag} healthy for the whole watch window: known-good ({digest}){}",
+                        self.metric_note()
+                    ),
+                )
+                .await;
+                if let Some(f) = self.feed.as_mut() {
+                    // The new known-good version's own traffic is the next baseline.
+                    f.watch.restart_baseline();
+                }
+            }
+            Decision::RollBack {
+                from_tag,
+                trigger,
+                reason,
+            } => self.roll_back(from_tag, trigger, reason).await,
+            Decision::Withheld {
+                tag,
+                reason,
+                why_not,
+            } => {
+                self.emit(
+                    "withheld",
+                    Some(tag),
+                    format!("regressed ({reason}) but not rolled back: {why_not}"),
+                )
+                .await;
+            }
+            Decision::Inconclusive { reason } => {
+                tracing::debug!(target_id = %id, %reason, "inconclusive")
+            }
+            Decision::UnhealthyStable { tag, reason } => {
+                self.emit(
+                    "unhealthy",
+                    Some(tag),
+                    format!("{reason}; stable tag, no automatic action"),
+                )
+                .await;
+            }
+        }
+    }
+}

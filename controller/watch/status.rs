@@ -1,0 +1,204 @@
+//! How a watcher reports: the events it records and broadcasts, the status board behind
+//! `GET /api/v1/targets`, the metric gauges, and the known-good bookkeeping they show.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use super::*;
+
+/// What `GET /api/v1/targets` and `rollwatch status` show for a target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetStatus {
+    pub target: TargetId,
+    pub state: String,
+    pub running_tag: Option<String>,
+    pub known_good_tag: Option<String>,
+    pub since_ms: i64,
+    /// When the running tag was first seen (the last deploy), for the alert window.
+    pub last_deploy_ms: Option<i64>,
+    pub paused: bool,
+    pub dry_run: bool,
+    pub docker_reachable: bool,
+    pub last_probe: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Shared, read-mostly view of every target for the API.
+pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
+
+impl Watcher {
+    /// What the metrics said about the candidate, for promotion and status messages.
+    pub(super) fn metric_note(&self) -> String {
+        match self.feed.as_ref().and_then(|f| f.last.as_ref()) {
+            Some(MetricVerdict::Healthy(e)) => format!("; metrics healthy: {e}"),
+            Some(MetricVerdict::Waiting(e)) => {
+                format!("; metrics inconclusive (too little traffic: {e})")
+            }
+            Some(MetricVerdict::Inconclusive(e)) => {
+                format!("; metrics inconclusive (source down: {e})")
+            }
+            Some(MetricVerdict::Regressed { evidence, .. }) => format!("; metrics: {evidence}"),
+            None if self.feed.is_some() => "; metrics inconclusive (no reading yet)".into(),
+            None => String::new(),
+        }
+    }
+
+    /// After a restart, a target already running a known-good tag is stable, not on probation:
+    /// probation is for tags nobody has vouched for yet.
+    pub(super) async fn adopt_known_good(&mut self) {
+        if self.state.phase != Phase::Unknown || self.observe().await.is_err() {
+            return;
+        }
+        let Some(running) = self.running_tag.clone() else {
+            return;
+        };
+        let known = self
+            .store
+            .known_good_tags(self.target.id())
+            .await
+            .unwrap_or_default();
+        let bad = self
+            .store
+            .is_bad(self.target.id(), running.clone())
+            .await
+            .unwrap_or(true);
+        if !bad && known.iter().any(|(t, _, _)| *t == running) {
+            self.state.phase = Phase::Stable {
+                tag: running.clone(),
+            };
+            self.emit(
+                "stable",
+                Some(running.clone()),
+                format!("{running} is on record as known-good; watching it as stable"),
+            )
+            .await;
+        }
+    }
+
+    /// A restart keeps the metric baseline measured on the tag that still runs.
+    pub(super) async fn load_baseline(&mut self) {
+        let (Some(feed), Phase::Stable { tag }) = (self.feed.as_mut(), &self.state.phase) else {
+            return;
+        };
+        if let Ok(Some(json)) = self.store.baseline(self.target.id(), tag.clone()).await {
+            match serde_json::from_str::<Evidence>(&json) {
+                Ok(e) => {
+                    tracing::info!(target_id = %self.target.id(), requests = e.requests(), "metric baseline restored");
+                    feed.watch.baseline = e;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "saved metric baseline unreadable; measuring anew")
+                }
+            }
+        }
+    }
+
+    pub(super) async fn refresh_known_good(&mut self) {
+        let running = self.running_tag.clone();
+        if let Ok(tags) = self.store.known_good_tags(self.target.id()).await {
+            // The tag a rollback would pick: newest known-good that is not the running one.
+            self.known_good = tags
+                .iter()
+                .map(|(t, _, _)| t.clone())
+                .find(|t| Some(t) != running.as_ref())
+                .or_else(|| tags.first().map(|(t, _, _)| t.clone()));
+        }
+    }
+
+    pub(super) async fn emit(&self, kind: &str, tag: Option<String>, message: String) {
+        let id = self.target.id();
+        let loud = matches!(
+            kind,
+            "rollback_failed" | "regressed" | "rollback" | "unhealthy"
+        );
+        if loud {
+            tracing::warn!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
+        } else {
+            tracing::info!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
+        }
+        let stored = self
+            .store
+            .record_event(id.clone(), kind, tag.clone(), message.clone())
+            .await;
+        let event_id = stored.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot record event");
+            0
+        });
+        let _ = self.events.send(EventRecord {
+            id: event_id,
+            at_ms: now_ms(),
+            target: id,
+            kind: kind.into(),
+            tag,
+            message,
+        });
+    }
+
+    pub(super) fn publish(&mut self) {
+        let id = self.target.id();
+        let [env, role] = [id.env.as_str(), id.role.as_str()];
+        self.metrics.set_state(&id, self.state.phase.name());
+        self.metrics
+            .paused
+            .with_label_values(&[env, role])
+            .set(i64::from(self.state.paused));
+        let unhealthy = matches!(self.state.phase, Phase::Stable { .. })
+            && self.state.stable_failures >= self.policy.failures;
+        self.metrics
+            .unhealthy
+            .with_label_values(&[env, role])
+            .set(i64::from(unhealthy));
+        self.metrics.set_tag(
+            &self.metrics.running_tag,
+            &id,
+            self.running_tag.as_deref(),
+            self.shown_running.as_deref(),
+        );
+        self.shown_running = self.running_tag.clone();
+        self.metrics.set_tag(
+            &self.metrics.known_good_tag,
+            &id,
+            self.known_good.as_deref(),
+            self.shown_known_good.as_deref(),
+        );
+        self.shown_known_good = self.known_good.clone();
+        let detail = match &self.state.phase {
+            Phase::Watching {
+                since_ms,
+                failures,
+                last_failure,
+                ..
+            } => Some(format!(
+                "{}s of {} watched, {failures} consecutive failures{}{}",
+                (now_ms() - since_ms) / 1000,
+                humantime::format_duration(self.target.watch.bake),
+                last_failure
+                    .as_ref()
+                    .map(|f| format!(", last: {f}"))
+                    .unwrap_or_default(),
+                self.metric_note()
+            )),
+            Phase::Regressed { reason, .. } | Phase::RollbackFailed { reason, .. } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        };
+        let status = TargetStatus {
+            target: id.clone(),
+            state: self.state.phase.name().to_string(),
+            running_tag: self.running_tag.clone(),
+            known_good_tag: self.known_good.clone(),
+            since_ms: self.since_ms,
+            last_deploy_ms: self.last_deploy_ms,
+            paused: self.state.paused,
+            dry_run: self.dry_run,
+            docker_reachable: self.docker_reachable,
+            last_probe: self.last_probe.clone(),
+            detail,
+        };
+        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
+        board.insert(id.to_string(), status);
+    }
+}
