@@ -93,19 +93,12 @@ fn dashboard_has_a_sound_shape() {
 
 #[test]
 fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_alert_fires() {
-    testbed();
-    let app = unique_app("ob");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
-    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "5m" }"#;
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
-    let _c = Controller::start(&config, &[]);
+    let (d, _c) = watched_good_deployment("ob", &["v1.1.0"], "", &[]);
     let scrape = format!(
         "  - job_name: rollwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
         d.api_port
     );
     let prom = Service::prometheus(&scrape, &[repo("rules/rollwatch.rules.yml")], None);
-    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
     // Let Prometheus see the counters at zero before they move, so increase() has two points.
     std::thread::sleep(Duration::from_secs(3));
     d.deploy("v1.1.0");
@@ -159,14 +152,7 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
 
 #[test]
 fn prometheus_alert_on_error_rate_orders_a_rollback_through_alertmanager() {
-    testbed();
-    let app = unique_app("am");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.3.0"]);
-    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "5m" }"#;
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
-    let _c = Controller::start(&config, &[]);
-    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    let (d, _c) = watched_good_deployment("am", &["v1.3.0"], "", &[]);
 
     let am = Service::alertmanager(
         &format!("http://127.0.0.1:{}/api/v1/alertmanager", d.api_port),
@@ -234,19 +220,9 @@ fn am_payload(status: &str, env: &str, role: &str, starts_at: &str) -> String {
 
 #[test]
 fn alertmanager_webhook_answers_each_case_and_changes_only_what_it_should() {
-    let (d, _c) = {
-        testbed();
-        let app = unique_app("wh");
-        push_app_images(&app, "backend", &["v1.0.0", "v1.0.1"]);
-        let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-        let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "2s", cooldown = "5m" }"#;
-        let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
-        let c = Controller::start(&config, &[]);
-        wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
-        d.deploy("v1.0.1");
-        wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
-        (d, c)
-    };
+    let (d, _c) = watched_good_deployment("wh", &["v1.0.1"], "", &[]);
+    d.deploy("v1.0.1");
+    wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
     let path = "/api/v1/alertmanager";
     let firing = am_payload("firing", "staging", "backend", "2026-11-25T10:00:00Z");
     let unchanged = |what: &str| {

@@ -326,14 +326,8 @@ fn gitlab_ci_example_parses_and_its_jobs_and_commands_exist() {
 
 #[test]
 fn gitlab_register_step_and_wait_talk_to_a_real_controller() {
-    testbed();
-    let app = unique_app("gl");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0"]);
-    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    let watch = r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "1s" }"#;
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
-    let _c = Controller::start(&config, &[]);
-    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    let (d, _c) = watched_good_deployment("gl", &["v1.0.1", "v1.1.0"], "", &[]);
+    let config = d.root.path().join("rollwatch.toml");
 
     // The example's register step, run by bash with CI's variables, against the controller.
     let text = std::fs::read_to_string(

@@ -7,28 +7,11 @@ use std::time::Duration;
 
 use harness::*;
 
-const WATCH: &str =
-    r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "5m" }"#;
-
-/// A deployment on v1.0.0 watched by a controller that has promoted v1.0.0 already.
-fn watched_good_deployment(
-    prefix: &str,
-    extra: &str,
-    env: &[(&str, &str)],
-) -> (ComposeDeployment, Controller) {
-    testbed();
-    let app = unique_app(prefix);
-    push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0", "v1.2.0"]);
-    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), &format!("{WATCH}\n{extra}"));
-    let c = Controller::start(&config, env);
-    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
-    (d, c)
-}
+const TAGS: &[&str] = &["v1.0.1", "v1.1.0", "v1.2.0"];
 
 #[test]
 fn health_down_deploy_is_rolled_back_to_known_good() {
-    let (d, _c) = watched_good_deployment("hd", "", &[]);
+    let (d, _c) = watched_good_deployment("hd", TAGS, "", &[]);
     d.deploy("v1.1.0");
     wait_rollback(&d.db(), "succeeded");
     let rows = rollback_rows(&d.db());
@@ -60,7 +43,7 @@ fn health_down_deploy_is_rolled_back_to_known_good() {
 
 #[test]
 fn healthy_deploy_is_promoted_after_the_bake_time() {
-    let (d, _c) = watched_good_deployment("ok", "", &[]);
+    let (d, _c) = watched_good_deployment("ok", TAGS, "", &[]);
     d.deploy("v1.0.1");
     wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
     assert!(rollback_rows(&d.db()).is_empty());
@@ -86,7 +69,7 @@ fn healthy_deploy_is_promoted_after_the_bake_time() {
 
 #[test]
 fn crash_looping_deploy_is_rolled_back() {
-    let (d, _c) = watched_good_deployment("cl", "", &[]);
+    let (d, _c) = watched_good_deployment("cl", TAGS, "", &[]);
     d.deploy("v1.2.0");
     let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(row.4, "v1.0.0");
@@ -100,7 +83,7 @@ fn crash_looping_deploy_is_rolled_back() {
 
 #[test]
 fn dry_run_records_would_roll_back_and_changes_nothing() {
-    let (d, _c) = watched_good_deployment("dr", "dry_run = true", &[]);
+    let (d, _c) = watched_good_deployment("dr", TAGS, "dry_run = true", &[]);
     d.deploy("v1.1.0");
     let msg = wait_event(
         &d.db(),
@@ -122,7 +105,7 @@ fn dry_run_records_would_roll_back_and_changes_nothing() {
 
 #[test]
 fn broken_known_good_tag_ends_in_rollback_failed_without_a_loop() {
-    let (d, _c) = watched_good_deployment("kb", "", &[]);
+    let (d, _c) = watched_good_deployment("kb", TAGS, "", &[]);
     // v1.1.0 (health down) is on record as the newest known-good: the rollback target is broken too.
     let conn = rusqlite::Connection::open(d.db()).unwrap();
     conn.execute(
@@ -157,7 +140,7 @@ fn broken_known_good_tag_ends_in_rollback_failed_without_a_loop() {
 #[test]
 fn kill_9_right_after_the_intent_yields_exactly_one_rollback() {
     let (d, mut c) =
-        watched_good_deployment("k9", "", &[("ROLLWATCH_FAULT_POINT", "after-intent")]);
+        watched_good_deployment("k9", TAGS, "", &[("ROLLWATCH_FAULT_POINT", "after-intent")]);
     d.deploy("v1.1.0");
     wait_for(Duration::from_secs(60), "intent written", || {
         rollback_rows(&d.db()).into_iter().find(|r| r.0 == "intent")
@@ -187,7 +170,7 @@ fn kill_9_right_after_the_intent_yields_exactly_one_rollback() {
 
 #[test]
 fn ci_deploy_registration_pause_resume_status_and_history() {
-    let (d, _c) = watched_good_deployment("api", "", &[]);
+    let (d, _c) = watched_good_deployment("api", TAGS, "", &[]);
     let sha = "0123456789abcdef0123456789abcdef01234567";
     let body = format!(
         r#"{{"env":"staging","role":"backend","tag":"v1.0.1","commit_sha":"{sha}","pipeline_url":"https://gitlab.example.com/p/1"}}"#
@@ -319,7 +302,7 @@ fn incident_record_webhook_and_manual_rollback_over_the_api() {
     let app = unique_app("in");
     push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), WATCH);
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), FAST_WATCH);
     let text = std::fs::read_to_string(&config).unwrap();
     let hook = format!("webhook_url = \"http://127.0.0.1:{hook_port}/hooks/rollwatch\"\n");
     std::fs::write(

@@ -814,3 +814,30 @@ pub fn wait_rollback(db: &Path, state: &str) -> (String, String, String, Option<
         || rollback_rows(db).into_iter().find(|r| r.0 == state),
     )
 }
+
+/// The watch window the controller tests use: probes every 500 ms, 2 failures, 3 s bake.
+pub const FAST_WATCH: &str =
+    r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "3s", cooldown = "5m" }"#;
+
+/// A deployment on v1.0.0 (with `tags` in its repository) watched by a `rollwatch run` that has
+/// promoted v1.0.0 already; `extra` lands in the target table, `env` in the controller's env.
+pub fn watched_good_deployment(
+    prefix: &str,
+    tags: &[&str],
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (ComposeDeployment, Controller) {
+    testbed();
+    let app = unique_app(prefix);
+    let mut all = vec!["v1.0.0"];
+    all.extend_from_slice(tags);
+    push_app_images(&app, "backend", &all);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let config = d.write_config(
+        &format!("{REGISTRY}/{app}"),
+        &format!("{FAST_WATCH}\n{extra}"),
+    );
+    let c = Controller::start(&config, env);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    (d, c)
+}
