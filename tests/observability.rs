@@ -99,8 +99,19 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
         d.api_port
     );
     let prom = Service::prometheus(&scrape, &[repo("rules/rollwatch.rules.yml")], None);
-    // Let Prometheus see the counters at zero before they move, so increase() has two points.
-    std::thread::sleep(Duration::from_secs(3));
+    // Prometheus must have scraped the counters before they move, so increase() has two points
+    // (its scrape manager applies new targets on a 5 s tick).
+    wait_for(
+        Duration::from_secs(30),
+        "Prometheus scraping rollwatch",
+        || {
+            (prom
+                .query(r#"count_over_time(up{job="rollwatch"}[1m]) >= 2"#)
+                .len()
+                == 1)
+                .then_some(())
+        },
+    );
     d.deploy("v1.1.0");
     wait_rollback(&d.db(), "succeeded");
 
@@ -283,4 +294,22 @@ fn alertmanager_webhook_answers_each_case_and_changes_only_what_it_should() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(rollback_rows(&d.db()).len(), 1, "the duplicate did nothing");
+
+    // The alert fires again (a new episode) right after: the rolled-back tag is not rolled back.
+    let again = am_payload("firing", "staging", "backend", "2026-11-25T10:05:00Z");
+    assert_eq!(
+        http_post(d.api_port, path, Some(TOKEN), &again).unwrap().0,
+        200
+    );
+    let withheld = wait_event(&d.db(), "withheld", "v1.0.0", Duration::from_secs(20));
+    assert!(withheld.contains("cooldown"), "{withheld}");
+    assert_eq!(
+        rollback_rows(&d.db()).len(),
+        1,
+        "no rollback of the rollback"
+    );
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.0", d.repository())
+    );
 }

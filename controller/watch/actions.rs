@@ -214,6 +214,30 @@ impl Watcher {
         }
     }
 
+    /// Why an alert may not roll the target back now: paused, halted, in cooldown, or the
+    /// running tag is itself the result of a rollback (never roll back a rollback).
+    fn alert_guard(&self) -> Option<String> {
+        let now = now_ms();
+        if self.state.paused {
+            return Some("the target is paused".into());
+        }
+        if let Phase::RollbackFailed { .. } = self.state.phase {
+            return Some("the target is halted after a failed rollback".into());
+        }
+        if let Some(last) = self.state.last_rollback_ms {
+            if now - last < self.policy.cooldown_ms {
+                return Some("in cooldown after the last rollback".into());
+            }
+            if self.last_deploy_ms.is_none_or(|d| d < last) {
+                return Some(
+                    "the running tag is the result of a rollback, which is never rolled back"
+                        .into(),
+                );
+            }
+        }
+        None
+    }
+
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Pause => {
@@ -261,6 +285,24 @@ impl Watcher {
                 reply,
             } => {
                 let from = self.running_tag.clone().unwrap_or_else(|| "?".into());
+                if trigger == Trigger::Alert {
+                    // An alert is automation too: the same guard rails as the watcher's own
+                    // verdicts. A person (manual trigger) may override them.
+                    if let Some(why_not) = self.alert_guard() {
+                        let msg = format!("alert ordered a rollback of {from} ({reason}) but it was not done: {why_not}");
+                        self.emit("withheld", Some(from.clone()), msg.clone()).await;
+                        let _ = reply.send(Err(msg));
+                        self.publish();
+                        return;
+                    }
+                    if let Err(e) = self
+                        .store
+                        .mark_bad(self.target.id(), from.clone(), reason.clone())
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot record bad tag");
+                    }
+                }
                 self.emit(
                     "rollback_ordered",
                     Some(from.clone()),
@@ -272,7 +314,7 @@ impl Watcher {
                     trigger,
                     reason: reason.clone(),
                     dry_run: self.dry_run,
-                    failing_tag: None,
+                    failing_tag: (trigger == Trigger::Alert).then(|| from.clone()),
                 };
                 let result = self.execute_rollback(request).await;
                 let answer = match &result {
