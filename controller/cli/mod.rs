@@ -205,10 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = Config::load(&config_path)?;
             let id = parse_target(&env, &role)?;
-            let tag = tag
-                .map(|t| Tag::parse(&t))
-                .transpose()
-                .map_err(|e| Refused(e.to_string()))?;
+            let tag = parse_tag(tag)?;
             rollback(&config, id, tag, reason, dry_run).await
         }
         Command::Simulate {
@@ -232,10 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = Config::load(&config_path)?;
             let id = parse_target(&env, &role)?;
-            let tag = tag
-                .map(|t| Tag::parse(&t))
-                .transpose()
-                .map_err(|e| Refused(e.to_string()))?;
+            let tag = parse_tag(tag)?;
             ci::wait(&config, &id, tag, timeout).await
         }
         Command::Incidents { env, role, limit } => {
@@ -478,6 +472,13 @@ fn print_incidents(records: &[RollbackRecord]) {
         }
         println!();
     }
+}
+
+/// A tag from the command line, refused (exit 2) when malformed.
+fn parse_tag(tag: Option<String>) -> Result<Option<Tag>, Refused> {
+    tag.map(|t| Tag::parse(&t))
+        .transpose()
+        .map_err(|e| Refused(e.to_string()))
 }
 
 fn parse_target(env: &str, role: &str) -> Result<TargetId, Refused> {
