@@ -86,6 +86,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         events: events.clone(),
         metrics: metrics.clone(),
         webhook: config.controller.webhook_url.clone(),
+        lease: Arc::new(crate::lease::SoleInstance),
     };
 
     let mut states = HashMap::new();

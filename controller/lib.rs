@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod docker;
+pub mod lease;
 pub mod metrics;
 pub mod probe;
 pub mod registry;

@@ -6,6 +6,20 @@ use super::*;
 impl Watcher {
     pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
         let id = self.target.id();
+        if !self.lease.is_leader() {
+            let why = format!("not the leader ({})", self.lease.describe());
+            self.state.phase = Phase::Regressed {
+                tag: from_tag.clone(),
+                reason: reason.clone(),
+            };
+            self.emit(
+                "withheld",
+                Some(from_tag),
+                format!("regressed ({reason}) but not rolled back: {why}"),
+            )
+            .await;
+            return;
+        }
         let [env, role] = [id.env.as_str(), id.role.as_str()];
         self.metrics
             .verdicts
@@ -218,6 +232,9 @@ impl Watcher {
     /// running tag is itself the result of a rollback (never roll back a rollback).
     fn alert_guard(&self) -> Option<String> {
         let now = now_ms();
+        if !self.lease.is_leader() {
+            return Some(format!("not the leader ({})", self.lease.describe()));
+        }
         if self.state.paused {
             return Some("the target is paused".into());
         }

@@ -65,6 +65,7 @@ pub struct Watcher {
     webhook: Option<url::Url>,
     /// The error-metric side, when the target has a metrics source.
     feed: Option<MetricsFeed>,
+    lease: Arc<dyn crate::lease::Lease>,
     /// `die` events since the last round.
     deaths: Vec<crate::detect::Death>,
     /// Tags currently exported in the info gauges, to replace their series on change.
@@ -83,6 +84,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Generic JSON webhook told about every rollback (`controller.webhook_url`).
     pub webhook: Option<url::Url>,
+    /// Asked before every rollback: only the leader acts.
+    pub lease: Arc<dyn crate::lease::Lease>,
 }
 
 impl Watcher {
@@ -100,6 +103,7 @@ impl Watcher {
             events,
             metrics,
             webhook,
+            lease,
         } = shared;
         metrics.init_target(&target.id());
         Watcher {
@@ -123,6 +127,7 @@ impl Watcher {
             webhook,
             feed: None,
             deaths: Vec::new(),
+            lease,
             shown_running: None,
             shown_known_good: None,
         }
