@@ -382,4 +382,29 @@ fn incident_record_webhook_and_manual_rollback_over_the_api() {
         d.container().image_ref,
         format!("{}:v1.0.1", d.repository())
     );
+
+    // `rollwatch rollback` sees the running controller and goes through it.
+    let out = rollwatch(&config)
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.contains("through the controller")
+            && text.contains("rolled back staging/backend from v1.0.1 to v1.0.0"),
+        "{text}"
+    );
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.0", d.repository())
+    );
+    let ordered = events(&d.db())
+        .into_iter()
+        .filter(|(k, _, m)| k == "rollback_ordered" && m.starts_with("manual"))
+        .count();
+    assert_eq!(
+        ordered, 2,
+        "both manual rollbacks went through the controller"
+    );
 }

@@ -505,6 +505,11 @@ async fn rollback(
             known.join(", ")
         ))
     })?;
+    if !dry_run {
+        if let Some(code) = through_controller(config, &id, tag.as_ref(), &reason).await? {
+            return Ok(code);
+        }
+    }
     let store = Store::open(&config.controller.store)?;
     let rollbacker = Rollbacker::new(
         store,
@@ -542,6 +547,78 @@ async fn rollback(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a controller answers on `controller.listen` and watches this target, the rollback is
+/// ordered through its API, so it is serialised with the controller's own rollbacks (one at a
+/// time per target). `None`: no such controller, roll back from here.
+async fn through_controller(
+    config: &Config,
+    id: &TargetId,
+    tag: Option<&Tag>,
+    reason: &str,
+) -> anyhow::Result<Option<ExitCode>> {
+    let base = api_base(config);
+    let probe = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    if !probe
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        return Ok(None);
+    }
+    let token = std::env::var(&config.controller.api_token_env).map_err(|_| {
+        Refused(format!(
+            "a rollwatch controller runs at {base}; set {} so this rollback goes through it (one rollback at a time per target)",
+            config.controller.api_token_env
+        ))
+    })?;
+    let url = format!("{base}/api/v1/targets/{}/{}/rollback", id.env, id.role);
+    let body = serde_json::json!({ "tag": tag.map(|t| t.to_string()), "reason": reason });
+    println!("rolling back {id} through the controller at {base}");
+    let resp = api_client()?
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("calling {url}"))?;
+    let status = resp.status();
+    let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+    match status.as_u16() {
+        404 => Ok(None),
+        401 => Err(Refused(format!("the controller at {base} refused the API token")).into()),
+        200 => {
+            for s in answer["steps"].as_array().into_iter().flatten() {
+                if let Ok(step) = serde_json::from_value::<StepRecord>(s.clone()) {
+                    print_step(&step);
+                }
+            }
+            let took = answer["finished_at_ms"].as_i64().unwrap_or(0)
+                - answer["started_at_ms"].as_i64().unwrap_or(0);
+            println!(
+                "rolled back {id} from {} to {} in {} (record #{})",
+                answer["from_tag"].as_str().unwrap_or("?"),
+                answer["to_tag"].as_str().unwrap_or("?"),
+                secs(took),
+                answer["id"]
+            );
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        _ => {
+            eprintln!(
+                "error: {}",
+                answer["error"]
+                    .as_str()
+                    .unwrap_or("the controller answered an error")
+            );
+            Ok(Some(ExitCode::from(1)))
+        }
+    }
 }
 
 fn print_step(s: &StepRecord) {
