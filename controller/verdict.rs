@@ -212,6 +212,25 @@ fn container_regression(containers: &[ContainerView], tag: &str) -> Option<Strin
         })
 }
 
+/// Why automation (the watcher's verdicts, alerts) may not roll the target back right now; a
+/// person still may. One place for the guard rails every automatic trigger shares.
+pub fn automation_blocked(
+    state: &TargetState,
+    now_ms: i64,
+    policy: &Policy,
+) -> Option<&'static str> {
+    if state.paused {
+        Some("target is paused")
+    } else if state
+        .last_rollback_ms
+        .is_some_and(|t| now_ms - t < policy.cooldown_ms)
+    {
+        Some("in cooldown after the last rollback")
+    } else {
+        None
+    }
+}
+
 /// The reconciler. Returns the next state and the decisions, in the order they should be acted on.
 pub fn decide(
     state: &TargetState,
@@ -301,17 +320,7 @@ pub fn decide(
             }
             if let Some((trigger, reason)) = regression {
                 let tag = tag.clone();
-                let cooling = state
-                    .last_rollback_ms
-                    .is_some_and(|t| obs.now_ms - t < policy.cooldown_ms);
-                let why_not = if next.paused {
-                    Some("target is paused")
-                } else if cooling {
-                    Some("in cooldown after the last rollback")
-                } else {
-                    None
-                };
-                if let Some(why_not) = why_not {
+                if let Some(why_not) = automation_blocked(&next, obs.now_ms, policy) {
                     out.push(Decision::Withheld {
                         tag: tag.clone(),
                         reason: reason.clone(),

@@ -23,9 +23,7 @@ fn restart_dockerd() {
 
 #[test]
 fn daemon_restart_during_watch_window_causes_no_false_rollback_and_detection_resumes() {
-    testbed();
-    let app = unique_app("dr");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0"]);
+    let app = app_with_images("dr", &["v1.0.0", "v1.0.1", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
     let watch = r#"watch = { interval = "500ms", failures = 2, grace = "2s", bake = "3s", cooldown = "5m" }"#;
     let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);

@@ -38,11 +38,7 @@ impl Drop for Loaded {
 }
 
 fn loaded(prefix: &str, tags: &[&str], metrics: impl FnOnce(u16) -> String) -> Loaded {
-    testbed();
-    let app = unique_app(prefix);
-    let mut all = vec!["v1.0.0"];
-    all.extend_from_slice(tags);
-    push_app_images(&app, "backend", &all);
+    let app = app_with_images(prefix, &[&["v1.0.0"], tags].concat());
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
     let config = d.write_config(
         &format!("{REGISTRY}/{app}"),
@@ -171,10 +167,8 @@ fn metrics_endpoint_answering_garbage_means_no_rollback_and_source_marked_down()
 
 #[test]
 fn twenty_percent_errors_are_rolled_back_through_a_real_prometheus() {
-    testbed();
     // Prometheus must scrape the demo before rollwatch asks it, so it starts first.
-    let app = unique_app("pq");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.3.0"]);
+    let app = app_with_images("pq", &["v1.0.0", "v1.3.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
     let scrape = format!(
         "  - job_name: demo\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
@@ -202,9 +196,7 @@ source = {{ kind = "prometheus", url = "http://127.0.0.1:{}", requests = 'sum(ht
 
 #[test]
 fn canary_on_one_host_is_judged_against_the_stable_replica_and_rolled_back() {
-    testbed();
-    let app = unique_app("cn");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.3.0"]);
+    let app = app_with_images("cn", &["v1.0.0", "v1.3.0"]);
     let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.0.0", "stable");
     let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.0.0", "canary");
     let config = a.root.path().join("rollwatch.toml");

@@ -39,9 +39,7 @@ fn config_with_executor(d: &ComposeDeployment, app: &str, executor: &str) -> std
 
 #[test]
 fn compose_target_is_rolled_back_over_ssh() {
-    testbed();
-    let app = unique_app("ss");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("ss", &["v1.0.0", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, "client", 2222));
     rollwatch(&config)
@@ -65,9 +63,7 @@ fn compose_target_is_rolled_back_over_ssh() {
 }
 
 fn assert_ssh_failure_changes_nothing(key: &str, port: u16, expect: &str) {
-    testbed();
-    let app = unique_app("sf");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("sf", &["v1.0.0", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let before = d.container();
     let env_before = d.env_file();
@@ -98,9 +94,7 @@ fn unreachable_ssh_host_is_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn docker_executor_works_through_the_tls_endpoint() {
-    testbed();
-    let app = unique_app("tl");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("tl", &["v1.0.0", "v1.1.0"]);
     let c = RunContainer::start(&app, "v1.1.0", &[], &[]);
     let (name, repo, port) = (c.name.clone(), c.repository(), c.port);
     let root = tempfile::tempdir().unwrap();
@@ -135,9 +129,7 @@ fn docker_executor_works_through_the_tls_endpoint() {
 
 #[test]
 fn docker_executor_works_through_an_ssh_endpoint() {
-    testbed();
-    let app = unique_app("sx");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("sx", &["v1.0.0", "v1.1.0"]);
     let c = RunContainer::start(&app, "v1.1.0", &[], &[]);
     let root = tempfile::tempdir().unwrap();
     let docker = format!(
@@ -182,9 +174,7 @@ executor = {{ kind = "compose", dir = "{a}", registry = "{REGISTRY}/{app}", also
 
 #[test]
 fn two_host_target_is_rolled_back_on_both() {
-    testbed();
-    let app = unique_app("th");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("th", &["v1.0.0", "v1.1.0"]);
     let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hosta");
     let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hostb");
     let config = two_host_config(&a, &b, &app);
@@ -209,9 +199,7 @@ fn two_host_target_is_rolled_back_on_both() {
 
 #[test]
 fn two_host_partial_failure_is_reported_per_host() {
-    testbed();
-    let app = unique_app("tp");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("tp", &["v1.0.0", "v1.1.0"]);
     let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hosta");
     let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hostb");
     // Host B's deployment is broken: its compose file no longer parses.
@@ -254,9 +242,7 @@ fn two_host_partial_failure_is_reported_per_host() {
 
 #[test]
 fn rollback_sh_works_with_the_runbook_arguments() {
-    testbed();
-    let app = unique_app("rs");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("rs", &["v1.0.0", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deployment/scripts/rollback.sh");
@@ -404,10 +390,8 @@ fn gitlab_register_step_and_wait_talk_to_a_real_controller() {
 
 #[test]
 fn tags_lists_and_orders_the_registry_tags() {
-    testbed();
-    let app = unique_app("tg");
+    let app = app_with_images("tg", &["v1.0.0", "develop", "main"]);
     let sha = "0123456789abcdef0123456789abcdef01234567";
-    push_app_images(&app, "backend", &["v1.0.0", "develop", "main"]);
     for extra in ["v1.10.0", "v1.2.0", sha] {
         sh(
             "docker",

@@ -6,9 +6,7 @@ use harness::*;
 
 #[test]
 fn compose_target_is_rolled_back_to_named_tag_pulled_from_registry() {
-    testbed();
-    let app = unique_app("rb");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("rb", &["v1.0.0", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     // Only the registry has v1.0.0 of this repository now: the rollback must pull it.
     sh("docker", &["rmi", &format!("{}:v1.0.0", d.repository())]);
@@ -98,9 +96,7 @@ fn assert_refused(d: &ComposeDeployment, config: &std::path::Path, tag: &str, ex
 
 #[test]
 fn malformed_and_unknown_tags_are_refused_with_nothing_changed() {
-    testbed();
-    let app = unique_app("rf");
-    push_app_images(&app, "backend", &["v1.1.0"]);
+    let app = app_with_images("rf", &["v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
     assert_refused(
@@ -119,9 +115,7 @@ fn malformed_and_unknown_tags_are_refused_with_nothing_changed() {
 
 #[test]
 fn unreachable_registry_is_refused_with_nothing_changed() {
-    testbed();
-    let app = unique_app("ur");
-    push_app_images(&app, "backend", &["v1.1.0"]);
+    let app = app_with_images("ur", &["v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let dead = free_port();
     let config = d.write_config(&format!("127.0.0.1:{dead}/{app}"), "");
@@ -135,9 +129,7 @@ fn unreachable_registry_is_refused_with_nothing_changed() {
 
 #[test]
 fn failed_pull_of_locally_present_image_is_a_warning() {
-    testbed();
-    let app = unique_app("lp");
-    push_app_images(&app, "backend", &["v1.1.0"]);
+    let app = app_with_images("lp", &["v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     // The registry named in the config is down, but the image is already on the host.
     let dead = free_port();
@@ -168,9 +160,7 @@ fn failed_pull_of_locally_present_image_is_a_warning() {
 
 #[test]
 fn without_a_tag_the_env_fallback_branch_is_used_when_nothing_is_known_good() {
-    testbed();
-    let app = unique_app("fb");
-    push_app_images(&app, "backend", &["v1.1.0", "develop"]);
+    let app = app_with_images("fb", &["v1.1.0", "develop"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
     rollwatch(&config)
@@ -186,9 +176,7 @@ fn without_a_tag_the_env_fallback_branch_is_used_when_nothing_is_known_good() {
 
 #[test]
 fn docker_executor_recreates_a_plain_container_with_same_config_and_older_image() {
-    testbed();
-    let app = unique_app("dx");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.1.0"]);
+    let app = app_with_images("dx", &["v1.0.0", "v1.1.0"]);
     let c = RunContainer::start(
         &app,
         "v1.1.0",

@@ -297,10 +297,8 @@ fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 
 #[test]
 fn incident_record_webhook_and_manual_rollback_over_the_api() {
-    testbed();
     let (hook_port, bodies) = webhook_receiver();
-    let app = unique_app("in");
-    push_app_images(&app, "backend", &["v1.0.0", "v1.0.1", "v1.1.0"]);
+    let app = app_with_images("in", &["v1.0.0", "v1.0.1", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
     let config = d.write_config(&format!("{REGISTRY}/{app}"), FAST_WATCH);
     let text = std::fs::read_to_string(&config).unwrap();

@@ -2,6 +2,7 @@
 //! the outcome, telling the webhook, and the operators' commands (pause, resume, CI deploys).
 
 use super::*;
+use crate::verdict::automation_blocked;
 
 impl Watcher {
     pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
@@ -235,16 +236,13 @@ impl Watcher {
         if !self.lease.is_leader() {
             return Some(format!("not the leader ({})", self.lease.describe()));
         }
-        if self.state.paused {
-            return Some("the target is paused".into());
+        if let Some(why_not) = automation_blocked(&self.state, now, &self.policy) {
+            return Some(why_not.into());
         }
         if let Phase::RollbackFailed { .. } = self.state.phase {
             return Some("the target is halted after a failed rollback".into());
         }
         if let Some(last) = self.state.last_rollback_ms {
-            if now - last < self.policy.cooldown_ms {
-                return Some("in cooldown after the last rollback".into());
-            }
             if self.last_deploy_ms.is_none_or(|d| d < last) {
                 return Some(
                     "the running tag is the result of a rollback, which is never rolled back"

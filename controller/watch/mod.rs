@@ -288,14 +288,10 @@ impl Watcher {
 
     /// Reads the metrics source (probe rounds only) and returns the verdict on a candidate.
     async fn metric_round(&mut self) -> Option<MetricVerdict> {
-        let population = match &self.state.phase {
-            Phase::Watching { .. } => Population::Candidate,
-            Phase::Stable { .. } => Population::Baseline,
-            _ => Population::Neither,
-        };
-        let watched = match &self.state.phase {
-            Phase::Watching { tag, .. } => Some(tag.clone()),
-            _ => None,
+        let (population, watched) = match &self.state.phase {
+            Phase::Watching { tag, .. } => (Population::Candidate, Some(tag.clone())),
+            Phase::Stable { .. } => (Population::Baseline, None),
+            _ => (Population::Neither, None),
         };
         let feed = self.feed.as_mut()?;
         let round = feed.round(population, watched.as_deref()).await;

@@ -81,6 +81,15 @@ pub fn push_app_images(app: &str, role: &str, tags: &[&str]) {
     }
 }
 
+/// A fresh app name for one test, with `<app>/backend:<tag>` in the registry for each tag; the
+/// test bed is checked first.
+pub fn app_with_images(prefix: &str, tags: &[&str]) -> String {
+    testbed();
+    let app = unique_app(prefix);
+    push_app_images(&app, "backend", tags);
+    app
+}
+
 /// Polls `f` until it returns `Some` or `within` passes.
 pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -612,13 +621,25 @@ pub struct Service {
 }
 
 impl Service {
+    /// Writes `config` to `<dir>/<name>.yml` and starts `program` on a free loopback port with
+    /// it, its data under `<dir>/data` (`storage_flag`) and `extra` flags; waits for `/-/ready`.
     fn spawn(
         name: &'static str,
         program: &str,
-        args: Vec<String>,
         dir: tempfile::TempDir,
-        port: u16,
+        config: &str,
+        storage_flag: &str,
+        extra: &[&str],
     ) -> Service {
+        let port = free_port();
+        let config_file = dir.path().join(format!("{name}.yml"));
+        std::fs::write(&config_file, config).expect("service config");
+        let mut args = vec![
+            format!("--config.file={}", config_file.display()),
+            format!("{storage_flag}={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = std::fs::File::create(dir.path().join("log")).expect("log file");
         let child = Command::new(program)
             .args(&args)
@@ -644,7 +665,6 @@ impl Service {
     /// `alertmanager_port` when given. `scrape` is the `scrape_configs` YAML list.
     pub fn prometheus(scrape: &str, rules: &[PathBuf], alertmanager_port: Option<u16>) -> Service {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let rule_files: String = rules
             .iter()
             .map(|r| {
@@ -659,39 +679,34 @@ impl Service {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rule_files}{alerting}scrape_configs:\n{scrape}"
         );
-        std::fs::write(dir.path().join("prometheus.yml"), config).expect("prometheus.yml");
-        let args = vec![
-            format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            // The first notification is dropped while Alertmanager discovery starts; the default
-            // resend waits a minute.
-            "--rules.alert.resend-delay=1s".into(),
-        ];
-        Service::spawn("prometheus", "prometheus", args, dir, port)
+        // The first notification is dropped while Alertmanager discovery starts; the default
+        // resend waits a minute.
+        let extra = ["--rules.alert.resend-delay=1s"];
+        Service::spawn(
+            "prometheus",
+            "prometheus",
+            dir,
+            &config,
+            "--storage.tsdb.path",
+            &extra,
+        )
     }
 
     /// Alertmanager on loopback (no gossip) sending every alert to `webhook` with a bearer token.
     pub fn alertmanager(webhook: &str, token: &str) -> Service {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let config = format!(
             "route:\n  receiver: rollwatch\n  group_by: [alertname, env, role]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: rollwatch\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n        http_config:\n          authorization:\n            credentials: '{token}'\n"
         );
-        std::fs::write(dir.path().join("alertmanager.yml"), config).expect("alertmanager.yml");
-        let args = vec![
-            format!(
-                "--config.file={}",
-                dir.path().join("alertmanager.yml").display()
-            ),
-            format!("--storage.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=".into(),
-        ];
-        Service::spawn("alertmanager", "prometheus-alertmanager", args, dir, port)
+        let extra = ["--cluster.listen-address="];
+        Service::spawn(
+            "alertmanager",
+            "prometheus-alertmanager",
+            dir,
+            &config,
+            "--storage.path",
+            &extra,
+        )
     }
 
     /// Prometheus HTTP API instant query: the `data.result` array.
@@ -827,11 +842,7 @@ pub fn watched_good_deployment(
     extra: &str,
     env: &[(&str, &str)],
 ) -> (ComposeDeployment, Controller) {
-    testbed();
-    let app = unique_app(prefix);
-    let mut all = vec!["v1.0.0"];
-    all.extend_from_slice(tags);
-    push_app_images(&app, "backend", &all);
+    let app = app_with_images(prefix, &[&["v1.0.0"], tags].concat());
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
     let config = d.write_config(
         &format!("{REGISTRY}/{app}"),
