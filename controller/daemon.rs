@@ -3,22 +3,24 @@
 //! everything on one cancellation token (Ctrl-C, SIGTERM, or the demo finishing).
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, TargetConfig};
 use crate::detect::{follow_events, Subscriber};
 use crate::probe::Prober;
 use crate::registry::RegistryClient;
 use crate::rollback::Rollbacker;
-use crate::store::{EventRecord, RollbackState, Store, StoreError};
+use crate::store::{now_ms, EventRecord, RollbackState, Store, StoreError};
 use crate::target::TargetId;
 use crate::telemetry::Metrics;
-use crate::verdict::{Phase, TargetState};
+use crate::verdict::{decide, Input, RollbackEnd, TargetState};
 use crate::watch::{Shared, StatusBoard, Watcher};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,28 +46,10 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<()>,
 }
 
-/// How each target starts: halted or paused as the record says, otherwise unknown (so whatever
-/// runs is put on probation), or stable on the tag a resumed rollback just validated.
-async fn initial_state(store: &Store, id: &TargetId) -> Result<TargetState, StoreError> {
-    let mut state = TargetState::new();
-    for e in store.events(Some(id.clone()), None, 200).await? {
-        match e.kind.as_str() {
-            "resumed" => break,
-            "paused" => state.paused = true,
-            "rollback_failed" if !matches!(state.phase, Phase::RollbackFailed { .. }) => {
-                state.phase = Phase::RollbackFailed {
-                    tag: e.tag.unwrap_or_default(),
-                    reason: e.message,
-                };
-                break;
-            }
-            _ => {}
-        }
-    }
-    Ok(state)
-}
-
-/// Starts the controller; returns once the API listens. Everything stops when `shutdown` fires.
+/// Starts the controller; returns once the API listens, before anything else: unfinished
+/// rollbacks are resumed and watchers started in the background, so status and `/metrics` answer
+/// (and a SIGTERM is honoured) even while a resume waits on a slow host. Everything stops when
+/// `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
     let store = Store::open(&config.controller.store)?;
     let prober = Prober::new()?;
@@ -91,14 +75,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let mut states = HashMap::new();
     for t in &config.targets {
-        states.insert(t.id(), initial_state(&store, &t.id()).await?);
+        let control = store.control(t.id()).await?;
+        states.insert(t.id(), TargetState::restored(control));
     }
-    resume_unfinished(&config, &store, &rollbacker, &mut states).await?;
 
     let mut commands = HashMap::new();
+    let mut watchers = Vec::new();
     let mut subscribers: HashMap<String, (crate::docker::DockerEndpoint, Vec<Subscriber>)> =
         HashMap::new();
-    let mut tasks = Vec::new();
     for t in &config.targets {
         let (wake_tx, wake_rx) = mpsc::channel(64);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
@@ -112,20 +96,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 selector: t.selector.clone(),
                 wake: wake_tx,
             });
-        let watcher = Watcher::new(
-            t.clone(),
-            config.is_dry_run(t),
-            states.remove(&t.id()).unwrap_or_default(),
-            shared.clone(),
-        );
-        tasks.push(tokio::spawn(watcher.run(wake_rx, cmd_rx, shutdown.clone())));
-    }
-    for (_, (endpoint, subs)) in subscribers {
-        tasks.push(tokio::spawn(follow_events(
-            endpoint,
-            subs,
-            shutdown.clone(),
-        )));
+        watchers.push((t.clone(), wake_rx, cmd_rx));
     }
 
     let token = std::env::var(&config.controller.api_token_env)
@@ -157,7 +128,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         })?;
     tracing::info!(%addr, targets = config.targets.len(), "rollwatch controller running");
     let server_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
+    let api = tokio::spawn(async move {
         let app = api::router(api_state);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
@@ -165,8 +136,40 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         if let Err(e) = served {
             tracing::error!(error = %e, "API server stopped");
         }
-    }));
+    });
+
     let done = tokio::spawn(async move {
+        let resumed = tokio::select! {
+            r = resume_unfinished(&config, &store, &rollbacker, &mut states) => r,
+            _ = shutdown.cancelled() => Ok(()),
+        };
+        if let Err(e) = resumed {
+            tracing::error!(error = %e, "cannot resume unfinished rollbacks; the store is not usable");
+            shutdown.cancel();
+        }
+        let mut tasks = vec![api];
+        if !shutdown.is_cancelled() {
+            for (t, wakes, commands) in watchers {
+                let initial = states.remove(&t.id()).unwrap_or_default();
+                let dry_run = config.is_dry_run(&t);
+                tasks.push(tokio::spawn(supervise(
+                    t,
+                    dry_run,
+                    initial,
+                    shared.clone(),
+                    wakes,
+                    commands,
+                    shutdown.clone(),
+                )));
+            }
+            for (_, (endpoint, subs)) in subscribers {
+                tasks.push(tokio::spawn(follow_events(
+                    endpoint,
+                    subs,
+                    shutdown.clone(),
+                )));
+            }
+        }
         for t in tasks {
             let _ = t.await;
         }
@@ -179,8 +182,58 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
+/// Runs a target's watcher and starts a fresh one if it panics: one target's bug must not end
+/// the watch on it silently. The panic is logged and counted
+/// (`rollwatch_watcher_restarts_total`); the new watcher starts from the stored guard rails.
+async fn supervise(
+    target: TargetConfig,
+    dry_run: bool,
+    initial: TargetState,
+    shared: Shared,
+    mut wakes: mpsc::Receiver<crate::detect::Wake>,
+    mut commands: mpsc::Receiver<crate::watch::Command>,
+    shutdown: CancellationToken,
+) {
+    let id = target.id();
+    let mut state = Some(initial);
+    loop {
+        let initial = match state.take() {
+            Some(s) => s,
+            None => match shared.store.control(id.clone()).await {
+                Ok(c) => TargetState::restored(c),
+                Err(e) => {
+                    tracing::error!(target_id = %id, error = %e, "cannot read the guard rails; watcher not restarted");
+                    return;
+                }
+            },
+        };
+        let watcher = Watcher::new(target.clone(), dry_run, initial, shared.clone());
+        let run = watcher.run(&mut wakes, &mut commands, shutdown.clone());
+        let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
+            return;
+        };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(target_id = %id, panic = %what, "watcher task panicked; restarting it in 1 s");
+        shared
+            .metrics
+            .task_restarts
+            .with_label_values(&[id.env.as_str(), id.role.as_str()])
+            .inc();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Crash safety: every rollback whose intent is on record without an outcome is finished now,
 /// before any watcher starts, so a restart never starts a second rollback for the same failure.
+/// Each is finished exactly once: a resume that fails is recorded as failed (and halts the
+/// target), never tried again at the next start.
 async fn resume_unfinished(
     config: &Config,
     store: &Store,
@@ -192,43 +245,58 @@ async fn resume_unfinished(
             tracing::warn!(id = record.id, target_id = %record.target, "unfinished rollback for a target no longer configured; left as is");
             continue;
         };
-        tracing::warn!(id = record.id, target_id = %record.target, to = %record.to_tag, "resuming a rollback interrupted by a restart");
-        let state = states.entry(record.target.clone()).or_default();
-        match rollbacker.resume(target, &record, |_| {}).await {
-            Ok(done) if done.state == RollbackState::Succeeded => {
-                state.phase = Phase::Stable {
-                    tag: done.to_tag.clone(),
-                };
-                state.last_rollback_ms = done.finished_at_ms;
-                store
-                    .record_event(
-                        record.target.clone(),
-                        "rollback",
-                        Some(done.to_tag.clone()),
-                        format!(
-                            "resumed rollback #{} completed and validated after a restart",
-                            done.id
-                        ),
-                    )
-                    .await?;
-            }
-            Ok(_) => {}
+        tracing::warn!(id = record.id, target_id = %record.target, to = %record.to_tag, dry_run = record.dry_run, "finishing a rollback interrupted by a restart");
+        let result = rollbacker
+            .resume(target, config.is_dry_run(target), &record, |_| {})
+            .await;
+        let (end, kind, message) = match result {
+            Ok(done) if done.state == RollbackState::DryRun => (
+                RollbackEnd::DryRun,
+                "would_roll_back",
+                format!(
+                    "dry run #{} finished after a restart; nothing was executed",
+                    done.id
+                ),
+            ),
+            Ok(done) => (
+                RollbackEnd::Succeeded {
+                    to_tag: done.to_tag.clone(),
+                },
+                "rollback",
+                format!(
+                    "resumed rollback #{} completed and validated after a restart",
+                    done.id
+                ),
+            ),
             Err(e) => {
                 tracing::error!(id = record.id, error = %e, "ROLLBACK FAILED while resuming");
-                state.phase = Phase::RollbackFailed {
+                let error = e.to_string();
+                let end = RollbackEnd::Failed {
                     tag: record.to_tag.clone(),
-                    reason: e.to_string(),
+                    error: error.clone(),
                 };
-                store
-                    .record_event(
-                        record.target.clone(),
-                        "rollback_failed",
-                        Some(record.to_tag.clone()),
-                        e.to_string(),
-                    )
-                    .await?;
+                (end, "rollback_failed", error)
             }
-        }
+        };
+        let state = states.entry(record.target.clone()).or_default();
+        let input = Input::RollbackEnded {
+            now_ms: now_ms(),
+            from_tag: record.from_tag.clone().unwrap_or_default(),
+            reason: record.reason.clone(),
+            trigger: record.trigger,
+            end,
+        };
+        let (next, _) = decide(state, &input, &target.watch.policy());
+        *state = next;
+        store
+            .record_event_with_control(
+                record.target.clone(),
+                kind,
+                Some(record.to_tag.clone()),
+                message,
+                Some(state.control()),
+            )
+            .await?;
     }
     Ok(())
 }

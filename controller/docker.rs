@@ -143,7 +143,18 @@ pub enum DockerError {
     },
     #[error("pulling {image} failed: {message}")]
     Pull { image: String, message: String },
+    #[error("Docker Engine at {endpoint} did not answer {action} within {within:?}; treating it as unreachable")]
+    Timeout {
+        endpoint: String,
+        action: String,
+        within: std::time::Duration,
+    },
 }
+
+/// Listing containers is what every round and every rollback starts with; a daemon that hangs
+/// (seen: a call held 120 s while status said Docker was reachable) must read as unreachable
+/// quickly, so the verdict is inconclusive instead of the watcher being stuck.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One container of a target, as much as decisions need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +215,14 @@ impl DockerClient {
             ),
         }
         .map_err(connect_err)?;
-        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        let docker = tokio::time::timeout(LIST_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| DockerError::Timeout {
+                endpoint: name.clone(),
+                action: "the version handshake".into(),
+                within: LIST_TIMEOUT,
+            })?
+            .map_err(connect_err)?;
         Ok(DockerClient {
             docker,
             endpoint: name,
@@ -231,10 +249,13 @@ impl DockerClient {
             .all(all)
             .filters(&filters)
             .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
+        let list = tokio::time::timeout(LIST_TIMEOUT, self.docker.list_containers(Some(opts)))
             .await
+            .map_err(|_| DockerError::Timeout {
+                endpoint: self.endpoint.clone(),
+                action: "listing containers".into(),
+                within: LIST_TIMEOUT,
+            })?
             .map_err(self.api_err("listing containers"))?;
         let mut out: Vec<ContainerInfo> = list
             .into_iter()

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tag::Tag;
 use crate::target::{Env, TargetId};
+use crate::verdict::{Control, Halt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +41,14 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The watcher's own verdicts (as opposed to orders from people and alerts).
+    pub fn is_verdict(self) -> bool {
+        matches!(
+            self,
+            Trigger::Health | Trigger::ErrorRatio | Trigger::Latency
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Manual => "manual",
@@ -114,6 +123,8 @@ pub struct RollbackIntent {
     pub from_tag: Option<String>,
     pub from_image: Option<String>,
     pub to_tag: Tag,
+    /// A dry run's intent: never executed, not even when resumed after a crash.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +145,7 @@ pub struct RollbackRecord {
     pub error: Option<String>,
     /// The last log lines of the containers being rolled back, captured before the rollback.
     pub logs: String,
+    pub dry_run: bool,
 }
 
 /// How a rollback ended, written once.
@@ -218,6 +230,18 @@ CREATE TABLE IF NOT EXISTS baselines (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (env, role)
 );
+CREATE TABLE IF NOT EXISTS target_control (
+    env TEXT NOT NULL,
+    role TEXT NOT NULL,
+    paused INTEGER NOT NULL,
+    halted_tag TEXT,
+    halted_reason TEXT,
+    last_rollback_ms INTEGER,
+    refusals INTEGER NOT NULL,
+    retry_at_ms INTEGER,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (env, role)
+);
 CREATE TABLE IF NOT EXISTS known_good (
     env TEXT NOT NULL,
     role TEXT NOT NULL,
@@ -246,13 +270,16 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        // Added after the first schema: older store files get the column, newer ones have it.
-        if let Err(e) = conn.execute(
-            "ALTER TABLE rollbacks ADD COLUMN logs TEXT NOT NULL DEFAULT ''",
-            [],
-        ) {
-            if !e.to_string().contains("duplicate column") {
-                return Err(open_err(e));
+        // Added after the first schema: older store files get the columns, newer ones have them.
+        for column in [
+            "logs TEXT NOT NULL DEFAULT ''",
+            "dry_run INTEGER NOT NULL DEFAULT 0",
+        ] {
+            if let Err(e) = conn.execute(&format!("ALTER TABLE rollbacks ADD COLUMN {column}"), [])
+            {
+                if !e.to_string().contains("duplicate column") {
+                    return Err(open_err(e));
+                }
             }
         }
         Ok(Store {
@@ -278,8 +305,8 @@ impl Store {
     pub async fn begin_rollback(&self, intent: RollbackIntent) -> Result<i64, StoreError> {
         self.with(move |c| {
             c.execute(
-                "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, from_image, to_tag, state, started_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8)",
+                "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, from_image, to_tag, state, started_at_ms, dry_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8, ?9)",
                 params![
                     intent.target.env.as_str(),
                     intent.target.role,
@@ -288,7 +315,8 @@ impl Store {
                     intent.from_tag,
                     intent.from_image,
                     intent.to_tag.as_str(),
-                    now_ms()
+                    now_ms(),
+                    intent.dry_run
                 ],
             )?;
             Ok(c.last_insert_rowid())
@@ -396,8 +424,39 @@ impl Store {
     }
 }
 
+fn write_control(
+    c: &Connection,
+    target: &TargetId,
+    control: &Control,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let (halted_tag, halted_reason) = match &control.halted {
+        Some(h) => (Some(h.tag.as_str()), Some(h.reason.as_str())),
+        None => (None, None),
+    };
+    c.execute(
+        "INSERT INTO target_control (env, role, paused, halted_tag, halted_reason, last_rollback_ms, refusals, retry_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (env, role) DO UPDATE SET paused = excluded.paused, halted_tag = excluded.halted_tag,
+           halted_reason = excluded.halted_reason, last_rollback_ms = excluded.last_rollback_ms,
+           refusals = excluded.refusals, retry_at_ms = excluded.retry_at_ms, updated_at_ms = excluded.updated_at_ms",
+        params![
+            target.env.as_str(),
+            target.role,
+            control.paused,
+            halted_tag,
+            halted_reason,
+            control.last_rollback_ms,
+            control.refusals,
+            control.retry_at_ms,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
 const SELECT_ROLLBACK: &str = "SELECT id, env, role, trigger, reason, from_tag, from_image, to_tag,
-    to_digest, state, started_at_ms, finished_at_ms, steps, output, error, logs FROM rollbacks";
+    to_digest, state, started_at_ms, finished_at_ms, steps, output, error, logs, dry_run FROM rollbacks";
 
 /// Something that happened to a target, for `rollwatch history` and `GET /api/v1/events`.
 #[derive(Debug, Clone, Serialize)]
@@ -428,13 +487,63 @@ impl Store {
         tag: Option<String>,
         message: String,
     ) -> Result<i64, StoreError> {
+        self.record_event_with_control(target, kind, tag, message, None)
+            .await
+    }
+
+    /// Records an event and, when given, the target's new guard-rail state in one transaction:
+    /// after a crash the history never says "paused" while the control row says otherwise.
+    pub async fn record_event_with_control(
+        &self,
+        target: TargetId,
+        kind: &str,
+        tag: Option<String>,
+        message: String,
+        control: Option<Control>,
+    ) -> Result<i64, StoreError> {
         let kind = kind.to_string();
         self.with(move |c| {
-            c.execute(
+            let tx = c.unchecked_transaction()?;
+            let now = now_ms();
+            tx.execute(
                 "INSERT INTO events (at_ms, env, role, kind, tag, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![now_ms(), target.env.as_str(), target.role, kind, tag, message],
+                params![now, target.env.as_str(), target.role, kind, tag, message],
             )?;
-            Ok(c.last_insert_rowid())
+            let id = tx.last_insert_rowid();
+            if let Some(control) = control {
+                write_control(&tx, &target, &control, now)?;
+            }
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    /// The target's guard rails as last written; the default (nothing held) for a new target.
+    pub async fn control(&self, target: TargetId) -> Result<Control, StoreError> {
+        self.with(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT paused, halted_tag, halted_reason, last_rollback_ms, refusals, retry_at_ms
+                     FROM target_control WHERE env = ?1 AND role = ?2",
+                    params![target.env.as_str(), target.role],
+                    |r| {
+                        let halted_tag: Option<String> = r.get(1)?;
+                        let halted_reason: Option<String> = r.get(2)?;
+                        Ok(Control {
+                            paused: r.get(0)?,
+                            halted: halted_tag.map(|tag| Halt {
+                                tag,
+                                reason: halted_reason.unwrap_or_default(),
+                            }),
+                            last_rollback_ms: r.get(3)?,
+                            refusals: r.get(4)?,
+                            retry_at_ms: r.get(5)?,
+                        })
+                    },
+                )
+                .optional()?;
+            Ok(row.unwrap_or_default())
         })
         .await
     }
@@ -674,6 +783,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollbackRecor
             output: r.get(13)?,
             error: r.get(14)?,
             logs: r.get(15)?,
+            dry_run: r.get(16)?,
         })
     };
     Ok(build())
@@ -702,6 +812,7 @@ mod tests {
                 from_tag: Some("v1.1.0".into()),
                 from_image: None,
                 to_tag: Tag::parse("v1.0.0").unwrap(),
+                dry_run: false,
             })
             .await
             .unwrap();

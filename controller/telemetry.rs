@@ -59,6 +59,8 @@ pub struct Metrics {
     pub probe_failures: IntCounterVec,
     pub source_up: IntGaugeVec,
     pub last_rollback: GaugeVec,
+    pub given_up: IntGaugeVec,
+    pub task_restarts: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -129,6 +131,14 @@ impl Metrics {
                 Opts::new("rollwatch_last_rollback_timestamp_seconds", "Unix time of the target's last finished rollback."),
                 tr
             )?),
+            given_up: reg!(IntGaugeVec::new(
+                Opts::new("rollwatch_rollback_given_up", "1 while automatic rollbacks of the current deploy were refused too often (nothing changed) and are no longer tried."),
+                tr
+            )?),
+            task_restarts: reg!(IntCounterVec::new(
+                Opts::new("rollwatch_watcher_restarts_total", "Watcher tasks that panicked and were restarted by the supervisor."),
+                tr
+            )?),
             build_info: reg!(IntGaugeVec::new(Opts::new("rollwatch_build_info", "rollwatch version (value 1)."), &["version"])?),
             registry,
         };
@@ -145,6 +155,8 @@ impl Metrics {
         self.set_state(id, "unknown");
         self.paused.with_label_values(&[env, role]).set(0);
         self.unhealthy.with_label_values(&[env, role]).set(0);
+        self.given_up.with_label_values(&[env, role]).set(0);
+        self.task_restarts.with_label_values(&[env, role]);
         self.deploys.with_label_values(&[env, role]);
         for v in ["healthy", "regressed", "inconclusive"] {
             self.verdicts.with_label_values(&[env, role, v]);

@@ -1,7 +1,9 @@
-//! The decision core: a pure function from a target's state and one round of observations
-//! (containers, a health probe, the clock) to its next state and what should happen. It is
-//! level-triggered, like a kube reconciler: it looks at the whole current picture each time, so it
-//! is safe to call again after any event, tick, reconnect or restart. No I/O, no clocks here.
+//! The decision core: one pure function, [`decide`], from a target's state and one input (a round
+//! of observations, the end of a rollback, an operator's pause or resume, the start-up adoption of
+//! what runs) to its next state and what should happen. Every state transition of a target is made
+//! here and nowhere else; the watcher only carries decisions out and the store persists the
+//! [`Control`] part. Level-triggered, like a kube reconciler: safe to call again after any event,
+//! tick, reconnect or restart. No I/O, no clocks here.
 
 use serde::Serialize;
 
@@ -80,6 +82,10 @@ pub struct TargetState {
     pub grace_until_ms: i64,
     /// Docker could not be asked in the last round.
     pub blind: bool,
+    /// Automatic rollbacks of the current deploy refused in a row before anything changed.
+    pub refusals: u32,
+    /// After a refusal, the next automatic attempt waits until then (back-off).
+    pub retry_at_ms: Option<i64>,
 }
 
 impl TargetState {
@@ -91,8 +97,110 @@ impl TargetState {
             stable_failures: 0,
             grace_until_ms: 0,
             blind: false,
+            refusals: 0,
+            retry_at_ms: None,
         }
     }
+
+    /// The guard-rail part of the state, the part that must survive a restart.
+    pub fn control(&self) -> Control {
+        Control {
+            paused: self.paused,
+            halted: match &self.phase {
+                Phase::RollbackFailed { tag, reason } => Some(Halt {
+                    tag: tag.clone(),
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            },
+            last_rollback_ms: self.last_rollback_ms,
+            refusals: self.refusals,
+            retry_at_ms: self.retry_at_ms,
+        }
+    }
+
+    /// The state a target starts in after a restart: its stored guard rails, and a phase that is
+    /// `rollback_failed` when it was halted, else unknown (whatever runs is looked at afresh).
+    pub fn restored(control: Control) -> TargetState {
+        TargetState {
+            phase: match control.halted {
+                Some(Halt { tag, reason }) => Phase::RollbackFailed { tag, reason },
+                None => Phase::Unknown,
+            },
+            paused: control.paused,
+            last_rollback_ms: control.last_rollback_ms,
+            refusals: control.refusals,
+            retry_at_ms: control.retry_at_ms,
+            ..TargetState::new()
+        }
+    }
+}
+
+/// What must hold across restarts, so a crash or an upgrade never lifts a guard rail: a pause, a
+/// halt after a failed rollback, the cooldown's clock and the refusal back-off. The store keeps it
+/// in its own row, written in the same transaction as the event that changed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Control {
+    pub paused: bool,
+    pub halted: Option<Halt>,
+    pub last_rollback_ms: Option<i64>,
+    pub refusals: u32,
+    pub retry_at_ms: Option<i64>,
+}
+
+/// Why a target stopped acting: a rollback changed something and did not bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Halt {
+    pub tag: String,
+    pub reason: String,
+}
+
+/// Automatic rollbacks refused before anything changed (Docker unreachable, tag unknown) are
+/// tried again after `REFUSAL_BACKOFF_MS × 2^(n-1)`, capped, at most `REFUSAL_LIMIT` times; then
+/// the target gives up on that deploy and says so loudly instead of retrying forever.
+pub const REFUSAL_LIMIT: u32 = 5;
+const REFUSAL_BACKOFF_MS: i64 = 5_000;
+const REFUSAL_BACKOFF_MAX_MS: i64 = 300_000;
+
+fn refusal_backoff_ms(refusals: u32) -> i64 {
+    let doublings = refusals.saturating_sub(1).min(16);
+    (REFUSAL_BACKOFF_MS << doublings).min(REFUSAL_BACKOFF_MAX_MS)
+}
+
+/// How a rollback ended, as the state machine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackEnd {
+    /// Executed and validated: the target runs `to_tag`.
+    Succeeded { to_tag: String },
+    /// Dry run: decided and recorded, nothing executed.
+    DryRun,
+    /// Another instance holds the lease; nothing was executed here.
+    NotLeader { why: String },
+    /// Something was changed (the executor ran) and the target did not come back: halt.
+    Failed { tag: String, error: String },
+    /// Refused before anything changed (Docker unreachable, unknown tag, registry down).
+    Refused { error: String },
+}
+
+/// Everything that can move a target's state.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// One round of evidence.
+    Observed(Observation),
+    /// A rollback of `from_tag`, ordered by `trigger`, has ended.
+    RollbackEnded {
+        now_ms: i64,
+        from_tag: String,
+        reason: String,
+        trigger: Trigger,
+        end: RollbackEnd,
+    },
+    /// An operator paused automatic rollbacks.
+    Pause,
+    /// An operator resumed them; also clears a halt (a human has looked).
+    Resume,
+    /// Start-up: the tag running now, and whether the store vouches for it (known-good, not bad).
+    Adopt { running: String, known_good: bool },
 }
 
 impl Default for TargetState {
@@ -170,6 +278,23 @@ pub enum Decision {
         tag: String,
         reason: String,
     },
+    /// After a restart, the running tag is on record as known-good: stable, not on probation.
+    Adopted {
+        tag: String,
+    },
+    /// An automatic rollback was refused before anything changed; it is tried again at `at_ms`.
+    RetryLater {
+        tag: String,
+        error: String,
+        refusals: u32,
+        at_ms: i64,
+    },
+    /// Refused `REFUSAL_LIMIT` times in a row: no more automatic attempts for this deploy.
+    GaveUp {
+        tag: String,
+        error: String,
+        refusals: u32,
+    },
 }
 
 /// The deployed tag: the tag of the newest running container (or, when none runs, of the newest
@@ -232,7 +357,136 @@ pub fn automation_blocked(
 }
 
 /// The reconciler. Returns the next state and the decisions, in the order they should be acted on.
-pub fn decide(
+pub fn decide(state: &TargetState, input: &Input, policy: &Policy) -> (TargetState, Vec<Decision>) {
+    match input {
+        Input::Observed(obs) => observe(state, obs, policy),
+        Input::RollbackEnded {
+            now_ms,
+            from_tag,
+            reason,
+            trigger,
+            end,
+        } => rollback_ended(state, *now_ms, from_tag, reason, *trigger, end),
+        Input::Pause => {
+            let mut next = state.clone();
+            next.paused = true;
+            (next, Vec::new())
+        }
+        Input::Resume => {
+            let mut next = state.clone();
+            next.paused = false;
+            next.refusals = 0;
+            next.retry_at_ms = None;
+            if matches!(
+                next.phase,
+                Phase::RollbackFailed { .. } | Phase::Regressed { .. }
+            ) {
+                // Re-judge from scratch: whatever runs now goes on probation.
+                next.phase = Phase::Unknown;
+            }
+            (next, Vec::new())
+        }
+        Input::Adopt {
+            running,
+            known_good,
+        } => {
+            let mut next = state.clone();
+            if next.phase == Phase::Unknown && *known_good {
+                next.phase = Phase::Stable {
+                    tag: running.clone(),
+                };
+                return (
+                    next,
+                    vec![Decision::Adopted {
+                        tag: running.clone(),
+                    }],
+                );
+            }
+            (next, Vec::new())
+        }
+    }
+}
+
+/// What follows a rollback. Only a rollback that changed something and failed halts the target;
+/// one refused before it changed anything is retried with back-off when the watcher ordered it
+/// (alerts are re-sent by Alertmanager, people see the error), up to [`REFUSAL_LIMIT`].
+fn rollback_ended(
+    state: &TargetState,
+    now_ms: i64,
+    from_tag: &str,
+    reason: &str,
+    trigger: Trigger,
+    end: &RollbackEnd,
+) -> (TargetState, Vec<Decision>) {
+    let mut next = state.clone();
+    let mut out = Vec::new();
+    let regressed = || Phase::Regressed {
+        tag: from_tag.to_string(),
+        reason: reason.to_string(),
+    };
+    match end {
+        RollbackEnd::Succeeded { to_tag } => {
+            next.phase = Phase::Stable {
+                tag: to_tag.clone(),
+            };
+            next.last_rollback_ms = Some(now_ms);
+            next.stable_failures = 0;
+            next.refusals = 0;
+            next.retry_at_ms = None;
+        }
+        RollbackEnd::DryRun => next.phase = regressed(),
+        RollbackEnd::NotLeader { why } => {
+            next.phase = regressed();
+            out.push(Decision::Withheld {
+                tag: from_tag.to_string(),
+                reason: reason.to_string(),
+                why_not: why.clone(),
+            });
+        }
+        RollbackEnd::Failed { tag, error } => {
+            next.phase = Phase::RollbackFailed {
+                tag: tag.clone(),
+                reason: error.clone(),
+            };
+            next.last_rollback_ms = Some(now_ms);
+            next.refusals = 0;
+            next.retry_at_ms = None;
+        }
+        RollbackEnd::Refused { error } if trigger.is_verdict() => {
+            next.refusals += 1;
+            if next.refusals >= REFUSAL_LIMIT {
+                next.retry_at_ms = None;
+                next.phase = Phase::Regressed {
+                    tag: from_tag.to_string(),
+                    reason: format!(
+                        "{reason}; automatic rollback refused {} times, last: {error}",
+                        next.refusals
+                    ),
+                };
+                out.push(Decision::GaveUp {
+                    tag: from_tag.to_string(),
+                    error: error.clone(),
+                    refusals: next.refusals,
+                });
+            } else {
+                let at_ms = now_ms + refusal_backoff_ms(next.refusals);
+                next.retry_at_ms = Some(at_ms);
+                out.push(Decision::RetryLater {
+                    tag: from_tag.to_string(),
+                    error: error.clone(),
+                    refusals: next.refusals,
+                    at_ms,
+                });
+            }
+        }
+        // A person or an alert asked and was told why not; nothing changed, nothing to hold.
+        RollbackEnd::Refused { .. } => {}
+    }
+    (next, out)
+}
+
+/// One round of evidence.
+fn observe(
     state: &TargetState,
     obs: &Observation,
     policy: &Policy,
@@ -267,6 +521,8 @@ pub fn decide(
     }
     if next.phase.tag() != Some(tag.as_str()) {
         next.stable_failures = 0;
+        next.refusals = 0;
+        next.retry_at_ms = None;
         next.grace_until_ms = obs.now_ms + policy.grace_ms;
         out.push(Decision::DeploySeen {
             tag: tag.clone(),
@@ -318,7 +574,10 @@ pub fn decide(
                     regression = Some((*trigger, evidence.clone()));
                 }
             }
-            if let Some((trigger, reason)) = regression {
+            let backing_off = next.retry_at_ms.is_some_and(|t| obs.now_ms < t);
+            if regression.is_some() && backing_off {
+                // A refused rollback waits out its back-off quietly; the next try says why.
+            } else if let Some((trigger, reason)) = regression {
                 let tag = tag.clone();
                 if let Some(why_not) = automation_blocked(&next, obs.now_ms, policy) {
                     out.push(Decision::Withheld {
@@ -403,6 +662,11 @@ mod tests {
         }
     }
 
+    /// One round of evidence through the one transition function.
+    fn see(state: &TargetState, o: &Observation, policy: &Policy) -> (TargetState, Vec<Decision>) {
+        decide(state, &Input::Observed(o.clone()), policy)
+    }
+
     fn fail() -> Option<Result<(), ProbeFailure>> {
         Some(Err(ProbeFailure::Status(503)))
     }
@@ -415,7 +679,7 @@ mod tests {
     ) -> (TargetState, Vec<Decision>) {
         let mut all = Vec::new();
         for (i, (tag, probe)) in rounds.iter().enumerate() {
-            let (s, d) = decide(
+            let (s, d) = see(
                 &state,
                 &obs(start_ms + i as i64 * 1000, running(tag), probe.clone()),
                 &POLICY,
@@ -435,13 +699,13 @@ mod tests {
             created: 100,
             ..c[0].clone()
         });
-        let (s, _) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+        let (s, _) = see(&TargetState::new(), &obs(0, c, None), &POLICY);
         assert_eq!(s.phase.tag(), Some("v1.3.0"));
     }
 
     #[test]
     fn first_sight_puts_the_running_tag_on_probation() {
-        let (s, d) = decide(
+        let (s, d) = see(
             &TargetState::new(),
             &obs(0, running("v1.0.0"), None),
             &POLICY,
@@ -506,7 +770,7 @@ mod tests {
     fn exited_container_regresses_at_once_even_in_grace() {
         let mut c = running("v1.2.0");
         c[0].state = "exited".into();
-        let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+        let (_, d) = see(&TargetState::new(), &obs(0, c, None), &POLICY);
         assert!(
             matches!(&d[1], Decision::RollBack { reason, .. } if reason.contains("exited")),
             "{d:?}"
@@ -515,21 +779,21 @@ mod tests {
 
     #[test]
     fn a_reported_crash_regresses_even_if_the_container_already_restarted() {
-        let (s0, _) = decide(
+        let (s0, _) = see(
             &TargetState::new(),
             &obs(0, running("v1.2.0"), Some(Ok(()))),
             &POLICY,
         );
         let mut o = obs(500, running("v1.2.0"), None);
         o.deaths = vec![("app-1".into(), Some("v1.2.0".into()), 3)];
-        let (_, d) = decide(&s0, &o, &POLICY);
+        let (_, d) = see(&s0, &o, &POLICY);
         assert!(
             matches!(&d[..], [Decision::RollBack { reason, .. }] if reason.contains("exited with code 3")),
             "{d:?}"
         );
         // A clean stop (a recreate) is not a crash.
         o.deaths = vec![("app-1".into(), Some("v1.2.0".into()), 0)];
-        assert!(decide(&s0, &o, &POLICY).1.is_empty());
+        assert!(see(&s0, &o, &POLICY).1.is_empty());
     }
 
     #[test]
@@ -538,7 +802,7 @@ mod tests {
             let mut c = running("v1.0.0");
             c[0].state = "exited".into();
             c[0].exit_code = Some(code);
-            let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+            let (_, d) = see(&TargetState::new(), &obs(0, c, None), &POLICY);
             assert!(
                 !d.iter().any(|d| matches!(d, Decision::RollBack { .. })),
                 "code {code}: {d:?}"
@@ -550,13 +814,13 @@ mod tests {
     fn restart_loop_and_docker_unhealthy_regress() {
         let mut c = running("v1.2.0");
         c[0].state = "restarting".into();
-        let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+        let (_, d) = see(&TargetState::new(), &obs(0, c, None), &POLICY);
         assert!(d.iter().any(
             |d| matches!(d, Decision::RollBack { reason, .. } if reason.contains("restart-looping"))
         ));
         let mut c = running("v1.2.0");
         c[0].health = Some("unhealthy".into());
-        let (_, d) = decide(&TargetState::new(), &obs(0, c, None), &POLICY);
+        let (_, d) = see(&TargetState::new(), &obs(0, c, None), &POLICY);
         assert!(d.iter().any(
             |d| matches!(d, Decision::RollBack { reason, .. } if reason.contains("unhealthy"))
         ));
@@ -576,7 +840,7 @@ mod tests {
             metrics: None,
             deaths: Vec::new(),
         };
-        let (s1, d) = decide(&s0, &o, &POLICY);
+        let (s1, d) = see(&s0, &o, &POLICY);
         assert_eq!(s0.phase, s1.phase, "no verdict progress without evidence");
         assert!(s1.blind);
         assert!(matches!(&d[..], [Decision::Inconclusive { .. }]));
@@ -593,7 +857,7 @@ mod tests {
             metrics: None,
             deaths: Vec::new(),
         };
-        let (s1, _) = decide(&s0, &blind, &POLICY);
+        let (s1, _) = see(&s0, &blind, &POLICY);
         // Containers come back slowly: three failed probes right after, all inside the new grace.
         let (_, d) = run(s1, 7_000, &[("v1.1.0", fail()), ("v1.1.0", fail())]);
         assert!(
@@ -640,20 +904,20 @@ mod tests {
 
     #[test]
     fn metric_regression_rolls_back_with_its_trigger_but_inconclusive_never_does() {
-        let (s0, _) = decide(
+        let (s0, _) = see(
             &TargetState::new(),
             &obs(0, running("v1.3.0"), Some(Ok(()))),
             &POLICY,
         );
         let mut o = obs(1_000, running("v1.3.0"), Some(Ok(())));
         o.metrics = Some(MetricVerdict::Inconclusive("source down".into()));
-        let (s1, d) = decide(&s0, &o, &POLICY);
+        let (s1, d) = see(&s0, &o, &POLICY);
         assert!(d.is_empty(), "{d:?}");
         o.metrics = Some(MetricVerdict::Regressed {
             trigger: Trigger::ErrorRatio,
             evidence: "errors 20%".into(),
         });
-        let (_, d) = decide(&s1, &o, &POLICY);
+        let (_, d) = see(&s1, &o, &POLICY);
         let expected = Decision::RollBack {
             from_tag: "v1.3.0".into(),
             trigger: Trigger::ErrorRatio,
@@ -714,5 +978,226 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn ended(
+        state: &TargetState,
+        now_ms: i64,
+        trigger: Trigger,
+        end: RollbackEnd,
+    ) -> (TargetState, Vec<Decision>) {
+        let input = Input::RollbackEnded {
+            now_ms,
+            from_tag: "v1.1.0".into(),
+            reason: "3 consecutive /health failures".into(),
+            trigger,
+            end,
+        };
+        decide(state, &input, &POLICY)
+    }
+
+    /// Watching v1.1.0 with three failed probes behind it: the next failure rolls back.
+    fn regressed_watching() -> TargetState {
+        let rounds: Vec<_> = (0..5).map(|_| ("v1.1.0", fail())).collect();
+        let (s, d) = run(TargetState::new(), 0, &rounds);
+        assert!(matches!(d.last(), Some(Decision::RollBack { .. })), "{d:?}");
+        s
+    }
+
+    #[test]
+    fn a_successful_rollback_is_stable_on_the_new_tag_and_starts_the_cooldown() {
+        let (s, d) = ended(
+            &regressed_watching(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::Succeeded {
+                to_tag: "v1.0.0".into(),
+            },
+        );
+        assert!(d.is_empty());
+        assert_eq!(
+            s.phase,
+            Phase::Stable {
+                tag: "v1.0.0".into()
+            }
+        );
+        assert_eq!(s.last_rollback_ms, Some(9_000));
+        assert_eq!(
+            automation_blocked(&s, 10_000, &POLICY),
+            Some("in cooldown after the last rollback")
+        );
+    }
+
+    #[test]
+    fn only_a_rollback_that_changed_something_and_failed_halts() {
+        let (s, _) = ended(
+            &regressed_watching(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::Failed {
+                tag: "v1.0.0".into(),
+                error: "validation".into(),
+            },
+        );
+        assert_eq!(s.phase.name(), "rollback_failed");
+        assert_eq!(s.control().halted.map(|h| h.tag), Some("v1.0.0".into()));
+        // A refusal (nothing changed) does not halt; it backs off and tries again.
+        let (s, d) = ended(
+            &regressed_watching(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::Refused {
+                error: "docker unreachable".into(),
+            },
+        );
+        assert_eq!(s.phase.name(), "watching");
+        assert!(
+            matches!(
+                &d[..],
+                [Decision::RetryLater {
+                    refusals: 1,
+                    at_ms: 14_000,
+                    ..
+                }]
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn refused_rollbacks_back_off_then_give_up_at_the_limit() {
+        let mut s = regressed_watching();
+        let mut now = 4_000;
+        let mut tries = 0;
+        let mut gave_up = false;
+        for _ in 0..200 {
+            now += 1_000;
+            let (next, d) = see(&s, &obs(now, running("v1.1.0"), fail()), &POLICY);
+            s = next;
+            if d.iter().any(|d| matches!(d, Decision::RollBack { .. })) {
+                tries += 1;
+                let (next, d) = ended(
+                    &s,
+                    now,
+                    Trigger::Health,
+                    RollbackEnd::Refused {
+                        error: "registry down".into(),
+                    },
+                );
+                s = next;
+                if d.iter().any(|d| matches!(d, Decision::GaveUp { .. })) {
+                    gave_up = true;
+                    break;
+                }
+                // Never asked again before the back-off is over.
+                let at = s.retry_at_ms.expect("back-off set");
+                assert!(at > now);
+            }
+        }
+        assert!(gave_up, "gave up after {tries} tries");
+        assert_eq!(tries, REFUSAL_LIMIT as usize);
+        assert_eq!(s.phase.name(), "regressed");
+        // Given up: no further attempt for this deploy, however long it fails.
+        let (_, d) = see(&s, &obs(now + 600_000, running("v1.1.0"), fail()), &POLICY);
+        assert!(d.is_empty(), "{d:?}");
+        // A new deploy starts afresh.
+        let (s2, _) = see(&s, &obs(now + 601_000, running("v1.2.0"), fail()), &POLICY);
+        assert_eq!((s2.refusals, s2.retry_at_ms), (0, None));
+    }
+
+    #[test]
+    fn refusals_of_orders_from_people_and_alerts_change_nothing() {
+        let s0 = regressed_watching();
+        for trigger in [Trigger::Manual, Trigger::Alert] {
+            let (s, d) = ended(
+                &s0,
+                9_000,
+                trigger,
+                RollbackEnd::Refused {
+                    error: "unknown tag".into(),
+                },
+            );
+            assert_eq!(s, s0);
+            assert!(d.is_empty());
+        }
+    }
+
+    #[test]
+    fn dry_run_and_not_leader_leave_the_tag_regressed_without_acting() {
+        let (s, d) = ended(
+            &regressed_watching(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::DryRun,
+        );
+        assert_eq!(s.phase.name(), "regressed");
+        assert!(d.is_empty());
+        assert_eq!(s.last_rollback_ms, None, "a dry run starts no cooldown");
+        let (s, d) = ended(
+            &regressed_watching(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::NotLeader {
+                why: "not the leader".into(),
+            },
+        );
+        assert_eq!(s.phase.name(), "regressed");
+        assert!(matches!(&d[..], [Decision::Withheld { .. }]));
+    }
+
+    #[test]
+    fn pause_resume_and_restart_round_trip_through_control() {
+        let (paused, _) = decide(&TargetState::new(), &Input::Pause, &POLICY);
+        let (halted, _) = ended(
+            &paused,
+            9_000,
+            Trigger::Health,
+            RollbackEnd::Failed {
+                tag: "v1.0.0".into(),
+                error: "up failed".into(),
+            },
+        );
+        // A restart rebuilds exactly the guard rails.
+        let restored = TargetState::restored(halted.control());
+        assert_eq!(restored.control(), halted.control());
+        assert!(restored.paused);
+        assert_eq!(restored.phase.name(), "rollback_failed");
+        let (resumed, _) = decide(&restored, &Input::Resume, &POLICY);
+        assert!(!resumed.paused);
+        assert_eq!(resumed.phase, Phase::Unknown);
+        assert_eq!(resumed.control().halted, None);
+    }
+
+    #[test]
+    fn adoption_makes_a_vouched_tag_stable_and_leaves_others_on_probation() {
+        let adopt = |known_good| Input::Adopt {
+            running: "v1.0.0".into(),
+            known_good,
+        };
+        let (s, d) = decide(&TargetState::new(), &adopt(true), &POLICY);
+        assert_eq!(
+            s.phase,
+            Phase::Stable {
+                tag: "v1.0.0".into()
+            }
+        );
+        assert_eq!(
+            d,
+            vec![Decision::Adopted {
+                tag: "v1.0.0".into()
+            }]
+        );
+        let (s, d) = decide(&TargetState::new(), &adopt(false), &POLICY);
+        assert_eq!(s.phase, Phase::Unknown);
+        assert!(d.is_empty());
+        // A halted target stays halted whatever runs.
+        let halted = TargetState::restored(Control {
+            halted: Some(Halt {
+                tag: "v1.0.0".into(),
+                reason: "x".into(),
+            }),
+            ..Control::default()
+        });
+        assert_eq!(decide(&halted, &adopt(true), &POLICY).0, halted);
     }
 }

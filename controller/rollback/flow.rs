@@ -38,6 +38,8 @@ pub struct RollbackRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
+    #[error("rollback of {target} interrupted by shutdown; its intent stays on record and is resumed at the next start")]
+    Interrupted { target: TargetId },
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -75,6 +77,22 @@ pub enum RollbackError {
         within: Duration,
         failure: ProbeFailure,
     },
+}
+
+impl RollbackError {
+    /// The executor ran: something on the host may have changed, and the outcome is on record.
+    /// Every other error is a refusal that changed nothing.
+    pub fn changed_something(&self) -> bool {
+        matches!(
+            self,
+            RollbackError::Execution { .. } | RollbackError::Validation { .. }
+        )
+    }
+
+    /// The record was finished with this error (or, interrupted, deliberately left as intent).
+    fn is_recorded(&self) -> bool {
+        self.changed_something() || matches!(self, RollbackError::Interrupted { .. })
+    }
 }
 
 /// Fault injection for crash-safety tests: with `ROLLWATCH_FAULT_POINT=<name>` the process
@@ -200,6 +218,7 @@ impl Rollbacker {
                 from_tag,
                 from_image,
                 to_tag: tag.clone(),
+                dry_run: request.dry_run,
             })
             .await?;
         fault_point("after-intent").await;
@@ -230,9 +249,53 @@ impl Rollbacker {
     }
 
     /// Finishes a rollback whose intent is on record but whose outcome is not (the controller
-    /// died mid-way). If the target already runs the intended tag and answers ok, it is only
-    /// verified; otherwise the executor runs again — both executors are idempotent.
+    /// died mid-way). A dry run's intent, or any intent of a target that is in dry run now, is
+    /// finished as a dry run without acting: the config of today decides, not that of the crash.
+    /// If the target already runs the intended tag and answers ok, it is only verified;
+    /// otherwise the executor runs again — both executors are idempotent. Whatever goes wrong
+    /// here finishes the record as failed, so no start-up retries the same intent again.
     pub async fn resume(
+        &self,
+        target: &TargetConfig,
+        dry_run_now: bool,
+        record: &RollbackRecord,
+        on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
+    ) -> Result<RollbackRecord, RollbackError> {
+        if record.dry_run || dry_run_now {
+            let mut report = ExecReport::new(on_step);
+            report.output.push_str(&if record.dry_run {
+                format!(
+                    "dry run #{} interrupted by a restart; nothing was executed\n",
+                    record.id
+                )
+            } else {
+                format!(
+                    "rollback #{} not resumed: {} is in dry run now; nothing was executed\n",
+                    record.id,
+                    target.id()
+                )
+            });
+            self.finish(record.id, RollbackState::DryRun, None, report, None)
+                .await?;
+            return self.record(record.id).await;
+        }
+        match self.resume_for_real(target, record, on_step).await {
+            Err(e) if !e.is_recorded() => {
+                let outcome = RollbackOutcome {
+                    state: RollbackState::Failed,
+                    to_digest: None,
+                    steps: Vec::new(),
+                    output: format!("resuming after a restart failed: {e}\n"),
+                    error: Some(format!("not resumed after a restart: {e}")),
+                };
+                self.store.finish_rollback(record.id, outcome).await?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn resume_for_real(
         &self,
         target: &TargetConfig,
         record: &RollbackRecord,

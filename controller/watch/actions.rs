@@ -2,23 +2,16 @@
 //! the outcome, telling the webhook, and the operators' commands (pause, resume, CI deploys).
 
 use super::*;
-use crate::verdict::automation_blocked;
+use crate::verdict::{automation_blocked, RollbackEnd};
 
 impl Watcher {
     pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
         let id = self.target.id();
         if !self.lease.is_leader() {
             let why = format!("not the leader ({})", self.lease.describe());
-            self.state.phase = Phase::Regressed {
-                tag: from_tag.clone(),
-                reason: reason.clone(),
-            };
-            self.emit(
-                "withheld",
-                Some(from_tag),
-                format!("regressed ({reason}) but not rolled back: {why}"),
-            )
-            .await;
+            let result = Err(RollbackEnd::NotLeader { why });
+            self.rollback_ended(&from_tag, &reason, trigger, result)
+                .await;
             return;
         }
         let [env, role] = [id.env.as_str(), id.role.as_str()];
@@ -80,9 +73,12 @@ impl Watcher {
                 ),
             });
         };
-        self.rollbacker
-            .rollback(&self.target, request, on_step)
-            .await
+        // At shutdown the rollback is dropped mid-step (its child processes are killed with it);
+        // the intent stays on record and the next start resumes it.
+        tokio::select! {
+            result = self.rollbacker.rollback(&self.target, request, on_step) => result,
+            _ = self.shutdown.cancelled() => Err(RollbackError::Interrupted { target: self.target.id() }),
+        }
     }
 
     pub(super) async fn after_rollback(
@@ -95,9 +91,13 @@ impl Watcher {
         let id = self.target.id();
         let [env, role] = [id.env.as_str(), id.role.as_str()];
         let outcome = match &result {
+            Err(RollbackError::Interrupted { .. }) => {
+                tracing::warn!(target_id = %id, "rollback interrupted by shutdown; resumed at the next start");
+                return;
+            }
             Ok(rec) if rec.state == RollbackState::DryRun => "dry_run",
             Ok(_) => "succeeded",
-            Err(RollbackError::Execution { .. } | RollbackError::Validation { .. }) => "failed",
+            Err(e) if e.changed_something() => "failed",
             Err(_) => "refused",
         };
         self.metrics
@@ -105,7 +105,7 @@ impl Watcher {
             .with_label_values(&[env, role, trigger.as_str(), outcome])
             .inc();
         self.notify(outcome, &result).await;
-        if outcome != "dry_run" {
+        if outcome != "dry_run" && outcome != "refused" {
             if let Ok(rec) = &result {
                 let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
                 self.metrics
@@ -118,12 +118,49 @@ impl Watcher {
                 .with_label_values(&[env, role])
                 .set(now_ms() as f64 / 1000.0);
         }
-        match result {
-            Ok(rec) if rec.state == RollbackState::DryRun => {
-                self.state.phase = Phase::Regressed {
-                    tag: from_tag.to_string(),
-                    reason: reason.to_string(),
+        let result = result.map_err(|e| match e {
+            e if e.changed_something() => {
+                let tag = match &e {
+                    RollbackError::Execution { tag, .. }
+                    | RollbackError::Validation { tag, .. } => tag.to_string(),
+                    _ => from_tag.to_string(),
                 };
+                RollbackEnd::Failed {
+                    tag,
+                    error: e.to_string(),
+                }
+            }
+            e => RollbackEnd::Refused {
+                error: e.to_string(),
+            },
+        });
+        self.rollback_ended(from_tag, reason, trigger, result).await;
+    }
+
+    /// Feeds the end of a rollback to [`decide`] and reports what it means.
+    async fn rollback_ended(
+        &mut self,
+        from_tag: &str,
+        reason: &str,
+        trigger: Trigger,
+        result: Result<RollbackRecord, RollbackEnd>,
+    ) {
+        let end = match &result {
+            Ok(rec) if rec.state == RollbackState::DryRun => RollbackEnd::DryRun,
+            Ok(rec) => RollbackEnd::Succeeded {
+                to_tag: rec.to_tag.clone(),
+            },
+            Err(end) => end.clone(),
+        };
+        let decisions = self.transition(Input::RollbackEnded {
+            now_ms: now_ms(),
+            from_tag: from_tag.to_string(),
+            reason: reason.to_string(),
+            trigger,
+            end: end.clone(),
+        });
+        match (result, end) {
+            (Ok(rec), RollbackEnd::DryRun) => {
                 self.emit(
                     "would_roll_back",
                     Some(from_tag.to_string()),
@@ -134,16 +171,11 @@ impl Watcher {
                 )
                 .await;
             }
-            Ok(rec) => {
+            (Ok(rec), _) => {
                 if let Some(f) = self.feed.as_mut() {
                     f.watch.restart_baseline();
                 }
                 let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
-                self.state.phase = Phase::Stable {
-                    tag: rec.to_tag.clone(),
-                };
-                self.state.last_rollback_ms = Some(now_ms());
-                self.since_ms = now_ms();
                 self.emit(
                     "rollback",
                     Some(rec.to_tag.clone()),
@@ -156,26 +188,78 @@ impl Watcher {
                 )
                 .await;
             }
-            Err(e) => {
-                let tag = match &e {
-                    RollbackError::Execution { tag, .. }
-                    | RollbackError::Validation { tag, .. } => tag.to_string(),
-                    _ => from_tag.to_string(),
-                };
-                tracing::error!(target_id = %self.target.id(), error = %e, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
-                self.state.phase = Phase::RollbackFailed {
-                    tag: tag.clone(),
-                    reason: e.to_string(),
-                };
-                self.state.last_rollback_ms = Some(now_ms());
-                self.since_ms = now_ms();
+            (Err(_), RollbackEnd::Failed { tag, error }) => {
+                tracing::error!(target_id = %self.target.id(), %error, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
                 self.emit(
                     "rollback_failed",
                     Some(tag),
-                    format!("{e}; no further automatic action until `rollwatch resume`"),
+                    format!("{error}; no further automatic action until `rollwatch resume`"),
                 )
                 .await;
             }
+            (Err(_), RollbackEnd::Refused { error }) => {
+                let retry = decisions
+                    .is_empty()
+                    .then_some("; nothing was changed and the target is not held");
+                self.emit(
+                    "rollback_refused",
+                    Some(from_tag.to_string()),
+                    format!(
+                        "{} rollback refused: {error}{}",
+                        trigger.as_str(),
+                        retry.unwrap_or("")
+                    ),
+                )
+                .await;
+            }
+            (Err(_), _) => {}
+        }
+        for d in decisions {
+            match d {
+                Decision::Withheld {
+                    tag,
+                    reason,
+                    why_not,
+                } => {
+                    let msg = format!("regressed ({reason}) but not rolled back: {why_not}");
+                    self.emit("withheld", Some(tag), msg).await;
+                }
+                d => self.report_refusal(d).await,
+            }
+        }
+    }
+
+    /// A refused automatic rollback: when it is tried again, or that it was given up (alerted
+    /// through `rollwatch_rollback_given_up`).
+    pub(super) async fn report_refusal(&mut self, decision: Decision) {
+        match decision {
+            Decision::RetryLater {
+                tag,
+                error,
+                refusals,
+                at_ms,
+            } => {
+                let wait = humantime::format_duration(std::time::Duration::from_millis(
+                    (at_ms - now_ms()).max(0) as u64 / 1000 * 1000,
+                ));
+                let msg = format!(
+                    "automatic rollback of {tag} refused ({refusals} of {} allowed): {error}; nothing was changed, trying again in {wait}",
+                    crate::verdict::REFUSAL_LIMIT
+                );
+                self.emit("rollback_retry", Some(tag), msg).await;
+            }
+            Decision::GaveUp {
+                tag,
+                error,
+                refusals,
+            } => {
+                tracing::error!(target_id = %self.target.id(), %tag, "automatic rollback given up after {refusals} refusals: {error}");
+                let msg = format!(
+                    "automatic rollback of {tag} given up after {refusals} refusals (last: {error}); nothing was changed: roll back by hand (`rollwatch rollback`) or deploy a fix"
+                );
+                self.emit("rollback_given_up", Some(tag), msg).await;
+            }
+            other => tracing::debug!(?other, "not a refusal"),
         }
     }
 
@@ -256,7 +340,7 @@ impl Watcher {
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Pause => {
-                self.state.paused = true;
+                self.transition(Input::Pause);
                 self.emit(
                     "paused",
                     None,
@@ -265,14 +349,7 @@ impl Watcher {
                 .await;
             }
             Command::Resume => {
-                self.state.paused = false;
-                if matches!(
-                    self.state.phase,
-                    Phase::RollbackFailed { .. } | Phase::Regressed { .. }
-                ) {
-                    // Re-judge from scratch: whatever runs now goes on probation.
-                    self.state.phase = Phase::Unknown;
-                }
+                self.transition(Input::Resume);
                 self.emit(
                     "resumed",
                     None,
@@ -341,6 +418,7 @@ impl Watcher {
                 let _ = reply.send(answer);
             }
         }
+        self.save_control().await;
         self.publish();
     }
 }

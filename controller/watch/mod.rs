@@ -27,7 +27,9 @@ use crate::store::{
 use crate::tag::Tag;
 use crate::target::TargetId;
 use crate::telemetry::Metrics;
-use crate::verdict::{decide, ContainerView, Decision, Observation, Phase, Policy, TargetState};
+use crate::verdict::{
+    decide, ContainerView, Control, Decision, Input, Observation, Phase, Policy, TargetState,
+};
 
 /// Orders from people and CI (API, CLI), handled between rounds.
 #[derive(Debug)]
@@ -71,6 +73,10 @@ pub struct Watcher {
     /// Tags currently exported in the info gauges, to replace their series on change.
     shown_running: Option<String>,
     shown_known_good: Option<String>,
+    /// The guard rails as last written to the store; written again whenever they change.
+    saved_control: Control,
+    /// Cancels a rollback in flight at shutdown (its intent stays for the next start).
+    shutdown: CancellationToken,
 }
 
 /// What the controller shares with every watcher.
@@ -106,6 +112,7 @@ impl Watcher {
             lease,
         } = shared;
         metrics.init_target(&target.id());
+        let saved_control = initial.control();
         Watcher {
             policy: target.watch.policy(),
             target,
@@ -130,15 +137,20 @@ impl Watcher {
             lease,
             shown_running: None,
             shown_known_good: None,
+            saved_control,
+            shutdown: CancellationToken::new(),
         }
     }
 
+    /// Watches until `shutdown`. The channels are borrowed so that a supervisor can start a
+    /// fresh watcher on the same channels after a panic.
     pub async fn run(
         mut self,
-        mut wakes: mpsc::Receiver<Wake>,
-        mut commands: mpsc::Receiver<Command>,
+        wakes: &mut mpsc::Receiver<Wake>,
+        commands: &mut mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
+        self.shutdown = shutdown.clone();
         let mut tick = tokio::time::interval(self.target.watch.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if let Some(m) = &self.target.metrics {
@@ -271,11 +283,7 @@ impl Watcher {
             metrics,
             deaths,
         };
-        let (next, decisions) = decide(&self.state, &obs, &self.policy);
-        if next.phase.name() != self.state.phase.name() {
-            self.since_ms = obs.now_ms;
-        }
-        self.state = next;
+        let decisions = self.transition(Input::Observed(obs));
         let changed = !decisions.is_empty();
         for d in decisions {
             self.act(d).await;
@@ -283,7 +291,36 @@ impl Watcher {
         if changed {
             self.refresh_known_good().await;
         }
+        self.save_control().await;
         self.publish();
+    }
+
+    /// The only way the watcher's state changes: through [`decide`].
+    fn transition(&mut self, input: Input) -> Vec<Decision> {
+        let (next, decisions) = decide(&self.state, &input, &self.policy);
+        if next.phase.name() != self.state.phase.name() {
+            self.since_ms = now_ms();
+        }
+        self.state = next;
+        decisions
+    }
+
+    /// Writes the guard rails when a transition changed them without an event to carry them.
+    async fn save_control(&mut self) {
+        let control = self.state.control();
+        if control == self.saved_control {
+            return;
+        }
+        let message = describe_control(&control);
+        let id = self.target.id();
+        match self
+            .store
+            .record_event_with_control(id, "control", None, message, Some(control.clone()))
+            .await
+        {
+            Ok(_) => self.saved_control = control,
+            Err(e) => tracing::error!(error = %e, "cannot persist the target's guard rails"),
+        }
     }
 
     /// Reads the metrics source (probe rounds only) and returns the verdict on a candidate.
@@ -446,6 +483,29 @@ impl Watcher {
                 )
                 .await;
             }
+            Decision::Adopted { tag } => {
+                self.emit(
+                    "stable",
+                    Some(tag.clone()),
+                    format!("{tag} is on record as known-good; watching it as stable"),
+                )
+                .await;
+            }
+            d @ (Decision::RetryLater { .. } | Decision::GaveUp { .. }) => {
+                self.report_refusal(d).await
+            }
         }
     }
+}
+
+/// One line for the history when the guard rails change without another event.
+fn describe_control(c: &Control) -> String {
+    let mut parts = vec![if c.paused { "paused" } else { "not paused" }.to_string()];
+    if let Some(h) = &c.halted {
+        parts.push(format!("halted on {}", h.tag));
+    }
+    if c.refusals > 0 {
+        parts.push(format!("{} refused rollback(s)", c.refusals));
+    }
+    format!("guard rails: {}", parts.join(", "))
 }

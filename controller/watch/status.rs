@@ -64,16 +64,12 @@ impl Watcher {
             .is_bad(self.target.id(), running.clone())
             .await
             .unwrap_or(true);
-        if !bad && known.iter().any(|(t, _, _)| *t == running) {
-            self.state.phase = Phase::Stable {
-                tag: running.clone(),
-            };
-            self.emit(
-                "stable",
-                Some(running.clone()),
-                format!("{running} is on record as known-good; watching it as stable"),
-            )
-            .await;
+        let known_good = !bad && known.iter().any(|(t, _, _)| *t == running);
+        for d in self.transition(Input::Adopt {
+            running,
+            known_good,
+        }) {
+            self.act(d).await;
         }
     }
 
@@ -95,19 +91,28 @@ impl Watcher {
         }
     }
 
+    /// The tag a rollback would pick (newest known-good that is neither running nor marked
+    /// bad), else the newest known-good that is not bad: never a tag marked bad, because the
+    /// rollback itself skips those and status must not promise what rollwatch will not do.
     pub(super) async fn refresh_known_good(&mut self) {
-        let running = self.running_tag.clone();
-        if let Ok(tags) = self.store.known_good_tags(self.target.id()).await {
-            // The tag a rollback would pick: newest known-good that is not the running one.
-            self.known_good = tags
-                .iter()
-                .map(|(t, _, _)| t.clone())
-                .find(|t| Some(t) != running.as_ref())
-                .or_else(|| tags.first().map(|(t, _, _)| t.clone()));
+        let id = self.target.id();
+        let pick = match self
+            .store
+            .last_known_good(id.clone(), self.running_tag.clone())
+            .await
+        {
+            Ok(None) => self.store.last_known_good(id, None).await,
+            other => other,
+        };
+        match pick {
+            Ok(tag) => self.known_good = tag.map(|t| t.to_string()),
+            Err(e) => tracing::warn!(error = %e, "cannot read known-good tags"),
         }
     }
 
-    pub(super) async fn emit(&self, kind: &str, tag: Option<String>, message: String) {
+    /// Records and broadcasts an event. The guard rails, when they changed since last written,
+    /// go into the store in the same transaction.
+    pub(super) async fn emit(&mut self, kind: &str, tag: Option<String>, message: String) {
         let id = self.target.id();
         let loud = matches!(
             kind,
@@ -118,14 +123,22 @@ impl Watcher {
         } else {
             tracing::info!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
         }
+        let control = self.state.control();
+        let changed = (control != self.saved_control).then(|| control.clone());
         let stored = self
             .store
-            .record_event(id.clone(), kind, tag.clone(), message.clone())
+            .record_event_with_control(id.clone(), kind, tag.clone(), message.clone(), changed)
             .await;
-        let event_id = stored.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot record event");
-            0
-        });
+        let event_id = match stored {
+            Ok(event_id) => {
+                self.saved_control = control;
+                event_id
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record event");
+                0
+            }
+        };
         let _ = self.events.send(EventRecord {
             id: event_id,
             at_ms: now_ms(),
@@ -144,6 +157,12 @@ impl Watcher {
             .paused
             .with_label_values(&[env, role])
             .set(i64::from(self.state.paused));
+        self.metrics
+            .given_up
+            .with_label_values(&[env, role])
+            .set(i64::from(
+                self.state.refusals >= crate::verdict::REFUSAL_LIMIT,
+            ));
         let unhealthy = matches!(self.state.phase, Phase::Stable { .. })
             && self.state.stable_failures >= self.policy.failures;
         self.metrics
