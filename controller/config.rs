@@ -170,6 +170,8 @@ impl WatchConfig {
             grace_ms: self.grace.as_millis() as i64,
             bake_ms: self.bake.as_millis() as i64,
             cooldown_ms: self.cooldown.as_millis() as i64,
+            // Five rounds: long enough for a restarting daemon or registry to come back.
+            refusal_backoff_ms: 5 * self.interval.as_millis() as i64,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Policy {
     pub bake_ms: i64,
     /// After a rollback, automatic rollbacks of this target wait this long.
     pub cooldown_ms: i64,
+    /// The first wait after a refused automatic rollback; it doubles with each refusal.
+    pub refusal_backoff_ms: i64,
 }
 
 /// Where a target stands.
@@ -156,15 +158,19 @@ pub struct Halt {
 }
 
 /// Automatic rollbacks refused before anything changed (Docker unreachable, tag unknown) are
-/// tried again after `REFUSAL_BACKOFF_MS × 2^(n-1)`, capped, at most `REFUSAL_LIMIT` times; then
-/// the target gives up on that deploy and says so loudly instead of retrying forever.
+/// tried again after `policy.refusal_backoff_ms × 2^(n-1)`, capped at 5 min, at most
+/// `REFUSAL_LIMIT` times; then the target gives up on that deploy and says so loudly instead of
+/// retrying forever.
 pub const REFUSAL_LIMIT: u32 = 5;
-const REFUSAL_BACKOFF_MS: i64 = 5_000;
 const REFUSAL_BACKOFF_MAX_MS: i64 = 300_000;
 
-fn refusal_backoff_ms(refusals: u32) -> i64 {
+fn refusal_backoff_ms(policy: &Policy, refusals: u32) -> i64 {
     let doublings = refusals.saturating_sub(1).min(16);
-    (REFUSAL_BACKOFF_MS << doublings).min(REFUSAL_BACKOFF_MAX_MS)
+    policy
+        .refusal_backoff_ms
+        .max(1)
+        .saturating_mul(1 << doublings)
+        .min(REFUSAL_BACKOFF_MAX_MS)
 }
 
 /// How a rollback ended, as the state machine needs it.
@@ -366,7 +372,7 @@ pub fn decide(state: &TargetState, input: &Input, policy: &Policy) -> (TargetSta
             reason,
             trigger,
             end,
-        } => rollback_ended(state, *now_ms, from_tag, reason, *trigger, end),
+        } => rollback_ended(state, policy, *now_ms, from_tag, reason, *trigger, end),
         Input::Pause => {
             let mut next = state.clone();
             next.paused = true;
@@ -412,6 +418,7 @@ pub fn decide(state: &TargetState, input: &Input, policy: &Policy) -> (TargetSta
 /// (alerts are re-sent by Alertmanager, people see the error), up to [`REFUSAL_LIMIT`].
 fn rollback_ended(
     state: &TargetState,
+    policy: &Policy,
     now_ms: i64,
     from_tag: &str,
     reason: &str,
@@ -469,7 +476,7 @@ fn rollback_ended(
                     refusals: next.refusals,
                 });
             } else {
-                let at_ms = now_ms + refusal_backoff_ms(next.refusals);
+                let at_ms = now_ms + refusal_backoff_ms(policy, next.refusals);
                 next.retry_at_ms = Some(at_ms);
                 out.push(Decision::RetryLater {
                     tag: from_tag.to_string(),
@@ -635,6 +642,7 @@ mod tests {
         grace_ms: 2_000,
         bake_ms: 10_000,
         cooldown_ms: 60_000,
+        refusal_backoff_ms: 5_000,
     };
 
     fn running(tag: &str) -> Vec<ContainerView> {

@@ -270,3 +270,53 @@ fn sigterm_during_a_hung_rollback_step_exits_within_5s_and_the_next_start_finish
     );
     assert!(d.env_file().contains("IMAGE_TAG=v1.0.0\n"));
 }
+
+#[test]
+fn a_refused_rollback_backs_off_gives_up_and_never_halts() {
+    let app = app_with_images("grefuse", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    // 200 ms rounds: the back-off starts at 1 s (five rounds) and doubles.
+    let watch = r#"watch = { interval = "200ms", failures = 2, grace = "1s", bake = "2s", cooldown = "5m" }"#;
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), watch);
+    let _c = Controller::start(&config, &[]);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    // The newest known-good tag exists nowhere: every rollback is refused before it acts.
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    conn.execute(
+        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', 'v9.9.9', NULL, (SELECT MAX(promoted_at_ms) + 1 FROM known_good))",
+        [],
+    )
+    .unwrap();
+    d.deploy("v1.1.0");
+    let msg = wait_event(
+        &d.db(),
+        "rollback_given_up",
+        "v1.1.0",
+        Duration::from_secs(90),
+    );
+    assert!(
+        msg.contains("after 5 refusals") && msg.contains("v9.9.9"),
+        "{msg}"
+    );
+    let retries = events(&d.db())
+        .iter()
+        .filter(|(k, _, _)| k == "rollback_retry")
+        .count();
+    assert_eq!(retries, 4, "tried five times in all");
+    assert!(
+        rollback_rows(&d.db()).is_empty(),
+        "refused before any intent"
+    );
+    assert_eq!(control(&d.db()).and_then(|c| c.1), None, "not halted");
+    assert_eq!(target_status(d.api_port)["state"], "regressed");
+    let metrics = http_get(d.api_port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains(r#"rollwatch_rollback_given_up{env="staging",role="backend"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.1.0", d.repository()),
+        "nothing was changed"
+    );
+}
