@@ -320,3 +320,21 @@ fn a_refused_rollback_backs_off_gives_up_and_never_halts() {
         "nothing was changed"
     );
 }
+
+#[test]
+fn a_panicked_watcher_is_restarted_counted_and_still_rolls_back() {
+    let (d, _c) = watched_good_deployment(
+        "gpanic",
+        TAGS,
+        "",
+        &[("ROLLWATCH_FAULT_POINT", "watcher-round")],
+    );
+    let metrics = http_get(d.api_port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains(r#"rollwatch_watcher_restarts_total{env="staging",role="backend"} 1"#),
+        "{metrics}"
+    );
+    d.deploy("v1.1.0");
+    let row = wait_rollback(&d.db(), "succeeded");
+    assert_eq!(row.4, "v1.0.0");
+}

@@ -104,6 +104,17 @@ async fn fault_point(name: &str) {
     }
 }
 
+/// Fault injection for the supervisor's test: with `ROLLWATCH_FAULT_POINT=<name>` the first
+/// caller in this process panics there, like a bug would.
+pub(crate) fn fault_panic_once(name: &str) {
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("ROLLWATCH_FAULT_POINT").is_ok_and(|v| v == name)
+        && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        panic!("fault point {name} reached");
+    }
+}
+
 pub struct Rollbacker {
     store: Store,
     registry: RegistryClient,

@@ -15,6 +15,7 @@ use futures_util::future::BoxFuture;
 
 pub use compose::{compose_executor, ComposeExecutor, ComposeFlavor};
 pub use docker_api::DockerApiExecutor;
+pub(crate) use flow::fault_panic_once;
 pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 pub use runner::{CommandOutput, CommandRunner, LocalRunner};
 pub use ssh::{shell_quote, SshRunner};

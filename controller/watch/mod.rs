@@ -217,6 +217,7 @@ impl Watcher {
     }
 
     async fn round(&mut self, probe: bool) {
+        crate::rollback::fault_panic_once("watcher-round");
         let containers = self.observe().await;
         let probe = if probe && containers.is_ok() {
             let r = self
