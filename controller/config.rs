@@ -719,7 +719,8 @@ fn above_zero(
         return Err(Refusal::new(
             path,
             format!(
-                "0 {zero}; use a duration above zero (default {})",
+                "{} {zero}; use a duration above zero (default {})",
+                human(value),
                 human(default)
             ),
         ));
@@ -1515,7 +1516,7 @@ retries = 2
         let text = GOOD.replace("timeout = \"1s\"", "timeout = \"0s\"");
         let shown = parse(&text).unwrap_err().to_string();
         assert!(
-            shown.starts_with("rw.toml:9:60: targets[0].health.timeout: 0 leaves a probe no time"),
+            shown.starts_with("rw.toml:9:60: targets[0].health.timeout: 0s leaves a probe no time"),
             "{shown}"
         );
         assert!(

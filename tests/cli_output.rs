@@ -176,7 +176,7 @@ fn zero_probe_timeout_is_refused_at_its_value() {
     assert_eq!(out.status.code(), Some(2), "refused");
     let stderr = text(&out.stderr);
     let expected = format!(
-        "error: {}:9:57: targets[0].health.timeout: 0 leaves a probe no time to answer",
+        "error: {}:9:57: targets[0].health.timeout: 0s leaves a probe no time to answer",
         config.display()
     );
     assert!(stderr.starts_with(&expected), "{stderr}");
