@@ -555,8 +555,14 @@ impl Config {
     /// Type errors come located from toml itself; values that parse but would disable a safety
     /// check (see [`check_config`]) are located afterwards by looking their key up in the text.
     pub fn parse(text: &str, source: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| located(source, text, e.span(), e.message().to_string()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let field = e.span().and_then(|span| field_at(text, span.start));
+            let message = match field {
+                Some(field) => format!("{field}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            located(source, text, e.span(), message)
+        })?;
         let mut targets = raw.targets;
         check_config(&raw.controller, &targets).map_err(|r| {
             let span = value_span(text, &r.path);
@@ -1067,6 +1073,68 @@ fn value_span(text: &str, path: &[Seg]) -> Option<Range<usize>> {
     Some(span)
 }
 
+/// The TOML path of the innermost key or value written at byte `at` (`targets[0].env`), so
+/// toml's own type errors name their field as the refusals do. Searched over the whole tree,
+/// not by descending into spans: a `[table]` header's span covers only the header, not its
+/// keys. `None` when the text does not even parse (a syntax error has no field).
+fn field_at(text: &str, at: usize) -> Option<String> {
+    use toml::de::DeValue;
+    type Node<'a, 'i> = &'a toml::Spanned<DeValue<'i>>;
+
+    fn join(path: &str, key: &str) -> String {
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let key = if bare {
+            key.to_string()
+        } else {
+            format!("{key:?}")
+        };
+        if path.is_empty() {
+            key
+        } else {
+            format!("{path}.{key}")
+        }
+    }
+
+    /// Keeps the shortest span holding `at`; on a tie the deeper node, visited later.
+    fn visit(
+        node: Node,
+        key_span: Option<Range<usize>>,
+        path: String,
+        at: usize,
+        best: &mut Option<(usize, String)>,
+    ) {
+        for span in [Some(node.span()), key_span].into_iter().flatten() {
+            let holds = span.contains(&at) || (span.is_empty() && span.start == at);
+            if holds && best.as_ref().is_none_or(|(len, _)| span.len() <= *len) {
+                *best = Some((span.len(), path.clone()));
+            }
+        }
+        match node.get_ref() {
+            DeValue::Table(t) => {
+                for (k, child) in t.iter() {
+                    visit(child, Some(k.span()), join(&path, k.get_ref()), at, best);
+                }
+            }
+            DeValue::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    visit(child, None, format!("{path}[{i}]"), at, best);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut best = None;
+    for (k, child) in doc.get_ref().iter() {
+        visit(child, Some(k.span()), join("", k.get_ref()), at, &mut best);
+    }
+    best.map(|(_, path)| path)
+}
+
 /// Turns a byte span into `file:line:column` plus the offending line, so the user sees the field.
 fn located(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
     let start = span.map(|s| s.start.min(text.len())).unwrap_or(0);
@@ -1541,5 +1609,26 @@ retries = 2
         let dir = tempfile::tempdir().unwrap();
         let err = Config::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains(": it is a directory;"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_their_field() {
+        let (_, msg) = error_of(&GOOD.replace("\"staging\"", "\"prod\""));
+        assert!(
+            msg.starts_with("targets[0].env: unknown variant `prod`"),
+            "{msg}"
+        );
+        let (_, msg) = error_of(&GOOD.replace("timeout = \"1s\"", "timeout = \"soon\""));
+        assert!(msg.starts_with("targets[0].health.timeout: "), "{msg}");
+        let (line, msg) =
+            error_of(&FULL.replace("bake = \"5m\"", "bake = \"99999999999999999999years\""));
+        assert_eq!(line, 15);
+        assert!(msg.starts_with("targets[0].watch.bake: "), "{msg}");
+        let (_, msg) =
+            error_of(&GOOD.replace("\"backend\" }", "\"backend\", labels = { \"a.b\" = 1 } }"));
+        assert!(
+            msg.starts_with("targets[0].selector.labels.\"a.b\": "),
+            "{msg}"
+        );
     }
 }
