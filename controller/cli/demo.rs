@@ -269,3 +269,24 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<T
     tell!("  store: {}", config.controller.store.display());
     Ok(timings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo is the first thing a new user runs: its embedded config must pass every check.
+    #[test]
+    fn embedded_demo_config_passes_validation() {
+        let text = TEMPLATE
+            .replace("{store}", "/tmp/rollwatch-demo/rollwatch.db")
+            .replace("{api_port}", "9860")
+            .replace("{app_port}", "8080")
+            .replace("{dir}", "/tmp/rollwatch-demo/staging/backend");
+        let config = Config::parse(
+            &text,
+            Path::new("<embedded demo config>"),
+            Path::new("/tmp"),
+        );
+        assert!(config.is_ok(), "{config:?}");
+    }
+}

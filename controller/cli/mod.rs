@@ -647,8 +647,10 @@ fn print_step(s: &StepRecord) {
     );
 }
 
+/// A step or rollback duration. A clock stepped back between start and finish would make it
+/// negative ("-0.00s"); durations shown are never below zero.
 fn secs(ms: i64) -> String {
-    format!("{:.2}s", ms as f64 / 1000.0)
+    format!("{:.2}s", ms.max(0) as f64 / 1000.0)
 }
 
 fn print_config(config: &Config) -> std::io::Result<()> {
@@ -738,4 +740,15 @@ fn print_history(records: &[RollbackRecord], verbose: bool) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_never_print_negative() {
+        assert_eq!(secs(-3), "0.00s");
+        assert_eq!(secs(1234), "1.23s");
+    }
 }
