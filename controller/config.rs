@@ -20,12 +20,16 @@ pub const DEFAULT_CONFIG_FILE: &str = "rollwatch.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The cause is part of the one sentence and deliberately not a `#[source]`: the CLI
+    /// prints error chains, which would say it twice.
     #[error(
-        "cannot read config file {path}: {source} (pass another with --config or ROLLWATCH_CONFIG)"
+        "cannot read config file {}: {}; pass the right file with --config or ROLLWATCH_CONFIG",
+        path.display(),
+        read_cause(error)
     )]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}\n    | {line_text}")]
     Invalid {
@@ -37,6 +41,24 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Semantic { path: PathBuf, message: String },
+}
+
+/// Why a config file could not be read, in words: the OS text without its "(os error 2)".
+fn read_cause(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => "no such file".into(),
+        ErrorKind::PermissionDenied => "permission denied".into(),
+        ErrorKind::IsADirectory => "it is a directory".into(),
+        ErrorKind::InvalidData => "it is not UTF-8 text".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -508,15 +530,15 @@ struct RawConfig {
     #[serde(default)]
     fallback_tags: FallbackTags,
     #[serde(default)]
-    targets: Vec<toml::Spanned<TargetConfig>>,
+    targets: Vec<TargetConfig>,
 }
 
 impl Config {
     /// Reads and validates `path`; relative paths inside are resolved against its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // Anchor relative paths at the file's directory, made absolute so messages and the
         // compose working directory do not depend on where rollwatch was started.
@@ -531,83 +553,30 @@ impl Config {
     }
 
     /// Parses config text; `source` names it in errors, `base` anchors relative paths.
+    ///
+    /// Type errors come located from toml itself; values that parse but would disable a safety
+    /// check (see [`check_config`]) are located afterwards by looking their key up in the text.
     pub fn parse(text: &str, source: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| located(source, text, e.span(), e.message().to_string()))?;
-        let mut seen = HashSet::new();
-        let mut targets = Vec::new();
-        for spanned in raw.targets {
-            let span = spanned.span();
-            let mut t = spanned.into_inner();
-            let fail = |message: String| located(source, text, Some(span.clone()), message);
-            if !is_role_name(&t.role) {
-                return Err(fail(format!(
-                    "targets.role {:?} is not a role name: use lowercase letters, digits and '-' (e.g. backend)",
-                    t.role
-                )));
-            }
-            if !seen.insert(t.id()) {
-                return Err(fail(format!(
-                    "target {} is configured twice; each env/role pair once",
-                    t.id()
-                )));
-            }
-            if t.watch.failures == 0 || t.watch.interval.is_zero() {
-                return Err(fail(format!(
-                    "target {}: watch.failures and watch.interval must be above zero",
-                    t.id()
-                )));
-            }
-            if let Some(m) = &t.metrics {
-                if !(m.alpha > 0.0 && m.alpha < 0.5) {
-                    return Err(fail(format!(
-                        "target {}: metrics.alpha {} must be between 0 and 0.5",
-                        t.id(),
-                        m.alpha
-                    )));
-                }
-                if m.error_ratio_factor < 1.0 || m.latency_factor < 1.0 {
-                    return Err(fail(format!(
-                        "target {}: metrics factors must be at least 1.0",
-                        t.id()
-                    )));
-                }
-                if let MetricsKind::Scrape {
-                    urls,
-                    requests,
-                    errors,
-                    ..
-                } = &m.source
-                {
-                    if urls.is_empty() {
-                        return Err(fail(format!(
-                            "target {}: metrics.source.urls is empty",
-                            t.id()
-                        )));
-                    }
-                    for sel in [requests, errors] {
-                        crate::metrics::Selector::parse(sel)
-                            .map_err(|e| fail(format!("target {}: metrics.source: {e}", t.id())))?;
-                    }
-                }
-            }
-            if t.selector.required_labels().is_empty() {
-                return Err(fail(format!(
-                    "target {}: selector is empty; set compose_project/compose_service or labels, otherwise every container would match",
-                    t.id()
-                )));
-            }
-            let tid = t.id();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let field = e.span().and_then(|span| field_at(text, span.start));
+            let message = match field {
+                Some(field) => format!("{field}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            located(source, text, e.span(), message)
+        })?;
+        let mut targets = raw.targets;
+        check_config(&raw.controller, &targets).map_err(|r| {
+            let span = value_span(text, &r.path);
+            located(
+                source,
+                text,
+                span,
+                format!("{}: {}", field_name(&r.path), r.message),
+            )
+        })?;
+        for t in &mut targets {
             if let ExecutorConfig::Compose(c) = &mut t.executor {
-                let remote_relative = (c.host.is_some() && c.dir.is_relative())
-                    || c.also
-                        .iter()
-                        .any(|h| h.host.is_some() && h.dir.is_relative());
-                if remote_relative {
-                    return Err(fail(format!(
-                        "target {tid}: directories on remote hosts must be absolute paths"
-                    )));
-                }
                 if c.dir.is_relative() {
                     c.dir = base.join(&c.dir);
                 }
@@ -616,14 +585,7 @@ impl Config {
                         h.dir = base.join(&h.dir);
                     }
                 }
-                if c.env_file.contains('/') {
-                    return Err(fail(format!(
-                        "target {}: executor.env_file {:?} must be a file name inside executor.dir",
-                        tid, c.env_file
-                    )));
-                }
             }
-            targets.push(t);
         }
         let mut controller = raw.controller;
         if controller.store.is_relative() {
@@ -652,6 +614,527 @@ fn is_role_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
+}
+
+// ---- Values that parse but are refused ----------------------------------------------------------
+//
+// serde checks types; these checks refuse values of the right type that would quietly turn a
+// safety off (a zero probe timeout fails every probe, `failures = 0` calls every deploy
+// regressed, an infinite factor means no regression can ever be shown) or overflow the `i64`
+// millisecond arithmetic of the watcher (`now_ms + grace_ms`: humantime accepts durations up to
+// ~584 billion years). They run on the typed config, so they stay plain functions with unit
+// tests; the error is then located by looking the key up in the text (`value_span`).
+
+/// Longest `grace`, `bake`, `cooldown` or `alert_window` accepted: a window of more than a
+/// month is a typo, not a policy, and this keeps every window far from `i64` overflow.
+pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Longest timeout or probe interval accepted: a watcher waiting longer than an hour for one
+/// answer looks alive while it watches nothing.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Most ssh connection retries: each may wait `connect_timeout`, and a rollback waits for all.
+pub const MAX_SSH_RETRIES: u32 = 10;
+
+/// Largest practical-effect factor: at 100x an error ratio can only regress from a baseline
+/// below 1%; above it the metric judge would quietly never roll back.
+pub const MAX_FACTOR: f64 = 100.0;
+
+/// One step of the TOML path to a key: a table key or an array index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// A value that parses but is refused: the TOML path of its key, and why, with what to use.
+#[derive(Debug)]
+struct Refusal {
+    path: Vec<Seg>,
+    message: String,
+}
+
+impl Refusal {
+    fn new(path: &[Seg], message: impl Into<String>) -> Refusal {
+        Refusal {
+            path: path.to_vec(),
+            message: message.into(),
+        }
+    }
+
+    /// The same refusal, its path taken as relative to `outer`.
+    fn under(self, outer: &[Seg]) -> Refusal {
+        let mut path = outer.to_vec();
+        path.extend(self.path);
+        Refusal { path, ..self }
+    }
+}
+
+/// Which ceiling a duration has.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// Timeouts and intervals: [`MAX_WAIT`].
+    Wait,
+    /// Grace, bake, cooldown and alert windows: [`MAX_WINDOW`].
+    Window,
+}
+
+impl Limit {
+    fn max(self) -> Duration {
+        match self {
+            Limit::Wait => MAX_WAIT,
+            Limit::Window => MAX_WINDOW,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Limit::Wait => "timeout or interval",
+            Limit::Window => "window",
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A duration that may be zero, at most its limit.
+fn at_most(path: &[Seg], value: Duration, limit: Limit) -> Result<(), Refusal> {
+    if value > limit.max() {
+        return Err(Refusal::new(
+            path,
+            format!(
+                "{} is longer than {}, the longest {} accepted; use a shorter one",
+                human(value),
+                human(limit.max()),
+                limit.noun()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration that must be above zero: `zero` says what zero would do; `default` is offered.
+fn above_zero(
+    path: &[Seg],
+    value: Duration,
+    limit: Limit,
+    zero: &str,
+    default: Duration,
+) -> Result<(), Refusal> {
+    if value.is_zero() {
+        return Err(Refusal::new(
+            path,
+            format!(
+                "{} {zero}; use a duration above zero (default {})",
+                human(value),
+                human(default)
+            ),
+        ));
+    }
+    at_most(path, value, limit)
+}
+
+/// A float as TOML writes it, so `nan` and `inf` read back as the user typed them.
+fn toml_float(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        x.to_string()
+    }
+}
+
+/// A number that must be finite and `within` its range; `allowed` describes the range.
+fn number(
+    path: &[Seg],
+    value: f64,
+    within: bool,
+    allowed: &str,
+    default: f64,
+) -> Result<(), Refusal> {
+    let problem = if !value.is_finite() {
+        "is not a finite number"
+    } else if !within {
+        "is out of range"
+    } else {
+        return Ok(());
+    };
+    Err(Refusal::new(
+        path,
+        format!(
+            "{} {problem}; use {allowed} (default {default})",
+            toml_float(value)
+        ),
+    ))
+}
+
+/// Every check of the parsed config; the first refusal wins, in file order where it matters.
+fn check_config(controller: &ControllerConfig, targets: &[TargetConfig]) -> Result<(), Refusal> {
+    use Seg::{Index, Key};
+    above_zero(
+        &[Key("controller"), Key("alert_window")],
+        controller.alert_window,
+        Limit::Window,
+        "would let no alert ever roll a target back (to turn alert rollbacks off, drop the rollwatch_action label from the alert rules)",
+        default_alert_window(),
+    )?;
+    if targets.is_empty() {
+        return Err(Refusal::new(
+            &[Key("targets")],
+            "no target is configured, so rollwatch would watch nothing; add a [[targets]] table (see examples/rollwatch.toml)",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, t) in targets.iter().enumerate() {
+        let at = [Key("targets"), Index(i)];
+        check_target(t).map_err(|r| r.under(&at))?;
+        if !seen.insert(t.id()) {
+            return Err(Refusal::new(
+                &[Key("targets"), Index(i), Key("role")],
+                format!(
+                    "target {} is configured twice; configure each env/role pair once",
+                    t.id()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One target's checks; paths are relative to the target's table.
+fn check_target(t: &TargetConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    if !is_role_name(&t.role) {
+        return Err(Refusal::new(
+            &[Key("role")],
+            format!(
+                "{:?} is not a role name: use lowercase letters, digits and '-' (e.g. backend)",
+                t.role
+            ),
+        ));
+    }
+    if t.selector.required_labels().is_empty() {
+        return Err(Refusal::new(
+            &[Key("selector")],
+            "the selector is empty, so every container would match; set compose_project/compose_service or labels",
+        ));
+    }
+    above_zero(
+        &[Key("health"), Key("timeout")],
+        t.health.timeout,
+        Limit::Wait,
+        "leaves a probe no time to answer, so every probe would fail and every deploy be rolled back",
+        default_probe_timeout(),
+    )?;
+    above_zero(
+        &[Key("health"), Key("validation_timeout")],
+        t.health.validation_timeout,
+        Limit::Wait,
+        "would end every rollback in rollback_failed before /health could answer",
+        default_rollback_validation(),
+    )?;
+    check_watch(&t.watch).map_err(|r| r.under(&[Key("watch")]))?;
+    if let Some(m) = &t.metrics {
+        check_metrics(m).map_err(|r| r.under(&[Key("metrics")]))?;
+    }
+    if let ExecutorConfig::Compose(c) = &t.executor {
+        check_compose(c).map_err(|r| r.under(&[Key("executor")]))?;
+    }
+    Ok(())
+}
+
+/// The watch window. `grace = 0` (failed probes count at once) and `cooldown = 0` (no pause
+/// between rollbacks; a rollback of a rollback is still refused) are allowed.
+fn check_watch(w: &WatchConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    above_zero(
+        &[Key("interval")],
+        w.interval,
+        Limit::Wait,
+        "would probe in a busy loop",
+        default_interval(),
+    )?;
+    if w.failures == 0 {
+        return Err(Refusal::new(
+            &[Key("failures")],
+            format!(
+                "0 would call every deploy regressed without a single failed probe; use 1 or more (default {})",
+                default_failures()
+            ),
+        ));
+    }
+    at_most(&[Key("grace")], w.grace, Limit::Window)?;
+    above_zero(
+        &[Key("bake")],
+        w.bake,
+        Limit::Window,
+        "would make a deploy known-good (a rollback target) before it was watched at all",
+        default_bake(),
+    )?;
+    if w.grace >= w.bake {
+        return Err(Refusal::new(
+            &[Key("bake")],
+            format!(
+                "{} is not longer than grace {}: a deploy could become known-good while its failed probes still do not count; make bake longer than grace",
+                human(w.bake),
+                human(w.grace)
+            ),
+        ));
+    }
+    at_most(&[Key("cooldown")], w.cooldown, Limit::Window)
+}
+
+/// The metric judge: a source that can answer, a real false-rollback bound, and practical
+/// effects that a regression can actually reach.
+fn check_metrics(m: &MetricsConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    above_zero(
+        &[Key("timeout")],
+        m.timeout,
+        Limit::Wait,
+        "would time out every read, so metrics could never show a regression",
+        default_probe_timeout(),
+    )?;
+    number(
+        &[Key("alpha")],
+        m.alpha,
+        m.alpha > 0.0 && m.alpha < 0.5,
+        "a false-rollback bound above 0 and below 0.5",
+        default_alpha(),
+    )?;
+    if m.min_requests == 0 {
+        return Err(Refusal::new(
+            &[Key("min_requests")],
+            format!(
+                "0 would judge error ratios of a version that served no request; use 1 or more (default {})",
+                default_min_requests()
+            ),
+        ));
+    }
+    let factor = |x: f64| (1.0..=MAX_FACTOR).contains(&x);
+    number(
+        &[Key("error_ratio_factor")],
+        m.error_ratio_factor,
+        factor(m.error_ratio_factor),
+        "a factor from 1 to 100",
+        default_error_factor(),
+    )?;
+    number(
+        &[Key("error_ratio_increase")],
+        m.error_ratio_increase,
+        (0.0..1.0).contains(&m.error_ratio_increase),
+        "an error-ratio difference from 0 up to (not including) 1",
+        default_error_increase(),
+    )?;
+    number(
+        &[Key("latency_factor")],
+        m.latency_factor,
+        factor(m.latency_factor),
+        "a factor from 1 to 100",
+        default_latency_factor(),
+    )?;
+    at_most(&[Key("latency_increase")], m.latency_increase, Limit::Wait)?;
+    if let MetricsKind::Scrape {
+        urls,
+        requests,
+        errors,
+        ..
+    } = &m.source
+    {
+        if urls.is_empty() {
+            return Err(Refusal::new(
+                &[Key("source"), Key("urls")],
+                "no URL to scrape; list the service's /metrics URLs",
+            ));
+        }
+        for (key, sel) in [("requests", requests), ("errors", errors)] {
+            crate::metrics::Selector::parse(sel)
+                .map_err(|e| Refusal::new(&[Key("source"), Key(key)], e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The compose executor: directories that mean the same on every host, and ssh settings that
+/// bound every connection attempt.
+fn check_compose(c: &ComposeExecutorConfig) -> Result<(), Refusal> {
+    use Seg::{Index, Key};
+    if c.host.is_some() && c.dir.is_relative() {
+        return Err(Refusal::new(
+            &[Key("dir")],
+            format!(
+                "{} is relative, but directories on remote hosts must be absolute paths",
+                c.dir.display()
+            ),
+        ));
+    }
+    for (j, h) in c.also.iter().enumerate() {
+        if h.host.is_some() && h.dir.is_relative() {
+            return Err(Refusal::new(
+                &[Key("also"), Index(j), Key("dir")],
+                format!(
+                    "{} is relative, but directories on remote hosts must be absolute paths",
+                    h.dir.display()
+                ),
+            ));
+        }
+    }
+    if c.env_file.contains('/') {
+        return Err(Refusal::new(
+            &[Key("env_file")],
+            format!("{:?} must be a file name inside executor.dir", c.env_file),
+        ));
+    }
+    let ssh = [Key("ssh")];
+    if c.ssh.port == 0 {
+        return Err(Refusal::new(
+            &[Key("port")],
+            format!(
+                "0 is not a port ssh can connect to; use 1 to 65535 (default {})",
+                default_ssh_port()
+            ),
+        )
+        .under(&ssh));
+    }
+    // ssh's ConnectTimeout counts whole seconds; below one second it would be rounded anyway.
+    if c.ssh.connect_timeout < Duration::from_secs(1) {
+        return Err(Refusal::new(
+            &[Key("connect_timeout")],
+            format!(
+                "{} is too short: ssh counts ConnectTimeout in whole seconds; use at least 1s (default {})",
+                human(c.ssh.connect_timeout),
+                human(default_ssh_timeout())
+            ),
+        )
+        .under(&ssh));
+    }
+    at_most(
+        &[Key("connect_timeout")],
+        c.ssh.connect_timeout,
+        Limit::Wait,
+    )
+    .map_err(|r| r.under(&ssh))?;
+    if c.ssh.retries > MAX_SSH_RETRIES {
+        return Err(Refusal::new(
+            &[Key("retries")],
+            format!(
+                "{} retries would hold a rollback for up to {} connection attempts; use 0 to {MAX_SSH_RETRIES} (default {})",
+                c.ssh.retries,
+                u64::from(c.ssh.retries) + 1,
+                default_ssh_retries()
+            ),
+        )
+        .under(&ssh));
+    }
+    Ok(())
+}
+
+/// `targets[0].health.timeout`: the path as a user would find it in the file.
+fn field_name(path: &[Seg]) -> String {
+    let mut name = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(k);
+            }
+            Seg::Index(i) => name.push_str(&format!("[{i}]")),
+        }
+    }
+    name
+}
+
+/// Where the value at `path` is written in `text`; when the key is absent (a default), where
+/// its nearest enclosing value is, so the message still points into the right table. A second,
+/// span-keeping parse rather than `toml::Spanned` on every field: the rest of the program keeps
+/// reading plain `Duration`s and numbers, and new keys need no wrapper to be located.
+fn value_span(text: &str, path: &[Seg]) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut span = 0..0;
+    let mut here: Option<&toml::Spanned<toml::de::DeValue>> = None;
+    for seg in path {
+        let next = match (here, seg) {
+            (None, Seg::Key(k)) => doc.get_ref().get(*k),
+            (None, Seg::Index(_)) => None,
+            (Some(v), Seg::Key(k)) => v.get_ref().get(*k),
+            (Some(v), Seg::Index(i)) => v.get_ref().get(*i),
+        };
+        match next {
+            Some(v) => {
+                span = v.span();
+                here = Some(v);
+            }
+            None => break,
+        }
+    }
+    Some(span)
+}
+
+/// The TOML path of the innermost key or value written at byte `at` (`targets[0].env`), so
+/// toml's own type errors name their field as the refusals do. Searched over the whole tree,
+/// not by descending into spans: a `[table]` header's span covers only the header, not its
+/// keys. `None` when the text does not even parse (a syntax error has no field).
+fn field_at(text: &str, at: usize) -> Option<String> {
+    use toml::de::DeValue;
+    type Node<'a, 'i> = &'a toml::Spanned<DeValue<'i>>;
+
+    fn join(path: &str, key: &str) -> String {
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let key = if bare {
+            key.to_string()
+        } else {
+            format!("{key:?}")
+        };
+        if path.is_empty() {
+            key
+        } else {
+            format!("{path}.{key}")
+        }
+    }
+
+    /// Keeps the shortest span holding `at`; on a tie the deeper node, visited later.
+    fn visit(
+        node: Node,
+        key_span: Option<Range<usize>>,
+        path: String,
+        at: usize,
+        best: &mut Option<(usize, String)>,
+    ) {
+        for span in [Some(node.span()), key_span].into_iter().flatten() {
+            let holds = span.contains(&at) || (span.is_empty() && span.start == at);
+            if holds && best.as_ref().is_none_or(|(len, _)| span.len() <= *len) {
+                *best = Some((span.len(), path.clone()));
+            }
+        }
+        match node.get_ref() {
+            DeValue::Table(t) => {
+                for (k, child) in t.iter() {
+                    visit(child, Some(k.span()), join(&path, k.get_ref()), at, best);
+                }
+            }
+            DeValue::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    visit(child, None, format!("{path}[{i}]"), at, best);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut best = None;
+    for (k, child) in doc.get_ref().iter() {
+        visit(child, Some(k.span()), join("", k.get_ref()), at, &mut best);
+    }
+    best.map(|(_, path)| path)
 }
 
 /// Turns a byte span into `file:line:column` plus the offending line, so the user sees the field.
@@ -781,5 +1264,373 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
     fn toml_syntax_error_has_position() {
         let (line, _) = error_of("[controller]\nstore = \n");
         assert_eq!(line, 2);
+    }
+
+    /// Every key with a checked range, each on its own line, so a test can change one value and
+    /// check that the error points at it.
+    const FULL: &str = r#"
+[controller]
+alert_window = "30m"
+
+[[targets]]
+env = "staging"
+role = "backend"
+selector = { compose_project = "shop-staging-backend", compose_service = "backend" }
+health = { url = "http://127.0.0.1:8080/health", timeout = "1s", validation_timeout = "60s" }
+
+[targets.watch]
+interval = "1s"
+failures = 3
+grace = "5s"
+bake = "5m"
+cooldown = "10m"
+
+[targets.metrics]
+timeout = "2s"
+alpha = 0.01
+min_requests = 100
+error_ratio_factor = 1.5
+error_ratio_increase = 0.005
+latency_factor = 1.5
+latency_increase = "100ms"
+source = { kind = "scrape", urls = ["http://127.0.0.1:8080/metrics"], requests = "http_requests_total", errors = "http_requests_total" }
+
+[targets.executor]
+kind = "compose"
+dir = "/opt/shop/staging/backend"
+registry = "127.0.0.1:5000/shop"
+host = "deploy@db1"
+
+[targets.executor.ssh]
+port = 22
+connect_timeout = "10s"
+retries = 2
+"#;
+
+    /// `FULL` with `old` (which must occur once) replaced by `new`.
+    fn full_with(old: &str, new: &str) -> String {
+        assert_eq!(FULL.matches(old).count(), 1, "{old:?} must occur once");
+        FULL.replace(old, new)
+    }
+
+    /// Asserts that `text` is refused with `field: ...says...`, located at `value` on its line.
+    fn assert_refused(text: &str, field: &str, value: &str, says: &str) {
+        match parse(text) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                let shown = e.to_string();
+                let ConfigError::Invalid {
+                    column,
+                    message,
+                    line_text,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert!(
+                    message.starts_with(&format!("{field}: ")),
+                    "names the field {field}: {shown}"
+                );
+                assert!(message.contains(says), "says {says:?}: {shown}");
+                let at: String = line_text.chars().skip(column - 1).collect();
+                assert!(at.starts_with(value), "points at {value:?}: {shown}");
+            }
+            other => panic!("expected {field} to be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_config_is_valid() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.targets[0].watch.bake, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn zero_timeouts_and_intervals_are_refused_at_their_value() {
+        for (old, new, field) in [
+            (
+                "timeout = \"1s\"",
+                "timeout = \"0s\"",
+                "targets[0].health.timeout",
+            ),
+            (
+                "validation_timeout = \"60s\"",
+                "validation_timeout = \"0s\"",
+                "targets[0].health.validation_timeout",
+            ),
+            (
+                "interval = \"1s\"",
+                "interval = \"0s\"",
+                "targets[0].watch.interval",
+            ),
+            ("bake = \"5m\"", "bake = \"0s\"", "targets[0].watch.bake"),
+            (
+                "timeout = \"2s\"",
+                "timeout = \"0ms\"",
+                "targets[0].metrics.timeout",
+            ),
+            (
+                "alert_window = \"30m\"",
+                "alert_window = \"0s\"",
+                "controller.alert_window",
+            ),
+        ] {
+            let value = &new[new.find('"').unwrap()..];
+            assert_refused(
+                &full_with(old, new),
+                field,
+                value,
+                "use a duration above zero",
+            );
+        }
+    }
+
+    #[test]
+    fn zero_grace_and_cooldown_are_allowed() {
+        let text = full_with("grace = \"5s\"", "grace = \"0s\"")
+            .replace("cooldown = \"10m\"", "cooldown = \"0s\"");
+        let c = parse(&text).unwrap();
+        assert!(c.targets[0].watch.grace.is_zero() && c.targets[0].watch.cooldown.is_zero());
+    }
+
+    #[test]
+    fn durations_beyond_the_ceiling_are_refused_before_they_can_overflow() {
+        // 500 million years fits humantime's u64 seconds but wraps `as_millis() as i64`.
+        assert_refused(
+            &full_with("bake = \"5m\"", "bake = \"500000000years\""),
+            "targets[0].watch.bake",
+            "\"500000000years\"",
+            "the longest window accepted",
+        );
+        assert_refused(
+            &full_with("cooldown = \"10m\"", "cooldown = \"31days\""),
+            "targets[0].watch.cooldown",
+            "\"31days\"",
+            "30days",
+        );
+        assert_refused(
+            &full_with("timeout = \"1s\"", "timeout = \"2h\""),
+            "targets[0].health.timeout",
+            "\"2h\"",
+            "the longest timeout or interval accepted",
+        );
+        assert_refused(
+            &full_with("alert_window = \"30m\"", "alert_window = \"1000years\""),
+            "controller.alert_window",
+            "\"1000years\"",
+            "longer than 30days",
+        );
+        let at_ceiling = full_with("cooldown = \"10m\"", "cooldown = \"30days\"");
+        assert_eq!(
+            parse(&at_ceiling).unwrap().targets[0].watch.cooldown,
+            MAX_WINDOW
+        );
+        // Every accepted window survives the millisecond arithmetic of the watcher.
+        assert!(i64::try_from(MAX_WINDOW.as_millis()).unwrap() < i64::MAX / 4);
+    }
+
+    #[test]
+    fn nan_infinite_and_out_of_range_numbers_are_refused() {
+        for (old, new, field, says) in [
+            (
+                "alpha = 0.01",
+                "alpha = nan",
+                "targets[0].metrics.alpha",
+                "nan is not a finite number",
+            ),
+            (
+                "alpha = 0.01",
+                "alpha = 0.5",
+                "targets[0].metrics.alpha",
+                "out of range",
+            ),
+            (
+                "alpha = 0.01",
+                "alpha = -0.01",
+                "targets[0].metrics.alpha",
+                "out of range",
+            ),
+            (
+                "alpha = 0.01",
+                "alpha = 0.0",
+                "targets[0].metrics.alpha",
+                "above 0",
+            ),
+            (
+                "error_ratio_factor = 1.5",
+                "error_ratio_factor = inf",
+                "targets[0].metrics.error_ratio_factor",
+                "inf is not a finite number",
+            ),
+            (
+                "error_ratio_factor = 1.5",
+                "error_ratio_factor = 0.5",
+                "targets[0].metrics.error_ratio_factor",
+                "from 1 to 100",
+            ),
+            (
+                "error_ratio_increase = 0.005",
+                "error_ratio_increase = -0.01",
+                "targets[0].metrics.error_ratio_increase",
+                "out of range",
+            ),
+            (
+                "error_ratio_increase = 0.005",
+                "error_ratio_increase = 1.0",
+                "targets[0].metrics.error_ratio_increase",
+                "out of range",
+            ),
+            (
+                "latency_factor = 1.5",
+                "latency_factor = -inf",
+                "targets[0].metrics.latency_factor",
+                "-inf is not a finite number",
+            ),
+            (
+                "latency_factor = 1.5",
+                "latency_factor = 1000.0",
+                "targets[0].metrics.latency_factor",
+                "out of range",
+            ),
+        ] {
+            let value = &new[new.find("= ").unwrap() + 2..];
+            assert_refused(&full_with(old, new), field, value, says);
+        }
+    }
+
+    #[test]
+    fn zero_counts_are_refused() {
+        assert_refused(
+            &full_with("failures = 3", "failures = 0"),
+            "targets[0].watch.failures",
+            "0",
+            "without a single failed probe",
+        );
+        assert_refused(
+            &full_with("min_requests = 100", "min_requests = 0"),
+            "targets[0].metrics.min_requests",
+            "0",
+            "served no request",
+        );
+    }
+
+    #[test]
+    fn grace_not_shorter_than_bake_is_refused() {
+        assert_refused(
+            &full_with("grace = \"5s\"", "grace = \"5m\""),
+            "targets[0].watch.bake",
+            "\"5m\"",
+            "make bake longer than grace",
+        );
+    }
+
+    #[test]
+    fn ssh_settings_that_cannot_bound_a_connection_are_refused() {
+        assert_refused(
+            &full_with("port = 22", "port = 0"),
+            "targets[0].executor.ssh.port",
+            "0",
+            "not a port",
+        );
+        assert_refused(
+            &full_with("connect_timeout = \"10s\"", "connect_timeout = \"0s\""),
+            "targets[0].executor.ssh.connect_timeout",
+            "\"0s\"",
+            "at least 1s",
+        );
+        assert_refused(
+            &full_with("connect_timeout = \"10s\"", "connect_timeout = \"500ms\""),
+            "targets[0].executor.ssh.connect_timeout",
+            "\"500ms\"",
+            "whole seconds",
+        );
+        assert_refused(
+            &full_with("retries = 2", "retries = 4294967295"),
+            "targets[0].executor.ssh.retries",
+            "4294967295",
+            "use 0 to 10",
+        );
+    }
+
+    #[test]
+    fn empty_target_list_is_refused() {
+        match parse("[controller]\nstore = \"x.db\"\n") {
+            Err(ConfigError::Invalid { line, message, .. }) => {
+                assert_eq!(line, 1);
+                assert!(message.starts_with("targets: no target"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_refused(
+            "targets = []\n[controller]\nstore = \"x.db\"\n",
+            "targets",
+            "[]",
+            "add a [[targets]] table",
+        );
+    }
+
+    #[test]
+    fn a_defaulted_key_points_at_its_table() {
+        // bake defaults to 5m; grace 10m is refused at the watch table that lacks bake.
+        let text = GOOD.replace("health = {", "watch = { grace = \"10m\" }\nhealth = {");
+        assert_refused(
+            &text,
+            "targets[0].watch.bake",
+            "{ grace",
+            "longer than grace",
+        );
+    }
+
+    #[test]
+    fn refusal_shows_file_line_column_field_and_line() {
+        let text = GOOD.replace("timeout = \"1s\"", "timeout = \"0s\"");
+        let shown = parse(&text).unwrap_err().to_string();
+        assert!(
+            shown.starts_with("rw.toml:9:60: targets[0].health.timeout: 0s leaves a probe no time"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with(
+                "\n    | health = { url = \"http://127.0.0.1:8080/health\", timeout = \"0s\" }"
+            ),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn missing_file_says_its_cause_once() {
+        let err = Config::load(Path::new("/nonexistent/rollwatch.toml")).unwrap_err();
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "no chained repeat"
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot read config file /nonexistent/rollwatch.toml: no such file; pass the right file with --config or ROLLWATCH_CONFIG"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(": it is a directory;"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_their_field() {
+        let (_, msg) = error_of(&GOOD.replace("\"staging\"", "\"prod\""));
+        assert!(
+            msg.starts_with("targets[0].env: unknown variant `prod`"),
+            "{msg}"
+        );
+        let (_, msg) = error_of(&GOOD.replace("timeout = \"1s\"", "timeout = \"soon\""));
+        assert!(msg.starts_with("targets[0].health.timeout: "), "{msg}");
+        let (line, msg) =
+            error_of(&FULL.replace("bake = \"5m\"", "bake = \"99999999999999999999years\""));
+        assert_eq!(line, 15);
+        assert!(msg.starts_with("targets[0].watch.bake: "), "{msg}");
+        let (_, msg) =
+            error_of(&GOOD.replace("\"backend\" }", "\"backend\", labels = { \"a.b\" = 1 } }"));
+        assert!(
+            msg.starts_with("targets[0].selector.labels.\"a.b\": "),
+            "{msg}"
+        );
     }
 }

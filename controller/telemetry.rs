@@ -3,6 +3,8 @@
 //! env, role, trigger, result, state, probe failure class — and tags only in the two info gauges,
 //! whose old series are removed when the tag changes. Never a raw error string.
 
+use std::io::IsTerminal;
+
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -26,11 +28,22 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Colour codes only for a person at a terminal. tracing-subscriber colours whenever `NO_COLOR`
+/// is unset, terminal or not, so log files, pipes and journald got escape sequences; here a
+/// non-terminal or a non-empty `NO_COLOR` (no-color.org) means plain text.
+pub fn colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Every state a target can be in, so the state gauge always has all series (0 or 1).
@@ -237,6 +250,17 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::target::Env;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(
+            colour(true, Some("".into())),
+            "an empty NO_COLOR does not count"
+        );
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a pipe or a file gets plain text");
+    }
 
     #[test]
     fn state_gauge_has_exactly_one_active_state_and_tags_are_replaced() {

@@ -139,11 +139,11 @@ impl Evidence {
     }
 
     pub fn requests(&self) -> f64 {
-        self.intervals.iter().map(|i| i.requests).sum()
+        total(self.intervals.iter().map(|i| i.requests))
     }
 
     pub fn errors(&self) -> f64 {
-        self.intervals.iter().map(|i| i.errors).sum()
+        total(self.intervals.iter().map(|i| i.errors))
     }
 
     pub fn latency_means(&self) -> Vec<f64> {
@@ -173,8 +173,27 @@ pub enum MetricVerdict {
     Inconclusive(String),
 }
 
+/// A sum that is `0.0` when empty. `Iterator::sum` of no floats is `-0.0` since Rust 1.81
+/// (IEEE's additive identity), which formats as "-0": "candidate served -0 of the 100
+/// requests needed" was seen in notes and logs.
+fn total(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0, |sum, x| sum + x)
+}
+
+/// A request or error count for people: whole, and never "-0" (a negative zero or a rounding
+/// of a tiny negative is shown as 0).
+fn count(x: f64) -> String {
+    let rounded = x.round();
+    if rounded == 0.0 {
+        "0".into()
+    } else {
+        format!("{rounded:.0}")
+    }
+}
+
 fn pct(x: f64) -> String {
-    format!("{:.2}%", x * 100.0)
+    // `+ 0.0` turns a negative zero into a positive one: never "-0.00%".
+    format!("{:.2}%", x * 100.0 + 0.0)
 }
 
 /// One test's outcome: not enough data (with why), no regression (with the numbers), or one.
@@ -189,15 +208,17 @@ fn error_ratio_test(baseline: &Evidence, candidate: &Evidence, policy: &MetricPo
     let (n, x) = (candidate.requests(), candidate.errors());
     if n < policy.min_requests {
         return Test::Waiting(format!(
-            "candidate served {n:.0} of the {:.0} requests needed",
-            policy.min_requests
+            "candidate served {} of the {} requests needed",
+            count(n),
+            count(policy.min_requests)
         ));
     }
     let (bn, bx) = (baseline.requests(), baseline.errors());
     if bn < policy.min_requests {
         return Test::Waiting(format!(
-            "baseline has {bn:.0} of the {:.0} requests needed",
-            policy.min_requests
+            "baseline has {} of the {} requests needed",
+            count(bn),
+            count(policy.min_requests)
         ));
     }
     let observed = x / n;
@@ -209,9 +230,13 @@ fn error_ratio_test(baseline: &Evidence, candidate: &Evidence, policy: &MetricPo
     let big_enough = observed >= base * policy.error_ratio_factor
         && observed - base >= policy.error_ratio_increase;
     let summary = format!(
-        "errors {x:.0}/{n:.0} = {} vs baseline {} ({bx:.0}/{bn:.0}); SPRT log-LR {llr:.2} vs {threshold:.2} (alpha {}, H0 {}, H1 {})",
+        "errors {}/{} = {} vs baseline {} ({}/{}); SPRT log-LR {llr:.2} vs {threshold:.2} (alpha {}, H0 {}, H1 {})",
+        count(x),
+        count(n),
         pct(observed),
         pct(base),
+        count(bx),
+        count(bn),
         policy.alpha,
         pct(p0),
         pct(p1)
@@ -613,5 +638,29 @@ mod tests {
             &p,
         );
         assert_eq!(w.candidate.requests(), 0.0);
+    }
+
+    #[test]
+    fn no_traffic_yet_reads_zero_requests_never_minus_zero() {
+        let empty = Evidence::with_cap(10);
+        assert!(empty.requests().is_sign_positive() && empty.errors().is_sign_positive());
+        match judge(&empty, &empty, 1, &MetricPolicy::default()) {
+            MetricVerdict::Waiting(note) => {
+                assert!(
+                    note.contains("candidate served 0 of the 100 requests needed"),
+                    "{note}"
+                );
+                assert!(!note.contains("-0"), "{note}");
+            }
+            other => panic!("expected waiting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn counts_and_percentages_never_show_a_minus_zero() {
+        assert_eq!(count(-0.0), "0");
+        assert_eq!(count(-0.4), "0");
+        assert_eq!(count(12.0), "12");
+        assert_eq!(pct(-0.0), "0.00%");
     }
 }

@@ -21,12 +21,12 @@ pub async fn tags(config: &Config, id: &TargetId) -> anyhow::Result<ExitCode> {
     let repository = target.executor.image_repository(&target.role);
     let store = Store::open(&config.controller.store)?;
     let fallback = config.fallback_tags.for_env(id.env);
-    println!("{id}: image {repository}, fallback tag {fallback}");
+    outln!("{id}: image {repository}, fallback tag {fallback}")?;
 
     let known = store.known_good_tags(id.clone()).await?;
-    println!("\nknown-good (newest first; a rollback without a tag picks the first that is not running):");
+    outln!("\nknown-good (newest first; a rollback without a tag picks the first that is not running):")?;
     if known.is_empty() {
-        println!("  none yet: a rollback without a tag uses the fallback {fallback}");
+        outln!("  none yet: a rollback without a tag uses the fallback {fallback}")?;
     }
     for (tag, digest, at) in &known {
         let bad = if store.is_bad(id.clone(), tag.clone()).await? {
@@ -42,11 +42,11 @@ pub async fn tags(config: &Config, id: &TargetId) -> anyhow::Result<ExitCode> {
             ),
             None => String::new(),
         };
-        println!(
+        outln!(
             "  {tag:<14} promoted {}  {}{ci}{bad}",
             fmt_time(*at),
             digest.as_deref().unwrap_or("digest unknown")
-        );
+        )?;
     }
 
     let registry =
@@ -57,7 +57,7 @@ pub async fn tags(config: &Config, id: &TargetId) -> anyhow::Result<ExitCode> {
         .map(|t| (t, Tag::parse(t)))
         .partition(|(_, p)| p.is_ok());
     let tags = display_order(valid.into_iter().filter_map(|(_, p)| p.ok()).collect());
-    println!("\nregistry tags ({}):", tags.len());
+    outln!("\nregistry tags ({}):", tags.len())?;
     for t in &tags {
         let note = match t.kind() {
             TagKind::Semver { .. } => String::new(),
@@ -71,10 +71,10 @@ pub async fn tags(config: &Config, id: &TargetId) -> anyhow::Result<ExitCode> {
                 None => "  (commit; pipeline unknown)".into(),
             },
         };
-        println!("  {t}{note}");
+        outln!("  {t}{note}")?;
     }
     for (raw, _) in odd {
-        println!("  {raw}  (not a tag rollwatch accepts)");
+        outln!("  {raw}  (not a tag rollwatch accepts)")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -97,7 +97,7 @@ pub async fn wait(
     let started = Instant::now();
     let token = std::env::var(&config.controller.api_token_env).ok();
     let wanted = tag.as_ref().map(|t| t.to_string());
-    println!(
+    tell!(
         "waiting for rollwatch's verdict on {id}{}",
         wanted
             .as_deref()
@@ -114,7 +114,7 @@ pub async fn wait(
             Ok(r) if r.status().is_success() => r.json().await.context("reading events")?,
             Ok(r) => anyhow::bail!("{url} answered {}", r.status()),
             Err(e) => {
-                eprintln!("controller not reachable yet ({e}); retrying");
+                errln!("controller not reachable yet ({e}); retrying");
                 Vec::new()
             }
         };
@@ -132,11 +132,11 @@ pub async fn wait(
             let msg = e["message"].as_str().unwrap_or("");
             match kind {
                 "promoted" => {
-                    println!("promoted: {msg}");
+                    tell!("promoted: {msg}");
                     return Ok(ExitCode::SUCCESS);
                 }
                 "regressed" | "rollback_failed" | "would_roll_back" | "withheld" => {
-                    println!("{kind}: {msg}");
+                    tell!("{kind}: {msg}");
                     return Ok(ExitCode::from(1));
                 }
                 _ => {}
@@ -150,7 +150,7 @@ pub async fn wait(
                 .max(1);
         }
         if started.elapsed() >= timeout {
-            eprintln!("no verdict within {}", humantime::format_duration(timeout));
+            errln!("no verdict within {}", humantime::format_duration(timeout));
             return Ok(ExitCode::from(3));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

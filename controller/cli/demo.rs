@@ -108,7 +108,7 @@ pub async fn run(runs: usize, bench: Option<PathBuf>) -> anyhow::Result<()> {
     let mut all = Vec::new();
     for i in 0..runs.max(1) {
         if runs > 1 {
-            println!("\n== run {}/{runs}", i + 1);
+            tell!("\n== run {}/{runs}", i + 1);
         }
         let root = std::env::temp_dir().join("rollwatch-demo");
         remove_demo_containers();
@@ -167,7 +167,7 @@ fn report(all: &[Timings], bench: Option<&Path>) -> anyhow::Result<()> {
          | fault onset -> healthy on known-good | {h50:.2} s | {h95:.2} s | {hmin:.2} s | {hmax:.2} s | <= 8 s |\n",
         n = all.len()
     );
-    println!("\n{table}");
+    tell!("\n{table}");
     if let Some(path) = bench {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -176,14 +176,14 @@ fn report(all: &[Timings], bench: Option<&Path>) -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(f, "\n{table}")?;
-        println!("appended to {}", path.display());
+        tell!("appended to {}", path.display());
     }
     Ok(())
 }
 
 async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<Timings> {
     let t0 = Instant::now();
-    let say = move |msg: String| println!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
+    let say = move |msg: String| tell!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
     say(format!(
         "deploying demo {GOOD} (good) into {}",
         dir.display()
@@ -255,17 +255,38 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<T
         detect: regressed_at.map(|r| r - fault).unwrap_or_default(),
         healthy: healthy_at - fault,
     };
-    println!();
-    println!("summary");
-    println!(
+    tell!();
+    tell!("summary");
+    tell!(
         "  bad deploy running -> verdict regressed        {:>6.2}s",
         timings.detect.as_secs_f64()
     );
-    println!(
+    tell!(
         "  bad deploy running -> healthy on {GOOD} again   {:>6.2}s",
         timings.healthy.as_secs_f64()
     );
-    println!("  /health now: {}", body.trim());
-    println!("  store: {}", config.controller.store.display());
+    tell!("  /health now: {}", body.trim());
+    tell!("  store: {}", config.controller.store.display());
     Ok(timings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo is the first thing a new user runs: its embedded config must pass every check.
+    #[test]
+    fn embedded_demo_config_passes_validation() {
+        let text = TEMPLATE
+            .replace("{store}", "/tmp/rollwatch-demo/rollwatch.db")
+            .replace("{api_port}", "9860")
+            .replace("{app_port}", "8080")
+            .replace("{dir}", "/tmp/rollwatch-demo/staging/backend");
+        let config = Config::parse(
+            &text,
+            Path::new("<embedded demo config>"),
+            Path::new("/tmp"),
+        );
+        assert!(config.is_ok(), "{config:?}");
+    }
 }

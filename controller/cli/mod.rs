@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[macro_use]
+mod out;
 mod ci;
 mod demo;
 
@@ -139,14 +141,16 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of a listing went away (`| head`): nothing is wrong, stop quietly.
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             let refused = e.downcast_ref::<Refused>().is_some()
                 || e.downcast_ref::<crate::config::ConfigError>().is_some()
                 || matches!(
@@ -193,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig => {
             let config = Config::load(&config_path)?;
-            print_config(&config);
+            print_config(&config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback {
@@ -236,7 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config_path)?;
             let target = optional_target(env, role)?;
             let store = Store::open(&config.controller.store)?;
-            print_incidents(&store.rollbacks(target, limit).await?);
+            print_incidents(&store.rollbacks(target, limit).await?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::History {
@@ -253,10 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let store = Store::open(&config.controller.store)?;
             let events = store.events(target.clone(), None, limit).await?;
-            print_events(&events);
-            println!();
+            print_events(&events)?;
+            outln!()?;
             let records = store.rollbacks(target, limit).await?;
-            print_history(&records, verbose);
+            print_history(&records, verbose)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -318,10 +322,15 @@ async fn status(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
     let targets: Vec<serde_json::Value> = resp.json().await.context("reading the target list")?;
-    println!(
+    outln!(
         "{:<12} {:<10} {:<14} {:<14} {:<16} {:<20} detail",
-        "env", "role", "running", "known-good", "state", "since (UTC)"
-    );
+        "env",
+        "role",
+        "running",
+        "known-good",
+        "state",
+        "since (UTC)"
+    )?;
     for t in targets {
         let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
         let mut state = s("state");
@@ -332,7 +341,7 @@ async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             state.push_str(" [dry]");
         }
         let since = t["since_ms"].as_i64().map(fmt_time).unwrap_or_default();
-        println!(
+        outln!(
             "{:<12} {:<10} {:<14} {:<14} {:<16} {:<20} {}",
             t["target"]["env"].as_str().unwrap_or("-"),
             t["target"]["role"].as_str().unwrap_or("-"),
@@ -341,7 +350,7 @@ async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             state,
             since,
             t["detail"].as_str().unwrap_or("")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -372,7 +381,7 @@ async fn post_command(config: &Config, id: &TargetId, action: &str) -> anyhow::R
     if !status.is_success() {
         anyhow::bail!("{action} {id}: {status}: {text}");
     }
-    println!("{id}: {action}d");
+    outln!("{id}: {action}d")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -384,25 +393,29 @@ fn fmt_time(ms: i64) -> String {
         .replace('T', " ")
 }
 
-fn print_events(events: &[crate::store::EventRecord]) {
+fn print_events(events: &[crate::store::EventRecord]) -> std::io::Result<()> {
     if events.is_empty() {
-        println!("no events on record");
-        return;
+        outln!("no events on record")?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<20} {:<16} {:<10} what",
-        "when (UTC)", "target", "event", "tag"
-    );
+        "when (UTC)",
+        "target",
+        "event",
+        "tag"
+    )?;
     for e in events.iter().rev() {
-        println!(
+        outln!(
             "{:<20} {:<20} {:<16} {:<10} {}",
             fmt_time(e.at_ms),
             e.target.to_string(),
             e.kind,
             e.tag.as_deref().unwrap_or("-"),
             e.message
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn simulate(runs: usize, seed: u64, bench_file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -415,7 +428,8 @@ fn simulate(runs: usize, seed: u64, bench_file: Option<PathBuf>) -> anyhow::Resu
         started.elapsed().as_secs_f64(),
         table(&rows, runs)
     );
-    println!("{text}");
+    // The bench file is the durable result: it is written even when stdout's reader left.
+    let printed = outln!("{text}");
     if let Some(path) = bench_file {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -424,9 +438,9 @@ fn simulate(runs: usize, seed: u64, bench_file: Option<PathBuf>) -> anyhow::Resu
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(f, "\n{text}")?;
-        println!("appended to {}", path.display());
+        tell!("appended to {}", path.display());
     }
-    Ok(())
+    Ok(printed?)
 }
 
 fn optional_target(env: Option<String>, role: Option<String>) -> Result<Option<TargetId>, Refused> {
@@ -437,53 +451,54 @@ fn optional_target(env: Option<String>, role: Option<String>) -> Result<Option<T
     }
 }
 
-fn print_incidents(records: &[RollbackRecord]) {
+fn print_incidents(records: &[RollbackRecord]) -> std::io::Result<()> {
     if records.is_empty() {
-        println!("no incidents on record");
+        outln!("no incidents on record")?;
     }
     for r in records {
         let took = r
             .finished_at_ms
             .map(|f| secs(f - r.started_at_ms))
             .unwrap_or_else(|| "unfinished".into());
-        println!(
+        outln!(
             "== incident #{}: {} rolled back {} -> {} ({})",
             r.id,
             r.target,
             r.from_tag.as_deref().unwrap_or("?"),
             r.to_tag,
             r.state.as_str()
-        );
-        println!(
+        )?;
+        outln!(
             "   when:     {} UTC, took {took}",
             fmt_time(r.started_at_ms)
-        );
-        println!("   trigger:  {}", r.trigger.as_str());
-        println!("   reason:   {}", r.reason);
+        )?;
+        outln!("   trigger:  {}", r.trigger.as_str())?;
+        outln!("   reason:   {}", r.reason)?;
         if let Some(d) = &r.to_digest {
-            println!("   now runs: {d}");
+            outln!("   now runs: {d}")?;
         }
         if let Some(e) = &r.error {
-            println!("   error:    {e}");
+            outln!("   error:    {e}")?;
         }
-        println!("   steps:");
+        outln!("   steps:")?;
         for s in &r.steps {
-            println!(
+            outln!(
                 "     {:<20} {:>7} {} {}",
                 s.name,
                 secs(s.duration_ms),
                 if s.ok { "ok  " } else { "FAIL" },
                 s.detail
-            );
+            )?;
         }
         if !r.logs.is_empty() {
-            println!("   last log lines of the replaced containers:");
+            outln!("   last log lines of the replaced containers:")?;
             for line in r.logs.lines() {
-                println!("     | {line}");
+                outln!("     | {line}")?;
             }
         }
-        println!();
+        outln!()?;
     }
+    Ok(())
 }
 
 /// A tag from the command line, refused (exit 2) when malformed.
@@ -538,19 +553,20 @@ async fn rollback(
         failing_tag: None,
     };
     match &tag {
-        Some(t) => println!("rolling back {id} to {t} ({})", t.kind_name()),
-        None => println!("rolling back {id} to its last known-good tag"),
+        Some(t) => tell!("rolling back {id} to {t} ({})", t.kind_name()),
+        None => tell!("rolling back {id} to its last known-good tag"),
     }
     let record = rollbacker.rollback(target, request, print_step).await?;
     let total = record.finished_at_ms.unwrap_or(record.started_at_ms) - record.started_at_ms;
     let from = record.from_tag.as_deref().unwrap_or("?");
     if record.state == crate::store::RollbackState::DryRun {
-        println!(
+        tell!(
             "dry run: would roll {id} back from {from} to {} (record #{})",
-            record.to_tag, record.id
+            record.to_tag,
+            record.id
         );
     } else {
-        println!(
+        tell!(
             "rolled back {id} from {from} to {} in {} (record #{}, digest {})",
             record.to_tag,
             secs(total),
@@ -591,7 +607,7 @@ async fn through_controller(
     })?;
     let url = format!("{base}/api/v1/targets/{}/{}/rollback", id.env, id.role);
     let body = serde_json::json!({ "tag": tag.map(|t| t.to_string()), "reason": reason });
-    println!("rolling back {id} through the controller at {base}");
+    tell!("rolling back {id} through the controller at {base}");
     let resp = api_client()?
         .post(&url)
         .bearer_auth(token)
@@ -612,7 +628,7 @@ async fn through_controller(
             }
             let took = answer["finished_at_ms"].as_i64().unwrap_or(0)
                 - answer["started_at_ms"].as_i64().unwrap_or(0);
-            println!(
+            tell!(
                 "rolled back {id} from {} to {} in {} (record #{})",
                 answer["from_tag"].as_str().unwrap_or("?"),
                 answer["to_tag"].as_str().unwrap_or("?"),
@@ -622,7 +638,7 @@ async fn through_controller(
             Ok(Some(ExitCode::SUCCESS))
         }
         _ => {
-            eprintln!(
+            errln!(
                 "error: {}",
                 answer["error"]
                     .as_str()
@@ -634,7 +650,7 @@ async fn through_controller(
 }
 
 fn print_step(s: &StepRecord) {
-    println!(
+    tell!(
         "  {:<22} {:>7}  {}  {}",
         s.name,
         secs(s.duration_ms),
@@ -643,22 +659,24 @@ fn print_step(s: &StepRecord) {
     );
 }
 
+/// A step or rollback duration. A clock stepped back between start and finish would make it
+/// negative ("-0.00s"); durations shown are never below zero.
 fn secs(ms: i64) -> String {
-    format!("{:.2}s", ms as f64 / 1000.0)
+    format!("{:.2}s", ms.max(0) as f64 / 1000.0)
 }
 
-fn print_config(config: &Config) {
-    println!(
+fn print_config(config: &Config) -> std::io::Result<()> {
+    outln!(
         "{}: {} target(s)",
         config.source.display(),
         config.targets.len()
-    );
-    println!(
+    )?;
+    outln!(
         "store: {}   listen: {}   dry_run: {}",
         config.controller.store.display(),
         config.controller.listen,
         config.controller.dry_run
-    );
+    )?;
     for t in &config.targets {
         let exec = match &t.executor {
             ExecutorConfig::Compose(c) => {
@@ -666,7 +684,7 @@ fn print_config(config: &Config) {
             }
             ExecutorConfig::Docker(d) => format!("docker API, image {}", d.image),
         };
-        println!(
+        outln!(
             "  {:<22} docker {}  selector {:?}\n  {:<22} health {}  executor {}{}",
             t.id().to_string(),
             t.docker,
@@ -679,25 +697,32 @@ fn print_config(config: &Config) {
             } else {
                 ""
             }
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn print_history(records: &[RollbackRecord], verbose: bool) {
+fn print_history(records: &[RollbackRecord], verbose: bool) -> std::io::Result<()> {
     if records.is_empty() {
-        println!("no rollbacks on record");
-        return;
+        outln!("no rollbacks on record")?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  reason",
-        "id", "when (UTC)", "target", "trigger", "from -> to", "result", "took"
-    );
+        "id",
+        "when (UTC)",
+        "target",
+        "trigger",
+        "from -> to",
+        "result",
+        "took"
+    )?;
     for r in records {
         let took = r
             .finished_at_ms
             .map(|f| secs(f - r.started_at_ms))
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:>4}  {:<20} {:<20} {:<9} {:<22} {:<10} {:>8}  {}",
             r.id,
             fmt_time(r.started_at_ms),
@@ -707,23 +732,35 @@ fn print_history(records: &[RollbackRecord], verbose: bool) {
             r.state.as_str(),
             took,
             r.reason
-        );
+        )?;
         if let Some(e) = &r.error {
-            println!("      error: {e}");
+            outln!("      error: {e}")?;
         }
         if verbose {
             for s in &r.steps {
-                println!(
+                outln!(
                     "      {:<20} {:>7} {} {}",
                     s.name,
                     secs(s.duration_ms),
                     if s.ok { "ok" } else { "FAIL" },
                     s.detail
-                );
+                )?;
             }
             for line in r.output.lines() {
-                println!("      | {line}");
+                outln!("      | {line}")?;
             }
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_never_print_negative() {
+        assert_eq!(secs(-3), "0.00s");
+        assert_eq!(secs(1234), "1.23s");
     }
 }
