@@ -156,6 +156,10 @@ pub enum DockerError {
 /// quickly, so the verdict is inconclusive instead of the watcher being stuck.
 const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The longest a Docker API executor's pull may take (the compose executor has its own
+/// `executor.step_timeout`).
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// One container of a target, as much as decisions need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -376,7 +380,19 @@ impl DockerClient {
     }
 
     /// Pulls `repo:tag` from its registry; the stream's error messages are kept verbatim.
+    /// Pulls `repo:tag`, giving up after [`PULL_TIMEOUT`]: a registry that accepts and never
+    /// answers must fail the step, not hold the rollback (and the target's watcher) forever.
     pub async fn pull(&self, repo: &str, tag: &str) -> Result<(), DockerError> {
+        tokio::time::timeout(PULL_TIMEOUT, self.pull_unbounded(repo, tag))
+            .await
+            .map_err(|_| DockerError::Timeout {
+                endpoint: self.endpoint.clone(),
+                action: format!("the pull of {repo}:{tag}"),
+                within: PULL_TIMEOUT,
+            })?
+    }
+
+    async fn pull_unbounded(&self, repo: &str, tag: &str) -> Result<(), DockerError> {
         let opts = CreateImageOptionsBuilder::default()
             .from_image(repo)
             .tag(tag)
