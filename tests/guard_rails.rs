@@ -91,10 +91,7 @@ fn a_dry_run_intent_killed_and_restarted_stays_a_dry_run() {
     );
     assert_eq!(rollback_rows(&d.db()).len(), 1, "no second record");
     assert_eq!(d.container().image_id, image_before, "nothing was executed");
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.1.0", d.repository())
-    );
+    d.assert_runs("v1.1.0");
     assert_eq!(std::fs::read(d.env_path()).unwrap(), env_before);
     assert!(!events(&d.db()).iter().any(|(k, _, _)| k == "rollback"));
 }
@@ -124,12 +121,7 @@ fn a_pause_survives_ten_thousand_events_and_a_restart() {
 fn a_halted_target_stays_halted_across_a_restart() {
     let (d, mut c) = watched_good_deployment("ghalt", TAGS, "", &[]);
     // v1.1.0 (health down) is on record as the newest known-good: the rollback target is broken.
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    conn.execute(
-        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', 'v1.1.0', NULL, (SELECT MAX(promoted_at_ms) + 1 FROM known_good))",
-        [],
-    )
-    .unwrap();
+    record_newest_known_good(&d.db(), "v1.1.0");
     d.deploy("v1.2.0");
     wait_event(
         &d.db(),
@@ -264,10 +256,7 @@ fn sigterm_during_a_hung_rollback_step_exits_within_5s_and_the_next_start_finish
     let _c2 = Controller::start(&config, &[]);
     wait_rollback(&d.db(), "succeeded");
     assert_eq!(rollback_rows(&d.db()).len(), 1, "the same record, finished");
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
     assert!(d.env_file().contains("IMAGE_TAG=v1.0.0\n"));
 }
 
@@ -281,12 +270,7 @@ fn a_refused_rollback_backs_off_gives_up_and_never_halts() {
     let _c = Controller::start(&config, &[]);
     wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
     // The newest known-good tag exists nowhere: every rollback is refused before it acts.
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    conn.execute(
-        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', 'v9.9.9', NULL, (SELECT MAX(promoted_at_ms) + 1 FROM known_good))",
-        [],
-    )
-    .unwrap();
+    record_newest_known_good(&d.db(), "v9.9.9");
     d.deploy("v1.1.0");
     let msg = wait_event(
         &d.db(),

@@ -46,10 +46,7 @@ fn compose_target_is_rolled_back_over_ssh() {
         .args(["rollback", "staging", "backend", "v1.0.0"])
         .assert()
         .success();
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
     assert!(
         d.env_file().contains("IMAGE_TAG=v1.0.0\n"),
         "{}",
@@ -188,10 +185,7 @@ fn two_host_target_is_rolled_back_on_both() {
         "{text}"
     );
     for d in [&a, &b] {
-        assert_eq!(
-            d.container().image_ref,
-            format!("{}:v1.0.0", d.repository())
-        );
+        d.assert_runs("v1.0.0");
         assert!(d.env_file().contains("IMAGE_TAG=v1.0.0\n"));
         wait_healthy_version(d.port, "v1.0.0");
     }
@@ -266,10 +260,7 @@ fn rollback_sh_works_with_the_runbook_arguments() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
 }
 
 #[test]

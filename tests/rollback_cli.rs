@@ -167,10 +167,7 @@ fn without_a_tag_the_env_fallback_branch_is_used_when_nothing_is_known_good() {
         .args(["rollback", "staging", "backend"])
         .assert()
         .success();
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:develop", d.repository())
-    );
+    d.assert_runs("develop");
     wait_healthy_version(d.port, "develop");
 }
 

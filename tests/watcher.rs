@@ -23,10 +23,7 @@ fn health_down_deploy_is_rolled_back_to_known_good() {
         "{reason}"
     );
     assert_eq!((from.as_deref(), to.as_str()), (Some("v1.1.0"), "v1.0.0"));
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
     assert!(
         d.env_file().contains("IMAGE_TAG=v1.0.0\n"),
         "{}",
@@ -47,10 +44,7 @@ fn healthy_deploy_is_promoted_after_the_bake_time() {
     d.deploy("v1.0.1");
     wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
     assert!(rollback_rows(&d.db()).is_empty());
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.1", d.repository())
-    );
+    d.assert_runs("v1.0.1");
     let good = query(
         &d.db(),
         "SELECT tag, digest FROM known_good ORDER BY promoted_at_ms",
@@ -74,10 +68,7 @@ fn crash_looping_deploy_is_rolled_back() {
     let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(row.4, "v1.0.0");
     assert_eq!(row.3.as_deref(), Some("v1.2.0"));
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
     wait_healthy_version(d.port, "v1.0.0");
 }
 
@@ -96,10 +87,7 @@ fn dry_run_records_would_roll_back_and_changes_nothing() {
     let rows = rollback_rows(&d.db());
     assert_eq!(rows.len(), 1, "decided once, not every round: {rows:?}");
     assert_eq!(rows[0].0, "dry_run");
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.1.0", d.repository())
-    );
+    d.assert_runs("v1.1.0");
     assert!(d.env_file().contains("IMAGE_TAG=v1.1.0\n"));
 }
 
@@ -107,12 +95,7 @@ fn dry_run_records_would_roll_back_and_changes_nothing() {
 fn broken_known_good_tag_ends_in_rollback_failed_without_a_loop() {
     let (d, _c) = watched_good_deployment("kb", TAGS, "", &[]);
     // v1.1.0 (health down) is on record as the newest known-good: the rollback target is broken too.
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    conn.execute(
-        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', 'v1.1.0', NULL, (SELECT MAX(promoted_at_ms) + 1 FROM known_good))",
-        [],
-    )
-    .unwrap();
+    record_newest_known_good(&d.db(), "v1.1.0");
     // A short validation so the failure shows quickly.
     d.deploy("v1.2.0");
     let msg = wait_event(
@@ -159,10 +142,7 @@ fn kill_9_right_after_the_intent_yields_exactly_one_rollback() {
     let rows = rollback_rows(&d.db());
     assert_eq!(rows.len(), 1, "exactly one rollback: {rows:?}");
     assert_eq!(rows[0].0, "succeeded");
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
     assert!(events(&d.db())
         .iter()
         .any(|(k, _, m)| k == "rollback" && m.contains("resumed rollback")));
@@ -376,10 +356,7 @@ fn incident_record_webhook_and_manual_rollback_over_the_api() {
         ),
         (Some("manual"), Some("succeeded"), Some("v1.0.1"))
     );
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.1", d.repository())
-    );
+    d.assert_runs("v1.0.1");
 
     // `rollwatch rollback` sees the running controller and goes through it.
     let out = rollwatch(&config)
@@ -393,10 +370,7 @@ fn incident_record_webhook_and_manual_rollback_over_the_api() {
             && text.contains("rolled back staging/backend from v1.0.1 to v1.0.0"),
         "{text}"
     );
-    assert_eq!(
-        d.container().image_ref,
-        format!("{}:v1.0.0", d.repository())
-    );
+    d.assert_runs("v1.0.0");
     let ordered = events(&d.db())
         .into_iter()
         .filter(|(k, _, m)| k == "rollback_ordered" && m.starts_with("manual"))

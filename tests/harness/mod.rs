@@ -339,6 +339,14 @@ impl ComposeDeployment {
         self.compose(&["up", "-d", "--remove-orphans"]);
     }
 
+    /// Asserts the service runs `tag` of the app's repository.
+    pub fn assert_runs(&self, tag: &str) {
+        assert_eq!(
+            self.container().image_ref,
+            format!("{}:{tag}", self.repository())
+        );
+    }
+
     pub fn db(&self) -> PathBuf {
         self.root.path().join("rollwatch.db")
     }
@@ -566,6 +574,17 @@ pub fn query<T>(
         return Vec::new();
     };
     rows.filter_map(Result::ok).collect()
+}
+
+/// Puts `tag` on record as the newest known-good tag of staging/backend, as if promoted last:
+/// the tag the next rollback will go to.
+pub fn record_newest_known_good(db: &Path, tag: &str) {
+    let conn = rusqlite::Connection::open(db).expect("open store");
+    conn.execute(
+        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', ?1, NULL, (SELECT MAX(promoted_at_ms) + 1 FROM known_good))",
+        [tag],
+    )
+    .expect("insert known-good tag");
 }
 
 /// Event kinds with their tags, oldest first.
