@@ -253,7 +253,26 @@ fn sigterm_during_a_hung_rollback_step_exits_within_5s_and_the_next_start_finish
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "intent", "left for the next start");
 
-    let _c2 = Controller::start(&config, &[]);
+    // The next start answers on its API while the resume hangs in the same step, and SIGTERM
+    // stops it there too.
+    let mut c2 = Controller::start(&config, &[("PATH", &path)]);
+    wait_for(Duration::from_secs(30), "the resumed pull hanging", || {
+        (processes_matching(&format!("sleep {marker}")) > 0).then_some(())
+    });
+    assert_eq!(
+        http_get(d.api_port, "/healthz").map(|r| r.0),
+        Some(200),
+        "the API listens before the resume is done"
+    );
+    sh("kill", &["-TERM", &c2.child.id().to_string()]);
+    wait_for(
+        Duration::from_secs(5),
+        "exit after SIGTERM during resume",
+        || c2.child.try_wait().ok().flatten(),
+    );
+    assert_eq!(rollback_rows(&d.db())[0].0, "intent");
+
+    let _c3 = Controller::start(&config, &[]);
     wait_rollback(&d.db(), "succeeded");
     assert_eq!(rollback_rows(&d.db()).len(), 1, "the same record, finished");
     d.assert_runs("v1.0.0");
@@ -321,4 +340,32 @@ fn a_panicked_watcher_is_restarted_counted_and_still_rolls_back() {
     d.deploy("v1.1.0");
     let row = wait_rollback(&d.db(), "succeeded");
     assert_eq!(row.4, "v1.0.0");
+}
+
+#[test]
+fn a_resume_that_fails_is_finished_as_failed_once_not_at_every_start() {
+    let (d, mut c) = watched_good_deployment("gresume", TAGS, "", &[]);
+    c.kill9();
+    // A crash left an intent for a tag that exists nowhere: the resume cannot work.
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    conn.execute(
+        "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, to_tag, state, started_at_ms) VALUES ('staging', 'backend', 'health', 'test', 'v1.0.0', 'v9.9.9', 'intent', 1)",
+        [],
+    )
+    .unwrap();
+    let mut c2 = Controller::start(&config_of(&d), &[]);
+    let row = wait_rollback(&d.db(), "failed");
+    assert_eq!(row.4, "v9.9.9");
+    assert_eq!(target_status(d.api_port)["state"], "rollback_failed");
+    c2.kill9();
+
+    let _c3 = Controller::start(&config_of(&d), &[]);
+    assert_eq!(target_status(d.api_port)["state"], "rollback_failed");
+    let failures = events(&d.db())
+        .iter()
+        .filter(|(k, _, _)| k == "rollback_failed")
+        .count();
+    assert_eq!(failures, 1, "not tried again at the second start");
+    assert_eq!(rollback_rows(&d.db()).len(), 1);
+    d.assert_runs("v1.0.0");
 }
