@@ -289,12 +289,18 @@ async fn deploy(
         .into_response()
 }
 
+/// How long pause/resume wait for the watcher to store the change before answering 202: a
+/// watcher in the middle of a rollback takes the order when that rollback has ended.
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pause or resume: answers 200 only once the change is stored, 202 when it is queued behind a
+/// rollback in flight.
 async fn simple_command(
     state: ApiState,
     headers: HeaderMap,
     env: String,
     role: String,
-    cmd: Command,
+    cmd: fn(tokio::sync::oneshot::Sender<()>) -> Command,
     word: &str,
 ) -> Response {
     if let Err(r) = authorized(&state, &headers) {
@@ -304,13 +310,25 @@ async fn simple_command(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if tx.send(cmd).await.is_err() {
+    let (done, stored) = tokio::sync::oneshot::channel();
+    if tx.send(cmd(done)).await.is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "controller is shutting down",
         );
     }
-    Json(json!({ "target": id.to_string(), "status": word })).into_response()
+    match tokio::time::timeout(COMMAND_WAIT, stored).await {
+        Ok(Ok(())) => Json(json!({ "target": id.to_string(), "status": word })).into_response(),
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        ),
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "target": id.to_string(), "status": "queued", "why": "a rollback is in flight; the order takes effect when it ends" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn pause(
@@ -318,7 +336,8 @@ async fn pause(
     headers: HeaderMap,
     Path((env, role)): Path<(String, String)>,
 ) -> Response {
-    simple_command(state, headers, env, role, Command::Pause, "paused").await
+    let cmd = |done| Command::Pause { done };
+    simple_command(state, headers, env, role, cmd, "paused").await
 }
 
 async fn resume(
@@ -326,7 +345,8 @@ async fn resume(
     headers: HeaderMap,
     Path((env, role)): Path<(String, String)>,
 ) -> Response {
-    simple_command(state, headers, env, role, Command::Resume, "resumed").await
+    let cmd = |done| Command::Resume { done };
+    simple_command(state, headers, env, role, cmd, "resumed").await
 }
 
 #[derive(Deserialize, Default)]

@@ -381,7 +381,11 @@ async fn post_command(config: &Config, id: &TargetId, action: &str) -> anyhow::R
     if !status.is_success() {
         anyhow::bail!("{action} {id}: {status}: {text}");
     }
-    outln!("{id}: {action}d")?;
+    if status == reqwest::StatusCode::ACCEPTED {
+        outln!("{id}: {action} queued: a rollback is in flight; it takes effect when that ends")?;
+    } else {
+        outln!("{id}: {action}d")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

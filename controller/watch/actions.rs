@@ -339,7 +339,7 @@ impl Watcher {
 
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Pause => {
+            Command::Pause { done } => {
                 self.transition(Input::Pause);
                 self.emit(
                     "paused",
@@ -347,8 +347,10 @@ impl Watcher {
                     "automatic rollbacks paused by an operator".into(),
                 )
                 .await;
+                self.publish();
+                let _ = done.send(());
             }
-            Command::Resume => {
+            Command::Resume { done } => {
                 self.transition(Input::Resume);
                 self.emit(
                     "resumed",
@@ -356,6 +358,8 @@ impl Watcher {
                     "automatic rollbacks resumed by an operator".into(),
                 )
                 .await;
+                self.publish();
+                let _ = done.send(());
             }
             Command::Deploy(d) => {
                 let tag = d.tag.clone();

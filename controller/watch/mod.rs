@@ -34,9 +34,14 @@ use crate::verdict::{
 /// Orders from people and CI (API, CLI), handled between rounds.
 #[derive(Debug)]
 pub enum Command {
-    Pause,
+    /// `done` fires once the pause is stored, so an acknowledgement never precedes it.
+    Pause {
+        done: oneshot::Sender<()>,
+    },
     /// Clears a pause and a `rollback_failed` halt: a human has looked.
-    Resume,
+    Resume {
+        done: oneshot::Sender<()>,
+    },
     Deploy(DeployRecord),
     Rollback {
         tag: Option<Tag>,
