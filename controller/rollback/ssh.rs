@@ -449,6 +449,24 @@ mod tests {
     }
 
     #[test]
+    fn ssh_keeps_the_connection_alive_and_notices_a_silent_host() {
+        let config = SshConfig {
+            connect_timeout: Duration::from_secs(4),
+            ..SshConfig::default()
+        };
+        let runner = SshRunner::new("deploy@h".into(), config, Duration::from_secs(60));
+        let args = runner.ssh_args().join(" ");
+        assert!(
+            args.contains("-o ServerAliveInterval=4 -o ServerAliveCountMax=3"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-o BatchMode=yes") && args.ends_with(" deploy@h"),
+            "{args}"
+        );
+    }
+
+    #[test]
     fn the_start_marker_is_removed_from_stderr() {
         let mut err = b"warn\nrollwatch: remote step started\nboom\n".to_vec();
         assert!(strip_marker(&mut err));
