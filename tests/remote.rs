@@ -680,3 +680,60 @@ fn hung_remote_compose_step_is_killed_at_its_timeout() {
     assert_eq!(d.container().id, before.id, "up never ran");
     assert_eq!(file_state(&d.env_path()), env_before);
 }
+
+/// A step cancelled mid-way (the controller's shutdown, or its death) must not leave compose
+/// running on the host beside the next attempt: sshd sends a command without a terminal no
+/// signal when the connection ends. Here the step's deadline is 2 minutes away (and the host's
+/// `timeout` a second later), so only the end of the connection can stop the remote command.
+#[tokio::test]
+async fn a_cancelled_remote_step_stops_on_the_host_too() {
+    use rollwatch::config::{HostKeyChecking, SshConfig};
+    use rollwatch::rollback::{CommandRunner, SshRunner};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (uid, _) = ssh_user_ids();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    let config = SshConfig {
+        port: 2222,
+        identity_file: Some(testbed_file("ssh/hang")),
+        known_hosts_file: Some(testbed_file("ssh/known_hosts")),
+        host_key_checking: HostKeyChecking::Strict,
+        connect_timeout: Duration::from_secs(3),
+        retries: 0,
+    };
+    let runner = SshRunner::new(
+        format!("{SSH_USER}@127.0.0.1"),
+        config,
+        Duration::from_secs(120),
+    );
+    let marker = dir.path().display().to_string();
+    let argv = vec!["docker-compose".to_string(), "pull".to_string()];
+    let pid_file = dir.path().join(".rollwatch-hung-pid");
+    let started = tokio::select! {
+        out = runner.run(dir.path(), &[], &argv) => panic!("the hanging pull finished: {out:?}"),
+        pid = async {
+            loop {
+                if let Ok(p) = std::fs::read_to_string(&pid_file) {
+                    if !p.trim().is_empty() {
+                        return p.trim().to_string();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => pid,
+        _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the hanging pull never started"),
+    };
+    // The step's future is dropped here, as on shutdown.
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while (alive(&started) || !processes_mentioning(&marker).is_empty())
+        && std::time::Instant::now() < gone
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !alive(&started),
+        "the remote compose ({started}) still runs"
+    );
+    assert_eq!(processes_mentioning(&marker), Vec::<String>::new());
+}

@@ -167,23 +167,35 @@ fn take(buf: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// Runs `cmd` in a new process group, feeding it `stdin` (else /dev/null), and returns its exit
+/// What a bounded command gets on stdin.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    /// /dev/null.
+    Null,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// A pipe that stays open, without data, until the command has ended or is killed (or this
+    /// process dies): ssh forwards its closing as end of file, which the host side can watch
+    /// to stop the command when rollwatch is gone.
+    HoldOpen,
+}
+
+/// Runs `cmd` in a new process group with `input` on stdin and returns its exit
 /// status and output; at `timeout` kills the whole group and returns [`StepError::TimedOut`]
 /// naming `command`. Writing stdin and reading stdout/stderr happen concurrently and inside the
 /// deadline, so neither a command that never reads nor one whose helper keeps a pipe open can
 /// hold the caller past it.
 pub(crate) async fn run_bounded(
     mut cmd: tokio::process::Command,
-    stdin: Option<Vec<u8>>,
+    input: Input,
     timeout: Duration,
     command: &str,
 ) -> Result<Captured, StepError> {
     cmd.process_group(0)
         .kill_on_drop(true)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+        .stdin(match input {
+            Input::Null => Stdio::null(),
+            Input::Bytes(_) | Input::HoldOpen => Stdio::piped(),
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -206,8 +218,14 @@ pub(crate) async fn run_bounded(
     if let Some(err) = child.stderr.take() {
         readers.push(tokio::spawn(drain(err, Arc::clone(&err_buf))));
     }
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
+    // Held until this function returns: dropping it closes the pipe.
+    let mut _held = None;
+    let writer = match (input, child.stdin.take()) {
+        (Input::HoldOpen, pipe) => {
+            _held = pipe;
+            None
+        }
+        (Input::Bytes(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
             // A command that exits before reading everything (it failed early) closes the pipe:
             // its exit status tells what happened, so the write error itself is not reported.
             let _ = pipe.write_all(&bytes).await;
@@ -295,7 +313,7 @@ impl CommandRunner for LocalRunner {
             cmd.args(args)
                 .current_dir(dir)
                 .envs(env.iter().map(|(k, v)| (k, v)));
-            let out = run_bounded(cmd, None, self.step_timeout, &argv.join(" ")).await?;
+            let out = run_bounded(cmd, Input::Null, self.step_timeout, &argv.join(" ")).await?;
             Ok(CommandOutput::from_parts(
                 out.status,
                 &out.stdout,
@@ -402,7 +420,7 @@ mod tests {
         cmd.arg("-c");
         let out = run_bounded(
             cmd,
-            Some(vec![b'x'; 300_000]),
+            Input::Bytes(vec![b'x'; 300_000]),
             Duration::from_secs(10),
             "wc",
         )
@@ -413,7 +431,7 @@ mod tests {
         let cmd = tokio::process::Command::new("true");
         let out = run_bounded(
             cmd,
-            Some(vec![b'x'; 1 << 20]),
+            Input::Bytes(vec![b'x'; 1 << 20]),
             Duration::from_secs(10),
             "true",
         )

@@ -3,17 +3,19 @@
 //! and a bounded number of retries when the connection itself fails (ssh exit 255). Every word
 //! of the remote command is single-quoted; nothing from outside reaches the remote shell unquoted.
 //!
-//! Every step is bounded twice: here, by `executor.step_timeout` (the local ssh and its process
-//! group are killed), and on the host, by coreutils `timeout` one second later (a remote command
-//! without a terminal keeps running when its ssh connection dies: sshd sends it no signal). The
-//! `.env` write is a script that cannot report success for a file it did not fully write.
+//! Every step is bounded here, by `executor.step_timeout` (the local ssh and its process group
+//! are killed), and on the host: a remote command without a terminal keeps running when its
+//! ssh connection dies (sshd sends it no signal), so compose commands run under a watcher that
+//! stops them when the connection ends ([`RUN_SCRIPT`]), and everything runs under coreutils
+//! `timeout` one second past our deadline. The `.env` write is a script that cannot report
+//! success for a file it did not fully write ([`WRITE_SCRIPT`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::runner::{run_bounded, Captured, StepError};
+use super::runner::{run_bounded, Captured, Input, StepError};
 use super::{CommandOutput, CommandRunner};
 use crate::config::{HostKeyChecking, SshConfig};
 
@@ -62,6 +64,25 @@ sync -- "$tmp" || die "cannot sync $tmp; $path was left as it was"
 mv -f -- "$tmp" "$path" || die "cannot move $tmp over $path; $path was left as it was"
 sync -- "$dir" || die "$path was replaced but syncing $dir failed: the rename may not survive a crash"
 cat -- "$path" || die "cannot read $path back"
+"#;
+
+/// Runs `"$@"` (a compose command) and stops it when rollwatch goes away. Without a terminal,
+/// sshd sends a command no signal when its connection ends, so a killed step (deadline,
+/// shutdown, `kill -9` of the controller) would keep running on the host beside the next
+/// attempt. rollwatch holds this script's stdin open and never writes to it; ssh turns its
+/// closing (or the connection's end) into end of file here, and then the watcher ends the whole
+/// process group (`timeout` made it one). No `set -e`: the command's status is data to pass on.
+/// Background lists get /dev/null as stdin, hence the copy on fd 3 for the watcher.
+pub const RUN_SCRIPT: &str = r#"exec 3<&0
+"$@" </dev/null 3<&- &
+cmd=$!
+{ cat >/dev/null; kill -TERM 0; } <&3 >/dev/null 2>&1 &
+watch=$!
+exec 3<&-
+status=0
+wait "$cmd" || status=$?
+kill "$watch" 2>/dev/null
+exit "$status"
 "#;
 
 /// Prints the file, or exits 44 when there is none.
@@ -158,7 +179,7 @@ impl SshRunner {
         args
     }
 
-    /// Runs `command` (already quoted) on the host after `setup`, feeding `stdin`, within one
+    /// Runs `command` (already quoted) on the host after `setup`, with `input` on stdin, within one
     /// `step_timeout` for all attempts; `what` names the step in errors. Retries only when ssh
     /// failed before the remote shell started; a step that hangs is killed, never retried.
     async fn ssh(
@@ -166,7 +187,7 @@ impl SshRunner {
         what: &str,
         setup: Option<&str>,
         command: &str,
-        stdin: Option<&[u8]>,
+        input: Input,
     ) -> std::io::Result<Captured> {
         let label = format!("ssh {} {what}", self.destination);
         let deadline = Instant::now() + self.step_timeout;
@@ -184,7 +205,7 @@ impl SshRunner {
             let remote = bounded_remote(setup, command, remaining.as_secs() + 1);
             let mut cmd = tokio::process::Command::new("ssh");
             cmd.args(self.ssh_args()).arg(remote);
-            let mut out = run_bounded(cmd, stdin.map(<[u8]>::to_vec), remaining, &label)
+            let mut out = run_bounded(cmd, input.clone(), remaining, &label)
                 .await
                 .map_err(|e| match e {
                     StepError::TimedOut {
@@ -244,7 +265,7 @@ impl CommandRunner for SshRunner {
     ) -> BoxFuture<'a, std::io::Result<CommandOutput>> {
         Box::pin(async move {
             let setup = format!("cd {}", shell_quote(&dir.display().to_string()));
-            let mut command = String::from("env");
+            let mut command = format!("sh -c {} rollwatch-run env", shell_quote(RUN_SCRIPT));
             for (k, v) in env {
                 command.push(' ');
                 command.push_str(&shell_quote(&format!("{k}={v}")));
@@ -254,7 +275,7 @@ impl CommandRunner for SshRunner {
                 command.push_str(&shell_quote(word));
             }
             let out = self
-                .ssh(&argv.join(" "), Some(&setup), &command, None)
+                .ssh(&argv.join(" "), Some(&setup), &command, Input::HoldOpen)
                 .await?;
             Ok(CommandOutput::from_parts(
                 out.status,
@@ -273,7 +294,7 @@ impl CommandRunner for SshRunner {
                 shell_quote(&shown)
             );
             let out = self
-                .ssh(&format!("read {shown}"), None, &command, None)
+                .ssh(&format!("read {shown}"), None, &command, Input::Null)
                 .await?;
             match out.status.code() {
                 Some(0) => String::from_utf8(out.stdout).map_err(|_| {
@@ -308,7 +329,7 @@ impl CommandRunner for SshRunner {
                     &format!("write {shown}"),
                     None,
                     &command,
-                    Some(contents.as_bytes()),
+                    Input::Bytes(contents.as_bytes().to_vec()),
                 )
                 .await?;
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -464,6 +485,74 @@ mod tests {
             args.contains("-o BatchMode=yes") && args.ends_with(" deploy@h"),
             "{args}"
         );
+    }
+
+    /// Starts [`RUN_SCRIPT`] here as the host would (in its own process group, as under
+    /// `timeout`: its watcher signals the whole group), with a stdin pipe held open.
+    fn spawn_run_script(dir: &Path, command: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .args(["-c", RUN_SCRIPT, "rollwatch-run", "sh", "-c", command])
+            .current_dir(dir)
+            .process_group(0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn run_script_passes_on_the_command_status_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_run_script(dir.path(), "echo out; echo err >&2; exit 7");
+        // Held open until the command has ended by itself, as run_bounded does (std's
+        // wait_with_output would close it first, and the watcher would stop the command).
+        let stdin = child.stdin.take();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn run_script_stops_the_command_when_its_stdin_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_run_script(dir.path(), "echo $$ > pid; exec sleep 300");
+        let pid_file = dir.path().join("pid");
+        let started = std::time::Instant::now();
+        while !pid_file.exists() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        // What the host sees when rollwatch or its ssh is killed: end of file on stdin.
+        drop(child.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the script did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(!status.success());
+        let sleeping = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false);
+        assert!(!sleeping, "the command ({pid}) still runs");
     }
 
     #[test]
