@@ -681,32 +681,65 @@ fn hung_remote_compose_step_is_killed_at_its_timeout() {
     assert_eq!(file_state(&d.env_path()), env_before);
 }
 
+/// The ssh runner for `rollwatch-ssh@127.0.0.1:2222` with one of setup's keys.
+fn user_runner(key: &str, step_timeout: Duration) -> rollwatch::rollback::SshRunner {
+    use rollwatch::config::{HostKeyChecking, SshConfig};
+    let config = SshConfig {
+        port: 2222,
+        identity_file: Some(testbed_file(&format!("ssh/{key}"))),
+        known_hosts_file: Some(testbed_file("ssh/known_hosts")),
+        host_key_checking: HostKeyChecking::Strict,
+        connect_timeout: Duration::from_secs(3),
+        retries: 0,
+    };
+    rollwatch::rollback::SshRunner::new(format!("{SSH_USER}@127.0.0.1"), config, step_timeout)
+}
+
+/// A temp directory owned by the ssh user (its parent chain traversable).
+fn user_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (uid, _) = ssh_user_ids();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    dir
+}
+
+/// A read-only `.env` (0400) of the ssh user is replaced and stays 0400: the temp file gets
+/// the mode only after it was written (as a non-root owner it could not write it otherwise).
+#[tokio::test]
+async fn a_read_only_remote_env_is_replaced_and_stays_read_only() {
+    use rollwatch::rollback::CommandRunner;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = user_dir();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, "IMAGE_TAG=v1.1.0\n").unwrap();
+    let (uid, gid) = ssh_user_ids();
+    std::os::unix::fs::chown(&env, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o400)).unwrap();
+    user_runner("client", Duration::from_secs(30))
+        .write_file_atomic(&env, "IMAGE_TAG=v1.0.0\n")
+        .await
+        .unwrap();
+    let (bytes, mode, u, g) = file_state(&env);
+    assert_eq!(bytes, b"IMAGE_TAG=v1.0.0\n");
+    assert_eq!((mode, u, g), (0o400, uid, gid));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file"
+    );
+}
+
 /// A step cancelled mid-way (the controller's shutdown, or its death) must not leave compose
 /// running on the host beside the next attempt: sshd sends a command without a terminal no
 /// signal when the connection ends. Here the step's deadline is 2 minutes away (and the host's
 /// `timeout` a second later), so only the end of the connection can stop the remote command.
 #[tokio::test]
 async fn a_cancelled_remote_step_stops_on_the_host_too() {
-    use rollwatch::config::{HostKeyChecking, SshConfig};
-    use rollwatch::rollback::{CommandRunner, SshRunner};
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (uid, _) = ssh_user_ids();
-    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
-    let config = SshConfig {
-        port: 2222,
-        identity_file: Some(testbed_file("ssh/hang")),
-        known_hosts_file: Some(testbed_file("ssh/known_hosts")),
-        host_key_checking: HostKeyChecking::Strict,
-        connect_timeout: Duration::from_secs(3),
-        retries: 0,
-    };
-    let runner = SshRunner::new(
-        format!("{SSH_USER}@127.0.0.1"),
-        config,
-        Duration::from_secs(120),
-    );
+    use rollwatch::rollback::CommandRunner;
+    let dir = user_dir();
+    let runner = user_runner("hang", Duration::from_secs(120));
     let marker = dir.path().display().to_string();
     let argv = vec!["docker-compose".to_string(), "pull".to_string()];
     let pid_file = dir.path().join(".rollwatch-hung-pid");

@@ -39,7 +39,9 @@ const REMOTE_KILL_AFTER_SECS: u64 = 5;
 /// `stat -c`). Each step that can fail ends the script with a message (`|| die`), and `set -eu`
 /// catches anything else: a write that is cut short (disk full, quota, file size limit, the
 /// connection dropping mid-stream) never reaches the `mv`. The temp file is removed on every
-/// way out, TERM from the remote `timeout` included.
+/// way out, TERM from the remote `timeout` included. Mode and owner are set after the write:
+/// mktemp's 0600 keeps the contents private meanwhile, and a read-only `.env` (0400) would
+/// otherwise make the temp file unwritable for its non-root owner.
 ///
 /// Owner: `chown --reference` keeps user and group. A non-root user can only do that for a file
 /// it owns (and a group it is in); for anyone else's file it fails and the script stops, leaving
@@ -55,11 +57,11 @@ base=$(basename -- "$path") || die "cannot take the name of $path"
 tmp=$(mktemp "$dir/.$base.rollwatch.XXXXXX") || die "cannot create a temp file in $dir as $(id -un): the directory must be writable by the ssh user"
 trap 'rm -f -- "$tmp"' EXIT
 trap 'exit 143' HUP INT TERM
-if [ -e "$path" ]; then chown --reference="$path" -- "$tmp" || die "cannot keep the owner $(stat -c %U:%G -- "$path") of $path as $(id -un); $path was left as it was. Connect as the file's owner or root"; fi
-if [ -e "$path" ]; then chmod --reference="$path" -- "$tmp" || die "cannot keep the mode of $path; it was left as it was"; fi
-cat >"$tmp" || die "writing $tmp was cut short (disk full, quota or file size limit?); $path was left as it was"
+cat >"$tmp" || die "writing $tmp failed or was cut short (disk full, quota, file size limit?); $path was left as it was"
 got=$(wc -c <"$tmp") || die "cannot measure $tmp"
 [ "$got" -eq "$size" ] || die "$tmp holds $got bytes, not the $size sent; $path was left as it was"
+if [ -e "$path" ]; then chown --reference="$path" -- "$tmp" || die "cannot keep the owner $(stat -c %U:%G -- "$path") of $path as $(id -un); $path was left as it was. Connect as the file's owner or root"; fi
+if [ -e "$path" ]; then chmod --reference="$path" -- "$tmp" || die "cannot keep the mode of $path; it was left as it was"; fi
 sync -- "$tmp" || die "cannot sync $tmp; $path was left as it was"
 mv -f -- "$tmp" "$path" || die "cannot move $tmp over $path; $path was left as it was"
 sync -- "$dir" || die "$path was replaced but syncing $dir failed: the rename may not survive a crash"
