@@ -309,6 +309,8 @@ impl TryFrom<String> for HealthUrl {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// One per target, parsed once: boxing the compose variant would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 pub enum ExecutorConfig {
     Compose(ComposeExecutorConfig),
     Docker(DockerExecutorConfig),
@@ -349,6 +351,19 @@ pub struct ComposeExecutorConfig {
     pub also: Vec<ExtraHost>,
     #[serde(default)]
     pub ssh: SshConfig,
+    /// The longest one step (compose detection, pull, up, the `.env` write; locally or through
+    /// ssh, retries included) may take; at this deadline its whole process group is killed and
+    /// the rollback fails naming the step. A pull of a large image is the slowest honest step.
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub step_timeout: Duration,
+}
+
+/// `executor.step_timeout` when unset: long enough for a slow pull of a large image, short
+/// enough that a hung registry or host is noticed within one on-call glance.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+fn default_step_timeout() -> Duration {
+    DEFAULT_STEP_TIMEOUT
 }
 
 /// Another host of a multi-host compose target.
@@ -394,6 +409,9 @@ pub struct SshConfig {
     #[serde(default)]
     pub host_key_checking: HostKeyChecking,
     pub known_hosts_file: Option<PathBuf>,
+    /// Also sets ssh's keep-alive: `ServerAliveInterval` is this many seconds and
+    /// `ServerAliveCountMax` 3, so a host that stops answering mid-command is given up on after
+    /// about three times this, before `executor.step_timeout` when that is longer.
     #[serde(default = "default_ssh_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Further attempts when the connection fails (never when the remote command failed).

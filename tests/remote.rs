@@ -423,3 +423,341 @@ fn tags_lists_and_orders_the_registry_tags() {
         "{text}"
     );
 }
+
+// ---- The runbook as a non-root deployment user (scripts/setup makes `rollwatch-ssh`) ----
+
+/// The deployment user of the remote-host tests: no root, in the docker group.
+const SSH_USER: &str = "rollwatch-ssh";
+
+/// (uid of SSH_USER, gid of the docker group).
+fn ssh_user_ids() -> (u32, u32) {
+    let uid = stdout(&sh("id", &["-u", SSH_USER])).parse().expect("uid");
+    let group = stdout(&sh("getent", &["group", "docker"]));
+    let gid = group
+        .split(':')
+        .nth(2)
+        .and_then(|g| g.parse().ok())
+        .expect("docker gid");
+    (uid, gid)
+}
+
+/// Hands the deployment to the ssh user as a deploy user owns `/opt/<app>/<env>/<role>`: the
+/// directory is the user's, `.env` is `user:docker` with mode 0600 (it may hold passwords), and
+/// the test's temp root (0700 from tempfile) becomes traversable.
+fn hand_to_ssh_user(d: &ComposeDeployment) {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = ssh_user_ids();
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(d.root.path(), 0o755);
+    std::os::unix::fs::chown(d.dir(), Some(uid), Some(uid)).unwrap();
+    std::os::unix::fs::chown(d.env_path(), Some(uid), Some(gid)).unwrap();
+    mode(&d.env_path(), 0o600);
+}
+
+/// (bytes, mode, uid, gid) of a file.
+fn file_state(p: &Path) -> (Vec<u8>, u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (
+        std::fs::read(p).unwrap(),
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+    )
+}
+
+/// The compose executor as `rollwatch-ssh@127.0.0.1:2222` with one of setup's keys; `extra`
+/// lands in the executor table (e.g. `, step_timeout = "3s"`).
+fn user_ssh_executor(d: &ComposeDeployment, app: &str, key: &str, extra: &str) -> String {
+    format!(
+        r#"executor = {{ kind = "compose", dir = "{dir}", registry = "{REGISTRY}/{app}", host = "{SSH_USER}@127.0.0.1", ssh = {{ port = 2222, identity_file = "{key}", known_hosts_file = "{kh}", host_key_checking = "strict", connect_timeout = "3s", retries = 1 }}{extra} }}"#,
+        dir = d.dir().display(),
+        key = testbed_file(&format!("ssh/{key}")).display(),
+        kh = testbed_file("ssh/known_hosts").display(),
+    )
+}
+
+/// Files in the deployment directory other than the compose file and `.env` (temp files).
+fn leftovers(d: &ComposeDeployment) -> Vec<String> {
+    std::fs::read_dir(d.dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "docker-compose.yml" && n != ".env")
+        .collect()
+}
+
+/// (state, error) of the newest rollback record.
+fn last_rollback(d: &ComposeDeployment) -> (String, Option<String>) {
+    query(
+        &d.db(),
+        "SELECT state, error FROM rollbacks ORDER BY id DESC LIMIT 1",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .pop()
+    .expect("a rollback record")
+}
+
+#[test]
+fn remote_rollback_as_non_root_keeps_env_mode_and_owner() {
+    let app = app_with_images("so", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    hand_to_ssh_user(&d);
+    let (_, mode, uid, gid) = file_state(&d.env_path());
+    let config = config_with_executor(&d, &app, &user_ssh_executor(&d, &app, "client", ""));
+    rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .success();
+    let (bytes, mode_after, uid_after, gid_after) = file_state(&d.env_path());
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains("IMAGE_TAG=v1.0.0\n"), "{text}");
+    assert_eq!(
+        (mode_after, uid_after, gid_after),
+        (mode, uid, gid),
+        "mode 0600 and owner {SSH_USER}:docker kept"
+    );
+    assert_eq!(mode_after, 0o600);
+    assert_eq!(leftovers(&d), Vec::<String>::new(), "no temp file left");
+    assert_eq!(last_rollback(&d).0, "succeeded");
+    assert_eq!(
+        d.container().image_ref,
+        format!("{}:v1.0.0", d.repository())
+    );
+}
+
+/// The `limited` key runs every command under `ulimit -f 8` (4 KiB): the new `.env` (16 KiB of
+/// settings) is cut short by the kernel mid-write, as a full disk or a quota would cut it. The
+/// old `cat > tmp && sync tmp; mv -f tmp .env` moved the 4 KiB stub into place and said ok.
+#[test]
+fn cut_short_remote_env_write_fails_the_rollback_and_keeps_env() {
+    let app = app_with_images("sc", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    let mut padded = d.env_file();
+    for i in 0..256 {
+        padded.push_str(&format!("# setting {i:04}: {}\n", "x".repeat(48)));
+    }
+    std::fs::write(d.env_path(), &padded).unwrap();
+    hand_to_ssh_user(&d);
+    let before = file_state(&d.env_path());
+    assert!(before.0.len() > 16 * 1024);
+    let config = config_with_executor(&d, &app, &user_ssh_executor(&d, &app, "limited", ""));
+    let out = rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let env = d.env_path().display().to_string();
+    assert!(err.contains(&format!("cannot update {env}")), "{err}");
+    assert_eq!(
+        file_state(&d.env_path()),
+        before,
+        ".env bytes, mode and owner kept"
+    );
+    assert_eq!(leftovers(&d), Vec::<String>::new(), "temp file removed");
+    let (state, error) = last_rollback(&d);
+    assert_eq!(state, "failed");
+    assert!(error.unwrap_or_default().contains(&env));
+}
+
+/// A `.env` owned by someone else cannot be replaced by a non-root user without changing its
+/// owner: the step refuses instead of handing the file to the ssh user.
+#[test]
+fn remote_env_owned_by_another_user_is_refused_and_kept() {
+    let app = app_with_images("sr", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    hand_to_ssh_user(&d);
+    std::os::unix::fs::chown(d.env_path(), Some(0), Some(0)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.env_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let before = file_state(&d.env_path());
+    let config = config_with_executor(&d, &app, &user_ssh_executor(&d, &app, "client", ""));
+    let out = rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("owner") && err.contains("root:root"), "{err}");
+    assert_eq!(file_state(&d.env_path()), before, ".env untouched");
+    assert_eq!(leftovers(&d), Vec::<String>::new(), "temp file removed");
+    assert_eq!(last_rollback(&d).0, "failed");
+}
+
+/// Processes whose command line mentions `needle` (the test's unique app name).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| e.file_name().to_string_lossy() != me)
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(needle)
+                .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Whether a pid is running (a zombie counts as gone: it is only waiting to be reaped).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The `hang` key puts a docker-compose first on PATH whose `pull` sleeps for an hour, like one
+/// stuck on a registry that stopped answering. The step is killed at `executor.step_timeout`,
+/// the rollback fails saying so, and nothing of the step keeps running here or on the host.
+#[test]
+fn hung_remote_compose_step_is_killed_at_its_timeout() {
+    let app = app_with_images("sh", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
+    hand_to_ssh_user(&d);
+    let before = d.container();
+    let env_before = file_state(&d.env_path());
+    let executor = user_ssh_executor(&d, &app, "hang", r#", step_timeout = "3s""#);
+    let config = config_with_executor(&d, &app, &executor);
+    let started = std::time::Instant::now();
+    let out = rollwatch(&config)
+        .args(["rollback", "staging", "backend", "v1.0.0"])
+        .assert()
+        .code(1);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains("pull") && err.contains("did not finish within 3s"),
+        "{err}"
+    );
+    // 3 s for the pull, plus the compose detection before it (two short ssh round trips).
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(3 + 12),
+        "took {took:?}"
+    );
+    let pid = std::fs::read_to_string(d.dir().join(".rollwatch-hung-pid"))
+        .expect("the hanging compose ran")
+        .trim()
+        .to_string();
+    wait_for(
+        Duration::from_secs(10),
+        "the remote sleep to be killed",
+        || (!alive(&pid)).then_some(()),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "no process of the step left",
+        || processes_mentioning(&app).is_empty().then_some(()),
+    );
+    let (state, error) = last_rollback(&d);
+    assert_eq!(state, "failed");
+    assert!(error
+        .unwrap_or_default()
+        .contains("did not finish within 3s"));
+    assert_eq!(d.container().id, before.id, "up never ran");
+    assert_eq!(file_state(&d.env_path()), env_before);
+}
+
+/// The ssh runner for `rollwatch-ssh@127.0.0.1:2222` with one of setup's keys.
+fn user_runner(key: &str, step_timeout: Duration) -> rollwatch::rollback::SshRunner {
+    use rollwatch::config::{HostKeyChecking, SshConfig};
+    let config = SshConfig {
+        port: 2222,
+        identity_file: Some(testbed_file(&format!("ssh/{key}"))),
+        known_hosts_file: Some(testbed_file("ssh/known_hosts")),
+        host_key_checking: HostKeyChecking::Strict,
+        connect_timeout: Duration::from_secs(3),
+        retries: 0,
+    };
+    rollwatch::rollback::SshRunner::new(format!("{SSH_USER}@127.0.0.1"), config, step_timeout)
+}
+
+/// A temp directory owned by the ssh user (its parent chain traversable).
+fn user_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (uid, _) = ssh_user_ids();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    dir
+}
+
+/// A read-only `.env` (0400) of the ssh user is replaced and stays 0400: the temp file gets
+/// the mode only after it was written (as a non-root owner it could not write it otherwise).
+#[tokio::test]
+async fn a_read_only_remote_env_is_replaced_and_stays_read_only() {
+    use rollwatch::rollback::CommandRunner;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = user_dir();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, "IMAGE_TAG=v1.1.0\n").unwrap();
+    let (uid, gid) = ssh_user_ids();
+    std::os::unix::fs::chown(&env, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o400)).unwrap();
+    user_runner("client", Duration::from_secs(30))
+        .write_file_atomic(&env, "IMAGE_TAG=v1.0.0\n")
+        .await
+        .unwrap();
+    let (bytes, mode, u, g) = file_state(&env);
+    assert_eq!(bytes, b"IMAGE_TAG=v1.0.0\n");
+    assert_eq!((mode, u, g), (0o400, uid, gid));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file"
+    );
+}
+
+/// A step cancelled mid-way (the controller's shutdown, or its death) must not leave compose
+/// running on the host beside the next attempt: sshd sends a command without a terminal no
+/// signal when the connection ends. Here the step's deadline is 2 minutes away (and the host's
+/// `timeout` a second later), so only the end of the connection can stop the remote command.
+#[tokio::test]
+async fn a_cancelled_remote_step_stops_on_the_host_too() {
+    use rollwatch::rollback::CommandRunner;
+    let dir = user_dir();
+    let runner = user_runner("hang", Duration::from_secs(120));
+    let marker = dir.path().display().to_string();
+    let argv = vec!["docker-compose".to_string(), "pull".to_string()];
+    let pid_file = dir.path().join(".rollwatch-hung-pid");
+    let started = tokio::select! {
+        out = runner.run(dir.path(), &[], &argv) => panic!("the hanging pull finished: {out:?}"),
+        pid = async {
+            loop {
+                if let Ok(p) = std::fs::read_to_string(&pid_file) {
+                    if !p.trim().is_empty() {
+                        return p.trim().to_string();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => pid,
+        _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the hanging pull never started"),
+    };
+    // The step's future is dropped here, as on shutdown.
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while (alive(&started) || !processes_mentioning(&marker).is_empty())
+        && std::time::Instant::now() < gone
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !alive(&started),
+        "the remote compose ({started}) still runs"
+    );
+    assert_eq!(processes_mentioning(&marker), Vec::<String>::new());
+}

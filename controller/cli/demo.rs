@@ -58,7 +58,7 @@ fn lay_out(root: &Path, app_port: u16) -> anyhow::Result<PathBuf> {
 /// A deploy as CI does it: the runbook's pull and up with the new tag.
 async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
     let executor = ComposeExecutor::new(
-        std::sync::Arc::new(LocalRunner),
+        std::sync::Arc::new(LocalRunner::default()),
         ComposeExecutorConfig {
             dir: dir.to_path_buf(),
             env_file: ".env".into(),
@@ -68,6 +68,7 @@ async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
             host: None,
             also: Vec::new(),
             ssh: Default::default(),
+            step_timeout: crate::config::DEFAULT_STEP_TIMEOUT,
         },
     );
     let plan = ExecPlan {

@@ -233,8 +233,12 @@ impl Executor for ComposeExecutor {
 pub fn compose_executor(config: &ComposeExecutorConfig) -> Box<dyn Executor> {
     let runner_for = |host: &Option<crate::config::SshDestination>| -> Arc<dyn CommandRunner> {
         match host {
-            Some(h) => Arc::new(super::SshRunner::new(h.0.clone(), config.ssh.clone())),
-            None => Arc::new(super::LocalRunner),
+            Some(h) => Arc::new(super::SshRunner::new(
+                h.0.clone(),
+                config.ssh.clone(),
+                config.step_timeout,
+            )),
+            None => Arc::new(super::LocalRunner::new(config.step_timeout)),
         }
     };
     let primary = ComposeExecutor::new(runner_for(&config.host), config.clone());
