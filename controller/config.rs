@@ -283,6 +283,8 @@ impl TryFrom<String> for HealthUrl {
     }
 }
 
+// One value per target, parsed once: the size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ExecutorConfig {
@@ -307,8 +309,12 @@ impl ExecutorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeExecutorConfig {
-    /// The deployment directory, `/opt/<app>/<env>/<role>` in the runbook.
-    pub dir: PathBuf,
+    /// The deployment directory, `/opt/<app>/<env>/<role>` in the runbook. Unset: the
+    /// directory and compose files compose recorded in the watched containers' labels.
+    pub dir: Option<PathBuf>,
+    /// The compose project passed as `-p` when neither the watched containers' labels nor the
+    /// selector's `compose_project` name one (e.g. no container is left to read it from).
+    pub project: Option<String>,
     #[serde(default = "default_env_file")]
     pub env_file: String,
     /// `CONTAINER_REGISTRY` as the compose file uses it, e.g. `registry.example.com/group/app`.
@@ -597,7 +603,8 @@ impl Config {
             }
             let tid = t.id();
             if let ExecutorConfig::Compose(c) = &mut t.executor {
-                let remote_relative = (c.host.is_some() && c.dir.is_relative())
+                let remote_relative = (c.host.is_some()
+                    && c.dir.as_ref().is_some_and(|d| d.is_relative()))
                     || c.also
                         .iter()
                         .any(|h| h.host.is_some() && h.dir.is_relative());
@@ -606,8 +613,15 @@ impl Config {
                         "target {tid}: directories on remote hosts must be absolute paths"
                     )));
                 }
-                if c.dir.is_relative() {
-                    c.dir = base.join(&c.dir);
+                if let Some(d) = c.dir.as_mut().filter(|d| d.is_relative()) {
+                    *d = base.join(&*d);
+                }
+                if let Some(p) = c.project.as_deref() {
+                    if !crate::rollback::is_valid_project_name(p) {
+                        return Err(fail(format!(
+                            "target {tid}: executor.project {p:?} is not a compose project name: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+                        )));
+                    }
                 }
                 for h in &mut c.also {
                     if h.dir.is_relative() {

@@ -67,6 +67,7 @@ async fn initial_state(store: &Store, id: &TargetId) -> Result<TargetState, Stor
 
 /// Starts the controller; returns once the API listens. Everything stops when `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
+    crate::rollback::warn_project_mismatches(&config);
     let store = Store::open(&config.controller.store)?;
     let prober = Prober::new()?;
     let rollbacker = Arc::new(Rollbacker::new(

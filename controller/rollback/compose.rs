@@ -1,15 +1,21 @@
 //! The runbook, verbatim: in the deployment directory with `IMAGE_TAG` and `CONTAINER_REGISTRY`
-//! set, `<compose> --env-file .env pull`, then `<compose> --env-file .env up -d --remove-orphans`,
-//! then the tag is written into `.env` so a later plain `up -d` keeps it.
+//! set, `<compose> -p <project> --env-file .env pull`, then `... up -d --remove-orphans`, then
+//! the tag is written into `.env` so a later plain `up -d` keeps it. `-p` is always the watched
+//! containers' project, so the rollback replaces them instead of starting a second project.
+//! A failed `up` brings the previous tag back and leaves `.env` untouched.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use super::{envfile, step_start, CommandRunner, ExecError, ExecPlan, ExecReport, Executor};
+use super::project::{self, ComposeSite, HostDir, SiteError};
+use super::{
+    envfile, step_start, CommandOutput, CommandRunner, ExecError, ExecPlan, ExecReport, Executor,
+};
 use crate::config::{ComposeCommand, ComposeExecutorConfig};
+use crate::tag::Tag;
 
 /// The two compose implementations in the field: the v2 plugin and the v1 Python binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +39,8 @@ pub struct ComposeExecutor {
     flavor: OnceCell<ComposeFlavor>,
     /// The host's name in step names (`pull@backend-2`) on multi-host targets; empty otherwise.
     label: String,
+    /// One host of several: only containers started from its own directory name its project.
+    multi_host: bool,
 }
 
 impl ComposeExecutor {
@@ -42,6 +50,7 @@ impl ComposeExecutor {
             config,
             flavor: OnceCell::new(),
             label: String::new(),
+            multi_host: false,
         }
     }
 
@@ -55,7 +64,7 @@ impl ComposeExecutor {
 
     /// Tries `docker compose version`, then `docker-compose version`. Trying beats looking at
     /// PATH: a static docker CLI without the plugin is on PATH yet cannot run `docker compose`.
-    async fn flavor(&self) -> Result<ComposeFlavor, ExecError> {
+    async fn flavor(&self, dir: &Path) -> Result<ComposeFlavor, ExecError> {
         let candidates: &[ComposeFlavor] = match self.config.compose_command {
             ComposeCommand::Auto => &[ComposeFlavor::Plugin, ComposeFlavor::Standalone],
             ComposeCommand::Plugin => &[ComposeFlavor::Plugin],
@@ -67,7 +76,7 @@ impl ComposeExecutor {
                 for &flavor in candidates {
                     let mut argv = flavor.argv();
                     argv.push("version".into());
-                    match self.runner.run(&self.config.dir, &[], &argv).await {
+                    match self.runner.run(dir, &[], &argv).await {
                         Ok(out) if out.success() => return Ok(flavor),
                         Ok(out) => {
                             tried.push(format!("{}: exit {}", argv.join(" "), out.status_text()))
@@ -85,40 +94,53 @@ impl ComposeExecutor {
             .copied()
     }
 
-    fn env_path(&self) -> PathBuf {
-        self.config.dir.join(&self.config.env_file)
+    /// This host's directory, project and files for `plan` (see [`project::resolve_site`]).
+    pub fn site(&self, plan: &ExecPlan) -> Result<ComposeSite, ExecError> {
+        let host = HostDir {
+            dir: self.config.dir.as_deref(),
+            project: self.config.project.as_deref(),
+            multi_host: self.multi_host,
+        };
+        Ok(project::resolve_site(host, plan)?)
     }
 
+    /// `<compose> [-p P] [-f F]... --env-file E <args>` with `IMAGE_TAG=tag`, in the site's dir.
     async fn compose(
         &self,
         flavor: ComposeFlavor,
-        plan: &ExecPlan,
+        site: &ComposeSite,
+        tag: &Tag,
         args: &[&str],
         report: &mut ExecReport,
-    ) -> Result<super::CommandOutput, ExecError> {
+    ) -> Result<CommandOutput, ExecError> {
         let mut argv = flavor.argv();
+        if let Some(p) = &site.project {
+            argv.extend(["-p".to_string(), p.clone()]);
+        }
+        for f in &site.files {
+            argv.extend(["-f".to_string(), f.display().to_string()]);
+        }
         argv.extend(["--env-file".to_string(), self.config.env_file.clone()]);
         argv.extend(args.iter().map(|a| a.to_string()));
         let env = [
-            ("IMAGE_TAG".to_string(), plan.tag.to_string()),
+            ("IMAGE_TAG".to_string(), tag.to_string()),
             (
                 "CONTAINER_REGISTRY".to_string(),
                 self.config.registry.clone(),
             ),
         ];
         let label = format!(
-            "IMAGE_TAG={} CONTAINER_REGISTRY={} {}",
-            plan.tag,
+            "IMAGE_TAG={tag} CONTAINER_REGISTRY={} {}",
             self.config.registry,
             argv.join(" ")
         );
         let out = self
             .runner
-            .run(&self.config.dir, &env, &argv)
+            .run(&site.dir, &env, &argv)
             .await
             .map_err(|source| ExecError::Spawn {
                 command: argv.join(" "),
-                dir: self.config.dir.display().to_string(),
+                dir: site.dir.display().to_string(),
                 source,
             })?;
         report.capture(&label, &out);
@@ -126,54 +148,78 @@ impl ComposeExecutor {
     }
 
     async fn run(&self, plan: &ExecPlan, report: &mut ExecReport) -> Result<(), ExecError> {
-        let flavor = self.flavor().await?;
+        // Resolved before any command: a target we cannot place is refused untouched.
+        let site = self.site(plan)?;
+        let flavor = self.flavor(&site.dir).await?;
+        self.pull(flavor, &site, plan, report).await?;
+        self.up_or_restore(flavor, &site, plan, report).await?;
+        self.record_tag(&site, plan, report).await
+    }
 
+    /// The runbook's pull. A failed pull is tolerated when the image is already here (registry
+    /// briefly down, air-gapped host); anything else stops before `up` touches a thing.
+    async fn pull(
+        &self,
+        flavor: ComposeFlavor,
+        site: &ComposeSite,
+        plan: &ExecPlan,
+        report: &mut ExecReport,
+    ) -> Result<(), ExecError> {
         let (t, ms) = step_start();
-        let pull = self.compose(flavor, plan, &["pull"], report).await?;
+        let pull = self
+            .compose(flavor, site, &plan.tag, &["pull"], report)
+            .await?;
         if pull.success() {
             report.step(&self.step_name("pull"), t, ms, true, plan.image());
-        } else {
-            // The runbook tolerates a failed pull when the image is already here (registry
-            // briefly down, air-gapped host); anything else must stop before `up` touches a thing.
-            let argv: Vec<String> = ["docker", "image", "inspect", "--format", "{{.Id}}"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([plan.image()])
-                .collect();
-            let present = self
-                .runner
-                .run(&self.config.dir, &[], &argv)
-                .await
-                .is_ok_and(|o| o.success());
-            if !present {
-                report.step(
-                    &self.step_name("pull"),
-                    t,
-                    ms,
-                    false,
-                    format!("{} not pulled and not present locally", plan.image()),
-                );
-                return Err(ExecError::Pull {
-                    image: plan.image(),
-                });
-            }
-            report.warn(format!(
-                "pull of {} failed; using the copy present locally",
-                plan.image()
-            ));
+            return Ok(());
+        }
+        let argv: Vec<String> = ["docker", "image", "inspect", "--format", "{{.Id}}"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([plan.image()])
+            .collect();
+        let present = self
+            .runner
+            .run(&site.dir, &[], &argv)
+            .await
+            .is_ok_and(|o| o.success());
+        if !present {
             report.step(
                 &self.step_name("pull"),
                 t,
                 ms,
-                true,
-                "failed, image present locally",
+                false,
+                format!("{} not pulled and not present locally", plan.image()),
             );
+            return Err(ExecError::Pull {
+                image: plan.image(),
+            });
         }
+        report.warn(format!(
+            "pull of {} failed; using the copy present locally",
+            plan.image()
+        ));
+        report.step(
+            &self.step_name("pull"),
+            t,
+            ms,
+            true,
+            "failed, image present locally",
+        );
+        Ok(())
+    }
 
+    /// `up -d --remove-orphans`; when it fails (e.g. the new container cannot start after the
+    /// old one was stopped), the previous tag is brought back before the error is returned.
+    async fn up_or_restore(
+        &self,
+        flavor: ComposeFlavor,
+        site: &ComposeSite,
+        plan: &ExecPlan,
+        report: &mut ExecReport,
+    ) -> Result<(), ExecError> {
         let (t, ms) = step_start();
-        let up = self
-            .compose(flavor, plan, &["up", "-d", "--remove-orphans"], report)
-            .await?;
+        let up = self.compose(flavor, site, &plan.tag, &UP, report).await?;
         report.step(
             &self.step_name("up"),
             t,
@@ -181,15 +227,152 @@ impl ComposeExecutor {
             up.success(),
             "up -d --remove-orphans",
         );
-        if !up.success() {
-            return Err(ExecError::Up {
-                command: "up -d --remove-orphans".into(),
-                status: up.status_text(),
-            });
+        if up.success() {
+            return Ok(());
         }
+        let restore = self.restore(flavor, site, plan, report).await;
+        Err(ExecError::Up {
+            command: "up -d --remove-orphans".into(),
+            status: up.status_text(),
+            restore,
+        })
+    }
 
+    /// Runs `up` with the tag that ran before, without a pull (the image is still here, and a
+    /// registry that is down must not stop the way back), records a `restore` step, and says
+    /// in one sentence what it achieved. Compose v1.29 leaves the failed new container
+    /// (`created`) and the stopped old one (renamed `<id>_<name>`); this `up` replaces both
+    /// with one container of the previous configuration.
+    async fn restore(
+        &self,
+        flavor: ComposeFlavor,
+        site: &ComposeSite,
+        plan: &ExecPlan,
+        report: &mut ExecReport,
+    ) -> String {
         let (t, ms) = step_start();
-        let path = self.env_path();
+        let name = self.step_name("restore");
+        let Some(previous) = &plan.previous_tag else {
+            let msg = "the previous tag is unknown (the containers did not run <repository>:<tag>), so nothing was restored: containers may be partly recreated; bring them back by hand".to_string();
+            report.step(&name, t, ms, false, msg.clone());
+            return msg;
+        };
+        let up = match self.compose(flavor, site, previous, &UP, report).await {
+            Ok(out) => out,
+            Err(e) => {
+                let msg = format!(
+                    "restoring {previous} could not run: {e}; containers may be partly recreated"
+                );
+                report.step(&name, t, ms, false, msg.clone());
+                return msg;
+            }
+        };
+        if !up.success() {
+            let msg = format!(
+                "restoring {previous} failed too (exit {}); containers may be partly recreated",
+                up.status_text()
+            );
+            report.step(&name, t, ms, false, msg);
+            return format!("restoring {previous} failed too; containers may be partly recreated");
+        }
+        let (ok, detail) = self.compare_images(flavor, site, previous, report).await;
+        report.step(
+            &name,
+            t,
+            ms,
+            ok,
+            format!("IMAGE_TAG={previous} up: {detail}"),
+        );
+        if ok {
+            format!("the previous tag {previous} was brought back ({detail}); .env was not changed")
+        } else {
+            format!("the previous tag {previous} was started again, but {detail}")
+        }
+    }
+
+    /// Whether the project's containers run the image IDs they ran before the rollback.
+    async fn compare_images(
+        &self,
+        flavor: ComposeFlavor,
+        site: &ComposeSite,
+        tag: &Tag,
+        report: &mut ExecReport,
+    ) -> (bool, String) {
+        if site.previous_images.is_empty() {
+            return (true, "previous image IDs unknown, not compared".into());
+        }
+        let mut scratch = ExecReport::new(|_| {});
+        let ids = match self
+            .compose(flavor, site, tag, &["ps", "-q"], &mut scratch)
+            .await
+        {
+            Ok(out) if out.success() => out
+                .text
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            _ => {
+                return (
+                    false,
+                    "cannot list the project's containers to compare image IDs".into(),
+                )
+            }
+        };
+        let mut argv: Vec<String> = ["docker", "inspect", "--format", "{{.Image}}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(ids.iter().cloned());
+        let now: Vec<String> = match self.runner.run(&site.dir, &[], &argv).await {
+            Ok(out) if out.success() && !ids.is_empty() => {
+                let mut v: Vec<String> = out.text.split_whitespace().map(String::from).collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+            _ => {
+                return (
+                    false,
+                    "cannot inspect the restored containers' images".into(),
+                )
+            }
+        };
+        report.output.push_str(&format!(
+            "restore: containers {} run {}\n",
+            ids.join(" "),
+            now.join(" ")
+        ));
+        if now == site.previous_images {
+            (
+                true,
+                format!(
+                    "{} container(s) on {}, as before",
+                    ids.len(),
+                    now.join(", ")
+                ),
+            )
+        } else {
+            (
+                false,
+                format!(
+                    "they run {} instead of {}",
+                    now.join(", "),
+                    site.previous_images.join(", ")
+                ),
+            )
+        }
+    }
+
+    /// Writes the tag into the env file, only after a successful `up`: a later plain `up -d`
+    /// keeps it, and a failed rollback leaves the file as it was.
+    async fn record_tag(
+        &self,
+        site: &ComposeSite,
+        plan: &ExecPlan,
+        report: &mut ExecReport,
+    ) -> Result<(), ExecError> {
+        let (t, ms) = step_start();
+        let path = site.dir.join(&self.config.env_file);
         let env_err = |source| ExecError::EnvFile {
             path: path.display().to_string(),
             source,
@@ -214,6 +397,9 @@ impl ComposeExecutor {
         Ok(())
     }
 }
+
+/// The runbook's `up`, also used to restore.
+const UP: [&str; 3] = ["up", "-d", "--remove-orphans"];
 
 impl Executor for ComposeExecutor {
     fn kind(&self) -> &'static str {
@@ -241,23 +427,51 @@ pub fn compose_executor(config: &ComposeExecutorConfig) -> Box<dyn Executor> {
     if config.also.is_empty() {
         return Box::new(primary);
     }
-    let name = |host: &Option<crate::config::SshDestination>, dir: &std::path::Path| match host {
-        Some(h) => format!("{}:{}", h.0, dir.display()),
-        None => format!("local:{}", dir.display()),
+    let name = |host: &Option<crate::config::SshDestination>, dir: Option<&Path>| {
+        let dir = dir
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "<compose working_dir>".into());
+        match host {
+            Some(h) => format!("{}:{dir}", h.0),
+            None => format!("local:{dir}"),
+        }
     };
     let mut hosts = vec![ComposeExecutor {
-        label: name(&config.host, &config.dir),
+        label: name(&config.host, config.dir.as_deref()),
+        multi_host: true,
         ..primary
     }];
     for extra in &config.also {
         let mut c = config.clone();
-        c.dir = extra.dir.clone();
+        c.dir = Some(extra.dir.clone());
         c.host = extra.host.clone();
         let mut e = ComposeExecutor::new(runner_for(&extra.host), c);
-        e.label = name(&extra.host, &extra.dir);
+        e.label = name(&extra.host, Some(&extra.dir));
+        e.multi_host = true;
         hosts.push(e);
     }
     Box::new(MultiHostExecutor { hosts })
+}
+
+/// Refuses, before anything runs, a plan for which some host has no directory or no
+/// unambiguous project (the same resolution each host's executor does).
+pub fn check_sites(config: &ComposeExecutorConfig, plan: &ExecPlan) -> Result<(), SiteError> {
+    let multi_host = !config.also.is_empty();
+    let project = config.project.as_deref();
+    let primary = HostDir {
+        dir: config.dir.as_deref(),
+        project,
+        multi_host,
+    };
+    let extra = config.also.iter().map(|h| HostDir {
+        dir: Some(&h.dir),
+        project,
+        multi_host,
+    });
+    for host in std::iter::once(primary).chain(extra) {
+        project::resolve_site(host, plan)?;
+    }
+    Ok(())
 }
 
 /// Several hosts of one target: every host is rolled back (a failure on one does not stop the

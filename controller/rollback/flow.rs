@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::{
-    compose_executor, step_start, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor,
+    check_sites, compose_executor, compose_projects_of, step_start, DockerApiExecutor, ExecError,
+    ExecPlan, ExecReport, Executor, SiteError,
 };
 use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
 use crate::docker::{ContainerInfo, DockerClient, DockerError};
@@ -42,6 +43,9 @@ pub enum RollbackError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The compose executor cannot tell where or as which project to run; nothing was changed.
+    #[error(transparent)]
+    Site(#[from] SiteError),
     #[error("unknown tag {tag} for {target}: {image} is neither in registry {registry} nor present locally; nothing was changed")]
     UnknownTag {
         target: TargetId,
@@ -164,7 +168,14 @@ impl Rollbacker {
             target: id.clone(),
             tag: tag.clone(),
             image_repository: repository.clone(),
+            compose_projects: compose_projects_of(&containers),
+            selector_project: target.selector.compose_project.clone(),
+            previous_tag: running_tag_of(&containers, &repository)
+                .and_then(|t| Tag::parse(&t).ok()),
         };
+        if let ExecutorConfig::Compose(c) = &target.executor {
+            check_sites(c, &plan)?;
+        }
         let image = plan.image();
         if docker.image_id(&image).await?.is_none() {
             let registry = crate::registry::split_repository(&repository)
@@ -241,12 +252,16 @@ impl Rollbacker {
         let docker = DockerClient::connect(&target.docker).await?;
         let repository = target.executor.image_repository(&target.role);
         let tag = Tag::parse(&record.to_tag).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let containers = docker.containers(&target.selector, true).await?;
         let plan = ExecPlan {
             target: target.id(),
             tag,
             image_repository: repository.clone(),
+            compose_projects: compose_projects_of(&containers),
+            selector_project: target.selector.compose_project.clone(),
+            previous_tag: running_tag_of(&containers, &repository)
+                .and_then(|t| Tag::parse(&t).ok()),
         };
-        let containers = docker.containers(&target.selector, true).await?;
         let mut report = ExecReport::new(on_step);
         report.output.push_str(&format!(
             "resuming rollback #{} after a controller restart\n",
