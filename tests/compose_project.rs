@@ -139,12 +139,6 @@ fn rollback_whose_new_container_cannot_start_restores_the_previous_containers() 
         .assert()
         .code(1);
     eprintln!("failed rollback with restore: {:?}", started.elapsed());
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    eprintln!("{stderr}");
-    assert!(
-        stderr.contains("v1.0.0 was brought back"),
-        "the error says the previous tag is back: {stderr}"
-    );
 
     let all = app_containers(&app);
     assert_eq!(all.len(), 1, "nothing new left behind: {all:?}");
@@ -155,6 +149,11 @@ fn rollback_whose_new_container_cannot_start_restores_the_previous_containers() 
         std::fs::read(d.env_path()).expect("read .env"),
         env_before,
         ".env byte-identical"
+    );
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("v1.0.0 was brought back"),
+        "the error says the previous tag is back: {stderr}"
     );
     wait_healthy_version(d.port, "v1.0.0");
 

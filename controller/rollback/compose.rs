@@ -272,8 +272,8 @@ impl ComposeExecutor {
                 "restoring {previous} failed too (exit {}); containers may be partly recreated",
                 up.status_text()
             );
-            report.step(&name, t, ms, false, msg);
-            return format!("restoring {previous} failed too; containers may be partly recreated");
+            report.step(&name, t, ms, false, msg.clone());
+            return msg;
         }
         let (ok, detail) = self.compare_images(flavor, site, previous, report).await;
         report.step(
@@ -301,41 +301,13 @@ impl ComposeExecutor {
         if site.previous_images.is_empty() {
             return (true, "previous image IDs unknown, not compared".into());
         }
-        let mut scratch = ExecReport::new(|_| {});
-        let ids = match self
-            .compose(flavor, site, tag, &["ps", "-q"], &mut scratch)
-            .await
-        {
-            Ok(out) if out.success() => out
-                .text
-                .split_whitespace()
-                .map(String::from)
-                .collect::<Vec<_>>(),
-            _ => {
-                return (
-                    false,
-                    "cannot list the project's containers to compare image IDs".into(),
-                )
-            }
+        let ids = match self.container_ids(flavor, site, tag).await {
+            Some(ids) if !ids.is_empty() => ids,
+            Some(_) => return (false, "no container of the project is there".into()),
+            None => return (false, "cannot list the project's containers".into()),
         };
-        let mut argv: Vec<String> = ["docker", "inspect", "--format", "{{.Image}}"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        argv.extend(ids.iter().cloned());
-        let now: Vec<String> = match self.runner.run(&site.dir, &[], &argv).await {
-            Ok(out) if out.success() && !ids.is_empty() => {
-                let mut v: Vec<String> = out.text.split_whitespace().map(String::from).collect();
-                v.sort();
-                v.dedup();
-                v
-            }
-            _ => {
-                return (
-                    false,
-                    "cannot inspect the restored containers' images".into(),
-                )
-            }
+        let Some(now) = self.image_ids(site, &ids).await else {
+            return (false, "cannot inspect the restored containers".into());
         };
         report.output.push_str(&format!(
             "restore: containers {} run {}\n",
@@ -343,24 +315,66 @@ impl ComposeExecutor {
             now.join(" ")
         ));
         if now == site.previous_images {
-            (
-                true,
-                format!(
-                    "{} container(s) on {}, as before",
-                    ids.len(),
-                    now.join(", ")
-                ),
-            )
+            let detail = format!(
+                "{} container(s) on {}, as before",
+                ids.len(),
+                now.join(", ")
+            );
+            (true, detail)
         } else {
-            (
-                false,
-                format!(
-                    "they run {} instead of {}",
-                    now.join(", "),
-                    site.previous_images.join(", ")
-                ),
-            )
+            let detail = format!(
+                "they run {} instead of {}",
+                now.join(", "),
+                site.previous_images.join(", ")
+            );
+            (false, detail)
         }
+    }
+
+    /// `<compose> ps -q`: the project's container IDs.
+    async fn container_ids(
+        &self,
+        flavor: ComposeFlavor,
+        site: &ComposeSite,
+        tag: &Tag,
+    ) -> Option<Vec<String>> {
+        let mut scratch = ExecReport::new(|_| {});
+        let out = self
+            .compose(flavor, site, tag, &["ps", "-q"], &mut scratch)
+            .await
+            .ok()
+            .filter(|o| o.success())?;
+        // The output mixes in stderr (v2 warns about an obsolete `version:` there): keep only
+        // the words that are container IDs.
+        let ids = out
+            .text
+            .split_whitespace()
+            .filter(|w| w.len() >= 12 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(String::from)
+            .collect();
+        Some(ids)
+    }
+
+    /// The distinct image IDs (`sha256:...`) the given containers run, sorted.
+    async fn image_ids(&self, site: &ComposeSite, containers: &[String]) -> Option<Vec<String>> {
+        let argv: Vec<String> = ["docker", "inspect", "--format", "{{.Image}}"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(containers.iter().cloned())
+            .collect();
+        let out = self
+            .runner
+            .run(&site.dir, &[], &argv)
+            .await
+            .ok()
+            .filter(|o| o.success())?;
+        let ids: std::collections::BTreeSet<String> = out
+            .text
+            .split_whitespace()
+            .filter(|w| w.starts_with("sha256:"))
+            .map(String::from)
+            .collect();
+        Some(ids.into_iter().collect())
     }
 
     /// Writes the tag into the env file, only after a successful `up`: a later plain `up -d`
@@ -519,5 +533,180 @@ impl Executor for MultiHostExecutor {
         report: &'a mut ExecReport,
     ) -> BoxFuture<'a, Result<(), ExecError>> {
         Box::pin(self.run(plan, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::rollback::ComposeProjectFacts;
+    use crate::target::{Env, TargetId};
+
+    /// Answers like docker-compose v1 would when the new tag's container cannot start; records
+    /// every command and write.
+    #[derive(Default)]
+    struct FakeHost {
+        commands: Mutex<Vec<(PathBuf, Vec<String>)>>,
+        writes: Mutex<Vec<PathBuf>>,
+    }
+
+    impl CommandRunner for FakeHost {
+        fn run<'a>(
+            &'a self,
+            dir: &'a Path,
+            env: &'a [(String, String)],
+            argv: &'a [String],
+        ) -> BoxFuture<'a, std::io::Result<CommandOutput>> {
+            let mut line: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            line.extend(argv.iter().cloned());
+            self.commands
+                .lock()
+                .unwrap()
+                .push((dir.to_path_buf(), line.clone()));
+            let joined = line.join(" ");
+            let (code, text) = if joined.contains("IMAGE_TAG=v6.6.6") && joined.contains(" up ") {
+                (
+                    1,
+                    "ERROR: for backend  Cannot start service backend".to_string(),
+                )
+            } else if joined.ends_with("ps -q") {
+                (0, "WARNING: noise\nabcdef0123456789abcdef\n".to_string())
+            } else if joined.starts_with("docker inspect") {
+                (0, "sha256:old\n".to_string())
+            } else {
+                (0, String::new())
+            };
+            Box::pin(async move {
+                Ok(CommandOutput {
+                    code: Some(code),
+                    text,
+                })
+            })
+        }
+
+        fn read_file<'a>(&'a self, _: &'a Path) -> BoxFuture<'a, std::io::Result<String>> {
+            Box::pin(async { Ok("IMAGE_TAG=v1.0.0\n".to_string()) })
+        }
+
+        fn write_file_atomic<'a>(
+            &'a self,
+            path: &'a Path,
+            _: &'a str,
+        ) -> BoxFuture<'a, std::io::Result<()>> {
+            self.writes.lock().unwrap().push(path.to_path_buf());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn config(dir: Option<&str>) -> ComposeExecutorConfig {
+        ComposeExecutorConfig {
+            dir: dir.map(PathBuf::from),
+            project: None,
+            env_file: ".env".into(),
+            registry: "r/shop".into(),
+            image: None,
+            compose_command: ComposeCommand::Standalone,
+            host: None,
+            also: Vec::new(),
+            ssh: Default::default(),
+        }
+    }
+
+    fn plan(to: &str, facts: Vec<ComposeProjectFacts>) -> ExecPlan {
+        let id = TargetId {
+            env: Env::Staging,
+            role: "backend".into(),
+        };
+        let mut p = ExecPlan::new(id, Tag::parse(to).unwrap(), "r/shop/backend".into());
+        p.compose_projects = facts;
+        p.previous_tag = Some(Tag::parse("v1.0.0").unwrap());
+        p
+    }
+
+    fn facts() -> Vec<ComposeProjectFacts> {
+        vec![ComposeProjectFacts {
+            project: "shop-staging-backend".into(),
+            working_dir: Some("/opt/shop/staging/backend".into()),
+            config_files: vec!["/opt/shop/staging/backend/docker-compose.yml".into()],
+            image_ids: vec!["sha256:old".into()],
+        }]
+    }
+
+    async fn execute(
+        host: &Arc<FakeHost>,
+        cfg: ComposeExecutorConfig,
+        plan: &ExecPlan,
+    ) -> (Result<(), ExecError>, ExecReport) {
+        let exec = ComposeExecutor::new(host.clone(), cfg);
+        let mut report = ExecReport::new(|_| {});
+        let result = exec.run(plan, &mut report).await;
+        (result, report)
+    }
+
+    #[tokio::test]
+    async fn every_compose_command_runs_as_the_labelled_project() {
+        let host = Arc::new(FakeHost::default());
+        let (result, _) = execute(&host, config(Some("/srv/x")), &plan("v1.0.1", facts())).await;
+        assert!(result.is_ok(), "{result:?}");
+        let commands = host.commands.lock().unwrap();
+        let compose: Vec<&Vec<String>> = commands
+            .iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.iter().any(|w| w == "docker-compose") && !l.contains(&"version".into()))
+            .collect();
+        assert_eq!(compose.len(), 2, "pull and up: {compose:?}");
+        for l in compose {
+            let at = l.iter().position(|w| w == "-p").expect("-p passed");
+            assert_eq!(l[at + 1], "shop-staging-backend");
+            assert!(
+                !l.contains(&"-f".to_string()),
+                "a configured dir keeps its own files"
+            );
+        }
+        assert!(commands.iter().all(|(d, _)| d == Path::new("/srv/x")));
+        assert_eq!(*host.writes.lock().unwrap(), [PathBuf::from("/srv/x/.env")]);
+    }
+
+    #[tokio::test]
+    async fn failed_up_restores_the_previous_tag_without_pull_and_leaves_env_alone() {
+        let host = Arc::new(FakeHost::default());
+        let (result, report) = execute(&host, config(None), &plan("v6.6.6", facts())).await;
+        let err = result.expect_err("the rollback failed");
+        assert!(err.to_string().contains("v1.0.0 was brought back"), "{err}");
+        let steps: Vec<(&str, bool)> = report
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.ok))
+            .collect();
+        assert_eq!(steps, [("pull", true), ("up", false), ("restore", true)]);
+        let commands = host.commands.lock().unwrap();
+        let restore: Vec<&Vec<String>> = commands
+            .iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.contains(&"IMAGE_TAG=v1.0.0".to_string()))
+            .collect();
+        assert!(
+            restore.iter().all(|l| !l.contains(&"pull".to_string())),
+            "no pull for the restore: {restore:?}"
+        );
+        assert!(
+            restore[0].contains(&"/opt/shop/staging/backend/docker-compose.yml".to_string()),
+            "dir and files from the labels: {restore:?}"
+        );
+        assert!(host.writes.lock().unwrap().is_empty(), ".env not written");
+    }
+
+    #[tokio::test]
+    async fn unset_dir_without_labels_runs_nothing() {
+        let host = Arc::new(FakeHost::default());
+        let (result, _) = execute(&host, config(None), &plan("v1.0.1", Vec::new())).await;
+        assert!(
+            matches!(result, Err(ExecError::Site(SiteError::NoDirectory { .. }))),
+            "{result:?}"
+        );
+        assert!(host.commands.lock().unwrap().is_empty());
     }
 }
