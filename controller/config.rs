@@ -333,8 +333,12 @@ impl ExecutorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeExecutorConfig {
-    /// The deployment directory, `/opt/<app>/<env>/<role>` in the runbook.
-    pub dir: PathBuf,
+    /// The deployment directory, `/opt/<app>/<env>/<role>` in the runbook. Unset: the
+    /// directory and compose files compose recorded in the watched containers' labels.
+    pub dir: Option<PathBuf>,
+    /// The compose project passed as `-p` when neither the watched containers' labels nor the
+    /// selector's `compose_project` name one (e.g. no container is left to read it from).
+    pub project: Option<String>,
     #[serde(default = "default_env_file")]
     pub env_file: String,
     /// `CONTAINER_REGISTRY` as the compose file uses it, e.g. `registry.example.com/group/app`.
@@ -595,8 +599,8 @@ impl Config {
         })?;
         for t in &mut targets {
             if let ExecutorConfig::Compose(c) = &mut t.executor {
-                if c.dir.is_relative() {
-                    c.dir = base.join(&c.dir);
+                if let Some(d) = c.dir.as_mut().filter(|d| d.is_relative()) {
+                    *d = base.join(&*d);
                 }
                 for h in &mut c.also {
                     if h.dir.is_relative() {
@@ -980,15 +984,34 @@ fn check_metrics(m: &MetricsConfig) -> Result<(), Refusal> {
 /// bound every connection attempt.
 fn check_compose(c: &ComposeExecutorConfig) -> Result<(), Refusal> {
     use Seg::{Index, Key};
-    if c.host.is_some() && c.dir.is_relative() {
+    if let Some(dir) = c
+        .dir
+        .as_ref()
+        .filter(|d| c.host.is_some() && d.is_relative())
+    {
         return Err(Refusal::new(
             &[Key("dir")],
             format!(
                 "{} is relative, but directories on remote hosts must be absolute paths",
-                c.dir.display()
+                dir.display()
             ),
         ));
     }
+    if let Some(p) = c.project.as_deref() {
+        if !crate::rollback::is_valid_project_name(p) {
+            return Err(Refusal::new(
+                &[Key("project")],
+                format!("{p:?} is not a compose project name: use lowercase letters, digits, '-' and '_', starting with a letter or digit"),
+            ));
+        }
+    }
+    above_zero(
+        &[Key("step_timeout")],
+        c.step_timeout,
+        Limit::Wait,
+        "would kill every rollback step before it started",
+        default_step_timeout(),
+    )?;
     for (j, h) in c.also.iter().enumerate() {
         if h.host.is_some() && h.dir.is_relative() {
             return Err(Refusal::new(

@@ -51,6 +51,7 @@ pub struct Running {
 /// (and a SIGTERM is honoured) even while a resume waits on a slow host. Everything stops when
 /// `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
+    crate::rollback::warn_project_mismatches(&config);
     let store = Store::open(&config.controller.store)?;
     let prober = Prober::new()?;
     let rollbacker = Arc::new(Rollbacker::new(

@@ -178,6 +178,13 @@ pub struct ContainerInfo {
     /// Creation time, Unix seconds.
     pub created: i64,
     pub labels: BTreeMap<String, String>,
+    /// `com.docker.compose.project`: the project a rollback must run as (`-p`), whatever the
+    /// directory or `.env` say.
+    pub compose_project: Option<String>,
+    /// `com.docker.compose.project.working_dir`: where compose ran when it created the container.
+    pub compose_working_dir: Option<String>,
+    /// `com.docker.compose.project.config_files`: the `-f` files, comma-separated as compose writes them.
+    pub compose_config_files: Option<String>,
 }
 
 /// A connected, version-negotiated Docker API client.
@@ -278,6 +285,9 @@ impl DockerClient {
                 health: c.status.as_deref().and_then(health_from_status),
                 exit_code: c.status.as_deref().and_then(exit_code_from_status),
                 created: c.created.unwrap_or(0),
+                compose_project: compose_label(&c.labels, "project"),
+                compose_working_dir: compose_label(&c.labels, "project.working_dir"),
+                compose_config_files: compose_label(&c.labels, "project.config_files"),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect();
@@ -485,6 +495,14 @@ impl DockerClient {
 fn exit_code_from_status(status: &str) -> Option<i64> {
     let rest = status.strip_prefix("Exited (")?;
     rest.split_once(')')?.0.parse().ok()
+}
+
+/// The value of compose's `com.docker.compose.<key>` label, when set.
+fn compose_label(labels: &Option<HashMap<String, String>>, key: &str) -> Option<String> {
+    labels
+        .as_ref()?
+        .get(&format!("com.docker.compose.{key}"))
+        .cloned()
 }
 
 fn health_from_status(status: &str) -> Option<String> {

@@ -60,7 +60,8 @@ async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
     let executor = ComposeExecutor::new(
         std::sync::Arc::new(LocalRunner::default()),
         ComposeExecutorConfig {
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
+            project: None,
             env_file: ".env".into(),
             registry: "127.0.0.1:5000/demo".into(),
             image: None,
@@ -71,14 +72,14 @@ async fn deploy(dir: &Path, tag: &str) -> anyhow::Result<()> {
             step_timeout: crate::config::DEFAULT_STEP_TIMEOUT,
         },
     );
-    let plan = ExecPlan {
-        target: TargetId {
+    let plan = ExecPlan::new(
+        TargetId {
             env: Env::Staging,
             role: "backend".into(),
         },
-        tag: Tag::parse(tag)?,
-        image_repository: "127.0.0.1:5000/demo/backend".into(),
-    };
+        Tag::parse(tag)?,
+        "127.0.0.1:5000/demo/backend".into(),
+    );
     let mut report = ExecReport::new(|_| {});
     executor
         .execute(&plan, &mut report)

@@ -160,6 +160,7 @@ pub fn main() -> ExitCode {
                             | RollbackError::Registry { .. }
                             | RollbackError::AlreadyRunning { .. }
                             | RollbackError::Docker(_)
+                            | RollbackError::Site(_)
                     )
                 );
             ExitCode::from(if refused { 2 } else { 1 })
@@ -198,6 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => {
             let config = Config::load(&config_path)?;
             print_config(&config)?;
+            for w in crate::rollback::project_warnings(&config) {
+                errln!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback {
@@ -684,7 +688,18 @@ fn print_config(config: &Config) -> std::io::Result<()> {
     for t in &config.targets {
         let exec = match &t.executor {
             ExecutorConfig::Compose(c) => {
-                format!("compose in {} (registry {})", c.dir.display(), c.registry)
+                format!(
+                    "compose in {}{} (registry {})",
+                    c.dir.as_ref().map_or_else(
+                        || "the containers' compose working_dir".into(),
+                        |d| d.display().to_string()
+                    ),
+                    c.project
+                        .as_ref()
+                        .map(|p| format!(", project {p}"))
+                        .unwrap_or_default(),
+                    c.registry
+                )
             }
             ExecutorConfig::Docker(d) => format!("docker API, image {}", d.image),
         };

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::{
-    compose_executor, step_start, DockerApiExecutor, ExecError, ExecPlan, ExecReport, Executor,
+    check_sites, compose_executor, compose_projects_of, step_start, DockerApiExecutor, ExecError,
+    ExecPlan, ExecReport, Executor, SiteError,
 };
 use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
 use crate::docker::{ContainerInfo, DockerClient, DockerError};
@@ -44,6 +45,9 @@ pub enum RollbackError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The compose executor cannot tell where or as which project to run; nothing was changed.
+    #[error(transparent)]
+    Site(#[from] SiteError),
     #[error("unknown tag {tag} for {target}: {image} is neither in registry {registry} nor present locally; nothing was changed")]
     UnknownTag {
         target: TargetId,
@@ -141,6 +145,18 @@ pub fn running_tag_of(containers: &[ContainerInfo], repository: &str) -> Option<
     newest(true).or_else(|| newest(false))
 }
 
+/// What the executor needs to put `tag` on the target, with the facts of the containers it
+/// replaces: their compose projects (for `-p`) and the tag they ran (for a restore).
+fn plan_for(target: &TargetConfig, tag: Tag, containers: &[ContainerInfo]) -> ExecPlan {
+    let repository = target.executor.image_repository(&target.role);
+    ExecPlan {
+        previous_tag: running_tag_of(containers, &repository).and_then(|t| Tag::parse(&t).ok()),
+        compose_projects: compose_projects_of(containers),
+        selector_project: target.selector.compose_project.clone(),
+        ..ExecPlan::new(target.id(), tag, repository)
+    }
+}
+
 impl Rollbacker {
     pub fn new(
         store: Store,
@@ -189,11 +205,10 @@ impl Rollbacker {
         if !explicit && from_tag.as_deref() == Some(tag.as_str()) {
             return Err(RollbackError::AlreadyRunning { target: id, tag });
         }
-        let plan = ExecPlan {
-            target: id.clone(),
-            tag: tag.clone(),
-            image_repository: repository.clone(),
-        };
+        let plan = plan_for(target, tag.clone(), &containers);
+        if let ExecutorConfig::Compose(c) = &target.executor {
+            check_sites(c, &plan)?;
+        }
         let image = plan.image();
         if docker.image_id(&image).await?.is_none() {
             let registry = crate::registry::split_repository(&repository)
@@ -313,14 +328,9 @@ impl Rollbacker {
         on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
     ) -> Result<RollbackRecord, RollbackError> {
         let docker = DockerClient::connect(&target.docker).await?;
-        let repository = target.executor.image_repository(&target.role);
         let tag = Tag::parse(&record.to_tag).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let plan = ExecPlan {
-            target: target.id(),
-            tag,
-            image_repository: repository.clone(),
-        };
         let containers = docker.containers(&target.selector, true).await?;
+        let plan = plan_for(target, tag, &containers);
         let mut report = ExecReport::new(on_step);
         report.output.push_str(&format!(
             "resuming rollback #{} after a controller restart\n",

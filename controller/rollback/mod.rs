@@ -6,6 +6,7 @@ mod compose;
 mod docker_api;
 pub mod envfile;
 mod flow;
+mod project;
 mod runner;
 mod ssh;
 
@@ -13,10 +14,14 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
-pub use compose::{compose_executor, ComposeExecutor, ComposeFlavor};
+pub use compose::{check_sites, compose_executor, ComposeExecutor, ComposeFlavor};
 pub use docker_api::DockerApiExecutor;
 pub(crate) use flow::fault_panic_once;
 pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
+pub use project::{
+    compose_projects_of, is_valid_project_name, project_warnings, warn_project_mismatches,
+    ComposeProjectFacts, SiteError,
+};
 pub use runner::{CommandOutput, CommandRunner, LocalRunner};
 pub use ssh::{shell_quote, SshRunner};
 
@@ -25,15 +30,35 @@ use crate::store::{now_ms, StepRecord};
 use crate::tag::Tag;
 use crate::target::TargetId;
 
-/// What an executor is asked to do: put `tag` of `image_repository` on every container of `target`.
+/// What an executor is asked to do: put `tag` of `image_repository` on every container of `target`,
+/// with the facts about those containers it needs to act on exactly them.
 #[derive(Debug, Clone)]
 pub struct ExecPlan {
     pub target: TargetId,
     pub tag: Tag,
     pub image_repository: String,
+    /// The compose projects of the watched containers, from their labels: the compose executor
+    /// runs with their `-p` (and, without `executor.dir`, in their directory with their files).
+    pub compose_projects: Vec<ComposeProjectFacts>,
+    /// The selector's `compose_project`: names the project when no container is left to.
+    pub selector_project: Option<String>,
+    /// The tag the containers ran before this rollback: a failed `up` brings it back.
+    pub previous_tag: Option<Tag>,
 }
 
 impl ExecPlan {
+    /// A plan with no facts about the running containers (a deploy, a test).
+    pub fn new(target: TargetId, tag: Tag, image_repository: String) -> ExecPlan {
+        ExecPlan {
+            target,
+            tag,
+            image_repository,
+            compose_projects: Vec::new(),
+            selector_project: None,
+            previous_tag: None,
+        }
+    }
+
     pub fn image(&self) -> String {
         format!("{}:{}", self.image_repository, self.tag)
     }
@@ -112,8 +137,13 @@ pub enum ExecError {
     },
     #[error("pull of {image} failed and the image is not present locally; the running version was left untouched (output below)")]
     Pull { image: String },
-    #[error("`{command}` failed with exit {status}; containers may be partly recreated (output in the record)")]
-    Up { command: String, status: String },
+    #[error("`{command}` failed with exit {status}; {restore} (output in the record)")]
+    Up {
+        command: String,
+        status: String,
+        /// What the restore of the previous tag achieved, as a sentence.
+        restore: String,
+    },
     #[error("cannot update {path}: {source}")]
     EnvFile {
         path: String,
@@ -129,6 +159,8 @@ pub enum ExecError {
         total: usize,
         summary: String,
     },
+    #[error(transparent)]
+    Site(#[from] SiteError),
     #[error(transparent)]
     Docker(#[from] DockerError),
 }

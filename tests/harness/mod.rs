@@ -233,6 +233,58 @@ pub fn project_containers(project: &str) -> Vec<String> {
         .collect()
 }
 
+/// One container of an app, in any compose project and any state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppContainer {
+    pub name: String,
+    /// `running`, `created`, `exited`, ...
+    pub state: String,
+    pub image_id: String,
+    pub project: String,
+}
+
+/// Every container labelled `rollwatch.test.app=<app>`, across all compose projects.
+pub fn app_containers(app: &str) -> Vec<AppContainer> {
+    let filter = format!("label=rollwatch.test.app={app}");
+    let out = sh("docker", &["ps", "-aq", "--filter", &filter]);
+    let ids = stdout(&out);
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec![
+        "inspect",
+        "--format",
+        "{{.Name}} {{.State.Status}} {{.Image}} {{index .Config.Labels \"com.docker.compose.project\"}}",
+    ];
+    args.extend(ids.lines());
+    // A container removed between the listing and the inspect makes `inspect` fail: list again.
+    let Ok(out) = Command::new("docker").args(&args).output() else {
+        return Vec::new();
+    };
+    stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some(AppContainer {
+                name: w.next()?.trim_start_matches('/').to_string(),
+                state: w.next()?.to_string(),
+                image_id: w.next()?.to_string(),
+                project: w.next().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Pushes `<app>/<role>:<tag>` as an image that cannot start: its entrypoint does not exist, so
+/// `docker start` fails after compose has already stopped the old container.
+pub fn push_unstartable_image(app: &str, role: &str, tag: &str) {
+    let image = format!("{REGISTRY}/{app}/{role}:{tag}");
+    let script = format!(
+        "tar -c -T /dev/null | docker import -c 'ENTRYPOINT [\"/app/missing\"]' - {image} >/dev/null && docker push -q {image} >/dev/null"
+    );
+    sh("sh", &["-c", &script]);
+}
+
 /// A compose deployment laid out like the runbook's `/opt/<app>/<env>/<role>`, in a temp dir.
 pub struct ComposeDeployment {
     pub root: tempfile::TempDir,
@@ -242,6 +294,9 @@ pub struct ComposeDeployment {
     pub port: u16,
     pub api_port: u16,
     pub project: String,
+    /// Started with `docker-compose -p <project>` and no `COMPOSE_PROJECT_NAME` in `.env`: the
+    /// directory's own default project (`<role>`) is not the running one.
+    pub project_flag: bool,
 }
 
 impl ComposeDeployment {
@@ -253,6 +308,24 @@ impl ComposeDeployment {
     /// The same, standing in for another host `host` of the target: its own directory tree,
     /// compose project and port, the same image repository and app label.
     pub fn up_on(app: &str, env: &str, role: &str, tag: &str, host: &str) -> ComposeDeployment {
+        ComposeDeployment::start(app, env, role, tag, host, false)
+    }
+
+    /// Brought up the way many teams do: `docker-compose -p <app>-<env>-<role>` in
+    /// `.../<role>`, with no `COMPOSE_PROJECT_NAME` in `.env`, so a plain `docker-compose up`
+    /// in that directory would start a second project named `<role>`.
+    pub fn up_with_project_flag(app: &str, env: &str, role: &str, tag: &str) -> ComposeDeployment {
+        ComposeDeployment::start(app, env, role, tag, "", true)
+    }
+
+    fn start(
+        app: &str,
+        env: &str,
+        role: &str,
+        tag: &str,
+        host: &str,
+        project_flag: bool,
+    ) -> ComposeDeployment {
         let root = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let project = if host.is_empty() {
@@ -268,6 +341,7 @@ impl ComposeDeployment {
             port,
             api_port: free_port(),
             project,
+            project_flag,
         };
         std::fs::create_dir_all(d.dir()).expect("deployment dir");
         std::fs::write(
@@ -277,11 +351,15 @@ impl ComposeDeployment {
             ),
         )
         .expect("compose file");
+        let project_line = if project_flag {
+            String::new()
+        } else {
+            format!("COMPOSE_PROJECT_NAME={}\n", d.project)
+        };
         std::fs::write(
             d.env_path(),
             format!(
-                "# written by the test harness\nCOMPOSE_PROJECT_NAME={}\nCONTAINER_REGISTRY={REGISTRY}/{app}\nIMAGE_TAG={tag}\nAPP_PORT={port}\n",
-                d.project
+                "# written by the test harness\n{project_line}CONTAINER_REGISTRY={REGISTRY}/{app}\nIMAGE_TAG={tag}\nAPP_PORT={port}\n"
             ),
         )
         .expect(".env");
@@ -308,6 +386,9 @@ impl ComposeDeployment {
 
     pub fn compose(&self, args: &[&str]) -> Output {
         let mut full = vec!["--env-file", ".env"];
+        if self.project_flag {
+            full.splice(0..0, ["-p", self.project.as_str()]);
+        }
         full.extend_from_slice(args);
         let out = Command::new("docker-compose")
             .args(&full)
@@ -369,6 +450,16 @@ impl ComposeDeployment {
 
     /// A config file with this deployment as its only target; `extra` lands in the target table.
     pub fn write_config(&self, registry: &str, extra: &str) -> PathBuf {
+        self.write_config_with_dir(registry, extra, true)
+    }
+
+    /// The same; without `executor.dir` when `with_dir` is false (taken from the labels).
+    pub fn write_config_with_dir(&self, registry: &str, extra: &str, with_dir: bool) -> PathBuf {
+        let dir = if with_dir {
+            format!("dir = \"{}\", ", self.dir().display())
+        } else {
+            String::new()
+        };
         let path = self.root.path().join("rollwatch.toml");
         std::fs::write(
             &path,
@@ -382,14 +473,13 @@ env = "{env}"
 role = "{role}"
 selector = {{ compose_project = "{project}", compose_service = "{role}" }}
 health = {{ url = "http://127.0.0.1:{port}/health", timeout = "1s", validation_timeout = "8s" }}
-executor = {{ kind = "compose", dir = "{dir}", registry = "{registry}" }}
+executor = {{ kind = "compose", {dir}registry = "{registry}" }}
 {extra}
 "#,
                 env = self.env,
                 role = self.role,
                 project = self.project,
                 port = self.port,
-                dir = self.dir().display(),
                 api_port = self.api_port,
             ),
         )
@@ -400,8 +490,10 @@ executor = {{ kind = "compose", dir = "{dir}", registry = "{registry}" }}
 
 impl Drop for ComposeDeployment {
     fn drop(&mut self) {
-        // Remove by label rather than `compose down`: also works when the test broke the files.
-        for name in project_containers(&self.project) {
+        // Remove by label rather than `compose down`: also works when the test broke the files,
+        // and catches containers a wrong rollback started in another project.
+        let by_app = app_containers(&self.app).into_iter().map(|c| c.name);
+        for name in project_containers(&self.project).into_iter().chain(by_app) {
             let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         }
         remove_app_images(&self.app);
