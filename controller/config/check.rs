@@ -1,0 +1,551 @@
+//! Values that parse but are refused, and where in the file they are written.
+//!
+//! serde checks types; these checks refuse values of the right type that would quietly turn a
+//! safety off (a zero probe timeout fails every probe, `failures = 0` calls every deploy
+//! regressed, an infinite factor means no regression can ever be shown) or overflow the `i64`
+//! millisecond arithmetic of the watcher (`now_ms + grace_ms`: humantime accepts durations up to
+//! ~584 billion years). They run on the typed config, so they stay plain functions with unit
+//! tests; the error is then located by looking the key up in the text (`value_span`).
+
+use super::*;
+
+/// Longest `grace`, `bake`, `cooldown` or `alert_window` accepted: a window of more than a
+/// month is a typo, not a policy, and this keeps every window far from `i64` overflow.
+pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Longest timeout or probe interval accepted: a watcher waiting longer than an hour for one
+/// answer looks alive while it watches nothing.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Most ssh connection retries: each may wait `connect_timeout`, and a rollback waits for all.
+pub const MAX_SSH_RETRIES: u32 = 10;
+
+/// Largest practical-effect factor: at 100x an error ratio can only regress from a baseline
+/// below 1%; above it the metric judge would quietly never roll back.
+pub const MAX_FACTOR: f64 = 100.0;
+
+/// One step of the TOML path to a key: a table key or an array index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// A value that parses but is refused: the TOML path of its key, and why, with what to use.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    path: Vec<Seg>,
+    message: String,
+}
+
+impl Refusal {
+    /// The refusal as the user reads it: `file:line:column: targets[0].health.timeout: ...`.
+    pub(super) fn located(self, source: &Path, text: &str) -> ConfigError {
+        let span = value_span(text, &self.path);
+        let message = format!("{}: {}", field_name(&self.path), self.message);
+        located(source, text, span, message)
+    }
+
+    fn new(path: &[Seg], message: impl Into<String>) -> Refusal {
+        Refusal {
+            path: path.to_vec(),
+            message: message.into(),
+        }
+    }
+
+    /// The same refusal, its path taken as relative to `outer`.
+    fn under(self, outer: &[Seg]) -> Refusal {
+        let mut path = outer.to_vec();
+        path.extend(self.path);
+        Refusal { path, ..self }
+    }
+}
+
+/// Which ceiling a duration has.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// Timeouts and intervals: [`MAX_WAIT`].
+    Wait,
+    /// Grace, bake, cooldown and alert windows: [`MAX_WINDOW`].
+    Window,
+}
+
+impl Limit {
+    fn max(self) -> Duration {
+        match self {
+            Limit::Wait => MAX_WAIT,
+            Limit::Window => MAX_WINDOW,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Limit::Wait => "timeout or interval",
+            Limit::Window => "window",
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A duration that may be zero, at most its limit.
+fn at_most(path: &[Seg], value: Duration, limit: Limit) -> Result<(), Refusal> {
+    if value > limit.max() {
+        return Err(Refusal::new(
+            path,
+            format!(
+                "{} is longer than {}, the longest {} accepted; use a shorter one",
+                human(value),
+                human(limit.max()),
+                limit.noun()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration that must be above zero: `zero` says what zero would do; `default` is offered.
+fn above_zero(
+    path: &[Seg],
+    value: Duration,
+    limit: Limit,
+    zero: &str,
+    default: Duration,
+) -> Result<(), Refusal> {
+    if value.is_zero() {
+        return Err(Refusal::new(
+            path,
+            format!(
+                "{} {zero}; use a duration above zero (default {})",
+                human(value),
+                human(default)
+            ),
+        ));
+    }
+    at_most(path, value, limit)
+}
+
+/// A float as TOML writes it, so `nan` and `inf` read back as the user typed them.
+fn toml_float(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        x.to_string()
+    }
+}
+
+/// A number that must be finite and `within` its range; `allowed` describes the range.
+fn number(
+    path: &[Seg],
+    value: f64,
+    within: bool,
+    allowed: &str,
+    default: f64,
+) -> Result<(), Refusal> {
+    let problem = if !value.is_finite() {
+        "is not a finite number"
+    } else if !within {
+        "is out of range"
+    } else {
+        return Ok(());
+    };
+    Err(Refusal::new(
+        path,
+        format!(
+            "{} {problem}; use {allowed} (default {default})",
+            toml_float(value)
+        ),
+    ))
+}
+
+/// Every check of the parsed config; the first refusal wins, in file order where it matters.
+pub(super) fn check_config(
+    controller: &ControllerConfig,
+    targets: &[TargetConfig],
+) -> Result<(), Refusal> {
+    use Seg::{Index, Key};
+    above_zero(
+        &[Key("controller"), Key("alert_window")],
+        controller.alert_window,
+        Limit::Window,
+        "would let no alert ever roll a target back (to turn alert rollbacks off, drop the rollwatch_action label from the alert rules)",
+        default_alert_window(),
+    )?;
+    if targets.is_empty() {
+        return Err(Refusal::new(
+            &[Key("targets")],
+            "no target is configured, so rollwatch would watch nothing; add a [[targets]] table (see examples/rollwatch.toml)",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, t) in targets.iter().enumerate() {
+        let at = [Key("targets"), Index(i)];
+        check_target(t).map_err(|r| r.under(&at))?;
+        if !seen.insert(t.id()) {
+            return Err(Refusal::new(
+                &[Key("targets"), Index(i), Key("role")],
+                format!(
+                    "target {} is configured twice; configure each env/role pair once",
+                    t.id()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One target's checks; paths are relative to the target's table.
+fn check_target(t: &TargetConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    if !is_role_name(&t.role) {
+        return Err(Refusal::new(
+            &[Key("role")],
+            format!(
+                "{:?} is not a role name: use lowercase letters, digits and '-' (e.g. backend)",
+                t.role
+            ),
+        ));
+    }
+    if t.selector.required_labels().is_empty() {
+        return Err(Refusal::new(
+            &[Key("selector")],
+            "the selector is empty, so every container would match; set compose_project/compose_service or labels",
+        ));
+    }
+    above_zero(
+        &[Key("health"), Key("timeout")],
+        t.health.timeout,
+        Limit::Wait,
+        "leaves a probe no time to answer, so every probe would fail and every deploy be rolled back",
+        default_probe_timeout(),
+    )?;
+    above_zero(
+        &[Key("health"), Key("validation_timeout")],
+        t.health.validation_timeout,
+        Limit::Wait,
+        "would end every rollback in rollback_failed before /health could answer",
+        default_rollback_validation(),
+    )?;
+    check_watch(&t.watch).map_err(|r| r.under(&[Key("watch")]))?;
+    if let Some(m) = &t.metrics {
+        check_metrics(m).map_err(|r| r.under(&[Key("metrics")]))?;
+    }
+    if let ExecutorConfig::Compose(c) = &t.executor {
+        check_compose(c).map_err(|r| r.under(&[Key("executor")]))?;
+    }
+    Ok(())
+}
+
+/// The watch window. `grace = 0` (failed probes count at once) and `cooldown = 0` (no pause
+/// between rollbacks; a rollback of a rollback is still refused) are allowed.
+fn check_watch(w: &WatchConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    above_zero(
+        &[Key("interval")],
+        w.interval,
+        Limit::Wait,
+        "would probe in a busy loop",
+        default_interval(),
+    )?;
+    if w.failures == 0 {
+        return Err(Refusal::new(
+            &[Key("failures")],
+            format!(
+                "0 would call every deploy regressed without a single failed probe; use 1 or more (default {})",
+                default_failures()
+            ),
+        ));
+    }
+    at_most(&[Key("grace")], w.grace, Limit::Window)?;
+    above_zero(
+        &[Key("bake")],
+        w.bake,
+        Limit::Window,
+        "would make a deploy known-good (a rollback target) before it was watched at all",
+        default_bake(),
+    )?;
+    if w.grace >= w.bake {
+        return Err(Refusal::new(
+            &[Key("bake")],
+            format!(
+                "{} is not longer than grace {}: a deploy could become known-good while its failed probes still do not count; make bake longer than grace",
+                human(w.bake),
+                human(w.grace)
+            ),
+        ));
+    }
+    at_most(&[Key("cooldown")], w.cooldown, Limit::Window)
+}
+
+/// The metric judge: a source that can answer, a real false-rollback bound, and practical
+/// effects that a regression can actually reach.
+fn check_metrics(m: &MetricsConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    above_zero(
+        &[Key("timeout")],
+        m.timeout,
+        Limit::Wait,
+        "would time out every read, so metrics could never show a regression",
+        default_probe_timeout(),
+    )?;
+    number(
+        &[Key("alpha")],
+        m.alpha,
+        m.alpha > 0.0 && m.alpha < 0.5,
+        "a false-rollback bound above 0 and below 0.5",
+        default_alpha(),
+    )?;
+    if m.min_requests == 0 {
+        return Err(Refusal::new(
+            &[Key("min_requests")],
+            format!(
+                "0 would judge error ratios of a version that served no request; use 1 or more (default {})",
+                default_min_requests()
+            ),
+        ));
+    }
+    let factor = |x: f64| (1.0..=MAX_FACTOR).contains(&x);
+    number(
+        &[Key("error_ratio_factor")],
+        m.error_ratio_factor,
+        factor(m.error_ratio_factor),
+        "a factor from 1 to 100",
+        default_error_factor(),
+    )?;
+    number(
+        &[Key("error_ratio_increase")],
+        m.error_ratio_increase,
+        (0.0..1.0).contains(&m.error_ratio_increase),
+        "an error-ratio difference from 0 up to (not including) 1",
+        default_error_increase(),
+    )?;
+    number(
+        &[Key("latency_factor")],
+        m.latency_factor,
+        factor(m.latency_factor),
+        "a factor from 1 to 100",
+        default_latency_factor(),
+    )?;
+    at_most(&[Key("latency_increase")], m.latency_increase, Limit::Wait)?;
+    if let MetricsKind::Scrape {
+        urls,
+        requests,
+        errors,
+        ..
+    } = &m.source
+    {
+        if urls.is_empty() {
+            return Err(Refusal::new(
+                &[Key("source"), Key("urls")],
+                "no URL to scrape; list the service's /metrics URLs",
+            ));
+        }
+        for (key, sel) in [("requests", requests), ("errors", errors)] {
+            crate::metrics::Selector::parse(sel)
+                .map_err(|e| Refusal::new(&[Key("source"), Key(key)], e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The compose executor: directories that mean the same on every host, and ssh settings that
+/// bound every connection attempt.
+fn check_compose(c: &ComposeExecutorConfig) -> Result<(), Refusal> {
+    use Seg::{Index, Key};
+    if let Some(dir) = c
+        .dir
+        .as_ref()
+        .filter(|d| c.host.is_some() && d.is_relative())
+    {
+        return Err(Refusal::new(
+            &[Key("dir")],
+            format!(
+                "{} is relative, but directories on remote hosts must be absolute paths",
+                dir.display()
+            ),
+        ));
+    }
+    if let Some(p) = c.project.as_deref() {
+        if !crate::rollback::is_valid_project_name(p) {
+            return Err(Refusal::new(
+                &[Key("project")],
+                format!("{p:?} is not a compose project name: use lowercase letters, digits, '-' and '_', starting with a letter or digit"),
+            ));
+        }
+    }
+    above_zero(
+        &[Key("step_timeout")],
+        c.step_timeout,
+        Limit::Wait,
+        "would kill every rollback step before it started",
+        default_step_timeout(),
+    )?;
+    for (j, h) in c.also.iter().enumerate() {
+        if h.host.is_some() && h.dir.is_relative() {
+            return Err(Refusal::new(
+                &[Key("also"), Index(j), Key("dir")],
+                format!(
+                    "{} is relative, but directories on remote hosts must be absolute paths",
+                    h.dir.display()
+                ),
+            ));
+        }
+    }
+    if c.env_file.contains('/') {
+        return Err(Refusal::new(
+            &[Key("env_file")],
+            format!("{:?} must be a file name inside executor.dir", c.env_file),
+        ));
+    }
+    let ssh = [Key("ssh")];
+    if c.ssh.port == 0 {
+        return Err(Refusal::new(
+            &[Key("port")],
+            format!(
+                "0 is not a port ssh can connect to; use 1 to 65535 (default {})",
+                default_ssh_port()
+            ),
+        )
+        .under(&ssh));
+    }
+    // ssh's ConnectTimeout counts whole seconds; below one second it would be rounded anyway.
+    if c.ssh.connect_timeout < Duration::from_secs(1) {
+        return Err(Refusal::new(
+            &[Key("connect_timeout")],
+            format!(
+                "{} is too short: ssh counts ConnectTimeout in whole seconds; use at least 1s (default {})",
+                human(c.ssh.connect_timeout),
+                human(default_ssh_timeout())
+            ),
+        )
+        .under(&ssh));
+    }
+    at_most(
+        &[Key("connect_timeout")],
+        c.ssh.connect_timeout,
+        Limit::Wait,
+    )
+    .map_err(|r| r.under(&ssh))?;
+    if c.ssh.retries > MAX_SSH_RETRIES {
+        return Err(Refusal::new(
+            &[Key("retries")],
+            format!(
+                "{} retries would hold a rollback for up to {} connection attempts; use 0 to {MAX_SSH_RETRIES} (default {})",
+                c.ssh.retries,
+                u64::from(c.ssh.retries) + 1,
+                default_ssh_retries()
+            ),
+        )
+        .under(&ssh));
+    }
+    Ok(())
+}
+
+/// `targets[0].health.timeout`: the path as a user would find it in the file.
+fn field_name(path: &[Seg]) -> String {
+    let mut name = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(k);
+            }
+            Seg::Index(i) => name.push_str(&format!("[{i}]")),
+        }
+    }
+    name
+}
+
+/// Where the value at `path` is written in `text`; when the key is absent (a default), where
+/// its nearest enclosing value is, so the message still points into the right table. A second,
+/// span-keeping parse rather than `toml::Spanned` on every field: the rest of the program keeps
+/// reading plain `Duration`s and numbers, and new keys need no wrapper to be located.
+fn value_span(text: &str, path: &[Seg]) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut span = 0..0;
+    let mut here: Option<&toml::Spanned<toml::de::DeValue>> = None;
+    for seg in path {
+        let next = match (here, seg) {
+            (None, Seg::Key(k)) => doc.get_ref().get(*k),
+            (None, Seg::Index(_)) => None,
+            (Some(v), Seg::Key(k)) => v.get_ref().get(*k),
+            (Some(v), Seg::Index(i)) => v.get_ref().get(*i),
+        };
+        match next {
+            Some(v) => {
+                span = v.span();
+                here = Some(v);
+            }
+            None => break,
+        }
+    }
+    Some(span)
+}
+
+/// The TOML path of the innermost key or value written at byte `at` (`targets[0].env`), so
+/// toml's own type errors name their field as the refusals do. Searched over the whole tree,
+/// not by descending into spans: a `[table]` header's span covers only the header, not its
+/// keys. `None` when the text does not even parse (a syntax error has no field).
+pub(super) fn field_at(text: &str, at: usize) -> Option<String> {
+    use toml::de::DeValue;
+    type Node<'a, 'i> = &'a toml::Spanned<DeValue<'i>>;
+
+    fn join(path: &str, key: &str) -> String {
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let key = if bare {
+            key.to_string()
+        } else {
+            format!("{key:?}")
+        };
+        if path.is_empty() {
+            key
+        } else {
+            format!("{path}.{key}")
+        }
+    }
+
+    /// Keeps the shortest span holding `at`; on a tie the deeper node, visited later.
+    fn visit(
+        node: Node,
+        key_span: Option<Range<usize>>,
+        path: String,
+        at: usize,
+        best: &mut Option<(usize, String)>,
+    ) {
+        for span in [Some(node.span()), key_span].into_iter().flatten() {
+            let holds = span.contains(&at) || (span.is_empty() && span.start == at);
+            if holds && best.as_ref().is_none_or(|(len, _)| span.len() <= *len) {
+                *best = Some((span.len(), path.clone()));
+            }
+        }
+        match node.get_ref() {
+            DeValue::Table(t) => {
+                for (k, child) in t.iter() {
+                    visit(child, Some(k.span()), join(&path, k.get_ref()), at, best);
+                }
+            }
+            DeValue::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    visit(child, None, format!("{path}[{i}]"), at, best);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut best = None;
+    for (k, child) in doc.get_ref().iter() {
+        visit(child, Some(k.span()), join("", k.get_ref()), at, &mut best);
+    }
+    best.map(|(_, path)| path)
+}
