@@ -14,6 +14,7 @@ pub mod lease;
 pub mod metrics;
 pub mod probe;
 pub mod registry;
+pub mod replay;
 pub mod rollback;
 pub mod store;
 pub mod tag;
