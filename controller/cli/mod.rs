@@ -10,6 +10,7 @@ use std::time::Duration;
 mod out;
 mod ci;
 mod demo;
+mod replay;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -91,6 +92,9 @@ enum Command {
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Replay a recorded trace of counters through the production metric judgement: what rollwatch
+    /// would have decided, round by round. Exit 0 promoted, 1 regressed, 3 inconclusive, 2 bad input.
+    Replay(replay::ReplayArgs),
     /// Validate the configuration and print the targets it defines.
     CheckConfig,
     /// Roll <env> <role> back to <tag> now, then wait for /health to answer status=ok.
@@ -196,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let id = parse_target(&env, &role)?;
             post_command(&config, &id, "resume").await
         }
+        Command::Replay(args) => replay::run(args, &config_path, cli.config.is_some()),
         Command::CheckConfig => {
             let config = Config::load(&config_path)?;
             print_config(&config)?;
