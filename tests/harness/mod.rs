@@ -947,3 +947,112 @@ pub fn watched_good_deployment(
     wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
     (d, c)
 }
+
+/// Milliseconds since the Unix epoch, the clock of the store's `at_ms` columns.
+pub fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One scrape of the demo service as a `rollwatch replay` trace row (without `t`):
+/// `version,requests,errors,latency_sum,latency_count`, the raw cumulative counters.
+pub fn demo_counters(port: u16) -> Option<String> {
+    let (200, body) = http_get(port, "/metrics")? else {
+        return None;
+    };
+    let samples = rollwatch::metrics::parse::parse(&body).ok()?;
+    let (mut requests, mut errors, mut sum, mut count, mut version) = (0.0, 0.0, 0.0, 0.0, None);
+    for s in &samples {
+        match s.name.as_str() {
+            "http_requests_total" => {
+                requests += s.value;
+                if s.label("code").is_some_and(|c| c.starts_with('5')) {
+                    errors += s.value;
+                }
+            }
+            "http_request_duration_seconds_sum" => sum = s.value,
+            "http_request_duration_seconds_count" => count = s.value,
+            "demo_build_info" => version = s.label("version").map(String::from),
+            _ => {}
+        }
+    }
+    Some(format!("{},{requests},{errors},{sum},{count}", version?))
+}
+
+/// Records a demo service's raw cumulative counters every `interval` into a `rollwatch replay`
+/// trace, the way a scraper would: one row per round, `t` in seconds since `started_ms`, the
+/// version from `demo_build_info`. A round whose scrape fails (the container is being
+/// recreated) has no row. Stopped on drop.
+pub struct TraceRecorder {
+    pub started_ms: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rows: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl TraceRecorder {
+    pub fn start(port: u16, interval: Duration) -> TraceRecorder {
+        let started_ms = epoch_ms();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let rows = std::thread::spawn(move || {
+            let mut rows = Vec::new();
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs(600);
+            let mut next = start;
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Some(counters) = demo_counters(port) {
+                    let t = (epoch_ms() - started_ms) as f64 / 1000.0;
+                    rows.push(format!("{t:.3},{counters}"));
+                }
+                // Ticks on a fixed schedule, as the controller's interval timer does.
+                next += interval;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            rows
+        });
+        TraceRecorder {
+            started_ms,
+            stop,
+            rows: Some(rows),
+        }
+    }
+
+    /// Stops recording and returns the trace, header included.
+    pub fn finish(mut self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let rows = self
+            .rows
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let mut csv = String::from("t_seconds,version,requests,errors,latency_sum,latency_count\n");
+        for r in rows {
+            csv.push_str(&r);
+            csv.push('\n');
+        }
+        csv
+    }
+}
+
+impl Drop for TraceRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.rows.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `at_ms` of the first event of `kind` for `tag`.
+pub fn event_at_ms(db: &Path, kind: &str, tag: &str) -> Option<i64> {
+    query(
+        db,
+        "SELECT kind, tag, at_ms FROM events ORDER BY id",
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?)),
+    )
+    .into_iter()
+    .find(|(k, t, _)| k == kind && t.as_deref() == Some(tag))
+    .map(|(_, _, at)| at)
+}
