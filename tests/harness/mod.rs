@@ -1047,11 +1047,13 @@ impl Drop for TraceRecorder {
 
 /// `at_ms` of the first event of `kind` for `tag`.
 pub fn event_at_ms(db: &Path, kind: &str, tag: &str) -> Option<i64> {
-    query(
-        db,
-        "SELECT kind, tag, at_ms FROM events ORDER BY id",
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?)),
-    )
+    query(db, "SELECT kind, tag, at_ms FROM events ORDER BY id", |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })
     .into_iter()
     .find(|(k, t, _)| k == kind && t.as_deref() == Some(tag))
     .map(|(_, _, at)| at)
