@@ -43,6 +43,16 @@ fn record_deploy(
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(d.port, 50, stop.clone());
     wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    // Read half an interval after the controller does (its ticks are about where the promotion
+    // event was written): the recorder must not share the controller's phase by luck, and at
+    // half an interval a verdict on the same counters lands 0.5 s before or after the live one.
+    let promoted_ms = event_at_ms(&d.db(), "promoted", "v1.0.0").expect("promotion event");
+    let interval_ms = INTERVAL.as_millis() as i64;
+    let mut start_ms = promoted_ms + interval_ms / 2;
+    while start_ms <= epoch_ms() {
+        start_ms += interval_ms;
+    }
+    std::thread::sleep(Duration::from_millis((start_ms - epoch_ms()).max(0) as u64));
     let recorder = TraceRecorder::start(d.port, INTERVAL);
     std::thread::sleep(Duration::from_secs(8));
     d.deploy(tag);
@@ -140,4 +150,80 @@ fn healthy_deploy_replays_as_promoted() {
         (live_ms - deploy_ms) as f64 / 1000.0,
         (replayed_ms - deploy_ms) as f64 / 1000.0
     );
+}
+
+/// `rollwatch replay` without a config, on a trace written in `dir`: (exit code, stdout, stderr).
+fn replay_defaults(dir: &Path, csv: &str, args: &[&str]) -> (i32, String, String) {
+    let trace = dir.join("trace.csv");
+    std::fs::write(&trace, csv).expect("write trace");
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .env_remove("ROLLWATCH_CONFIG")
+        .current_dir(dir)
+        .args(["replay", "--trace", "trace.csv"])
+        .args(args)
+        .output()
+        .expect("run rollwatch replay");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_trace_is_refused_with_exit_2_naming_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = replay_defaults(
+        dir.path(),
+        "t_seconds,version,requests,errors\n0,v1,100,1\n1,v1,150,NaN\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("trace.csv: line 3, column 4 (errors): \"NaN\" is not a finite number"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = replay_defaults(
+        dir.path(),
+        "t_seconds,version,requests,errors\n0,v1,100,1\n",
+        &["--alpha", "0.9"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--alpha 0.9"), "{stderr}");
+}
+
+#[test]
+fn synthetic_trace_exit_codes_follow_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("t_seconds,version,requests,errors\n");
+    for t in 0..10 {
+        csv.push_str(&format!("{t},v1,{},{}\n", 50 * (t + 1), (t + 1) / 2));
+    }
+    for t in 10..20 {
+        csv.push_str(&format!("{t},v2,{},{}\n", 50 * (t - 9), 10 * (t - 9)));
+    }
+    let (code, stdout, _) = replay_defaults(dir.path(), &csv, &["--quiet"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("regressed at t=11s (1s after the deploy) (error_ratio)"),
+        "{stdout}"
+    );
+    // The same trace with an effect no 20% error ratio reaches: promoted after a 5 s bake.
+    let (code, stdout, _) = replay_defaults(
+        dir.path(),
+        &csv,
+        &["--quiet", "--error-ratio-factor", "100", "--bake", "5s"],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.starts_with("promoted at t=15s"), "{stdout}");
+    // Cut before the bake is over: inconclusive.
+    let short: String = csv.lines().take(14).map(|l| format!("{l}\n")).collect();
+    let (code, stdout, _) = replay_defaults(
+        dir.path(),
+        &short,
+        &["--quiet", "--error-ratio-factor", "100", "--bake", "5s"],
+    );
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stdout.starts_with("inconclusive: "), "{stdout}");
 }
