@@ -143,7 +143,11 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
         let mut beside = false;
         while i < trace.rows.len() && trace.rows[i].t == t {
             let row = &trace.rows[i];
-            let k = usize::from(row.version != trace.baseline);
+            i += 1;
+            // `parse` admits two versions at most; a hand-built trace's others are ignored.
+            let Some(k) = versions.iter().position(|v| *v == row.version) else {
+                continue;
+            };
             current[k].requests = row.requests;
             current[k].errors = row.errors;
             // A row without latency keeps the last histogram: no latency evidence this round.
@@ -155,26 +159,22 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
                 watch.start_candidate();
             }
             beside |= k == 0;
-            i += 1;
         }
         let (population, side) = match deploy_t {
             Some(_) => (Population::Candidate, Side::Candidate { beside }),
             None => (Population::Baseline, Side::Baseline),
         };
-        let verdict = round(
+        let step = round(
             &mut watch,
+            t,
+            side,
             current.clone(),
             population,
             trace.candidate.as_deref(),
             &settings.policy,
         );
-        steps.push(Step {
-            t,
-            side,
-            verdict: verdict.clone(),
-            baseline_requests: watch.baseline.requests(),
-            baseline_errors: watch.baseline.errors(),
-        });
+        let verdict = step.verdict.clone();
+        steps.push(step);
         let Some(d) = deploy_t else { continue };
         if let Some(MetricVerdict::Regressed { trigger, evidence }) = verdict {
             outcome = Some(Outcome::Regressed {
@@ -217,16 +217,25 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
     }
 }
 
-/// The replay's only call into the judgement: one read of the source, as the watcher's metric
-/// round feeds it.
+/// The replay's only call into the judgement: one read of the source at trace time `t`
+/// (seconds), as the watcher's metric round feeds it.
 fn round(
     watch: &mut MetricWatch,
+    t: f64,
+    side: Side,
     readings: Vec<Reading>,
     population: Population,
     candidate: Option<&str>,
     policy: &MetricPolicy,
-) -> Option<MetricVerdict> {
-    watch.observe(Ok(readings), population, candidate, policy)
+) -> Step {
+    let verdict = watch.observe(Ok(readings), population, candidate, policy);
+    Step {
+        t,
+        side,
+        verdict,
+        baseline_requests: watch.baseline.requests(),
+        baseline_errors: watch.baseline.errors(),
+    }
 }
 
 #[cfg(test)]
