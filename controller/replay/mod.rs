@@ -135,7 +135,8 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
     let mut watch = MetricWatch::default();
     let mut steps = Vec::new();
     let mut deploy_t: Option<f64> = None;
-    let bake = settings.bake.as_secs_f64();
+    // Compared in whole milliseconds, as the watcher does: 17.001 - 9.001 must be 8 s, not 7.999….
+    let bake_ms = settings.bake.as_millis() as i64;
     let mut i = 0;
     let mut outcome = None;
     while i < trace.rows.len() {
@@ -183,7 +184,7 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
                 trigger,
                 evidence,
             });
-        } else if t - d >= bake {
+        } else if ((t - d) * 1000.0).round() as i64 >= bake_ms {
             outcome = Some(Outcome::Promoted {
                 t,
                 after_deploy: t - d,
@@ -202,7 +203,7 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
                 humantime::format_duration(settings.bake)
             ),
             _ => format!(
-                "no deploy in the trace: every row is {} (a later version on the same endpoint is the candidate)",
+                "no deploy in the trace: every row is {} (the first row of another version would be the deploy)",
                 trace.baseline
             ),
         })
