@@ -226,6 +226,10 @@ fn print_timeline(r: &Replay) -> std::io::Result<()> {
             }
         };
         let (verdict, evidence) = match &s.verdict {
+            None if s.failed => (
+                "-",
+                "the read failed: the next read only re-anchors the counters".to_string(),
+            ),
             None if k == 0 => ("-", "first read: counters anchored".to_string()),
             None => (
                 "-",

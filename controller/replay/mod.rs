@@ -44,6 +44,8 @@ pub struct Step {
     pub side: Side,
     /// `None` for baseline rounds (the watcher judges nothing then).
     pub verdict: Option<MetricVerdict>,
+    /// The trace recorded a failed read for this round.
+    pub failed: bool,
     /// Requests and errors in the baseline evidence after this round.
     pub baseline_requests: f64,
     pub baseline_errors: f64,
@@ -142,9 +144,14 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
     while i < trace.rows.len() {
         let t = trace.rows[i].t;
         let mut beside = false;
+        let mut failed = None;
         while i < trace.rows.len() && trace.rows[i].t == t {
             let row = &trace.rows[i];
             i += 1;
+            if row.failed {
+                failed = Some(row.line);
+                continue;
+            }
             // `parse` admits two versions at most; a hand-built trace's others are ignored.
             let Some(k) = versions.iter().position(|v| *v == row.version) else {
                 continue;
@@ -165,11 +172,19 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
             Some(_) => (Population::Candidate, Side::Candidate { beside }),
             None => (Population::Baseline, Side::Baseline),
         };
+        // A failed read goes in as the watcher's does: inconclusive, and the next read only
+        // re-anchors the counters (what was served in between is lost, live as here).
+        let read = match failed {
+            Some(line) => Err(format!(
+                "the read at t={t}s failed (line {line} of the trace)"
+            )),
+            None => Ok(current.clone()),
+        };
         let step = round(
             &mut watch,
             t,
             side,
-            current.clone(),
+            read,
             population,
             trace.candidate.as_deref(),
             &settings.policy,
@@ -224,16 +239,18 @@ fn round(
     watch: &mut MetricWatch,
     t: f64,
     side: Side,
-    readings: Vec<Reading>,
+    read: Result<Vec<Reading>, String>,
     population: Population,
     candidate: Option<&str>,
     policy: &MetricPolicy,
 ) -> Step {
-    let verdict = watch.observe(Ok(readings), population, candidate, policy);
+    let failed = read.is_err();
+    let verdict = watch.observe(read, population, candidate, policy);
     Step {
         t,
         side,
         verdict,
+        failed,
         baseline_requests: watch.baseline.requests(),
         baseline_errors: watch.baseline.errors(),
     }
@@ -391,6 +408,43 @@ mod tests {
             ..MetricPolicy::default()
         };
         assert!(check_policy(&bad).unwrap_err().contains("--alpha 0.7"));
+    }
+
+    #[test]
+    fn a_failed_read_is_inconclusive_and_the_next_read_only_re_anchors() {
+        let mut csv = HEADER.to_string();
+        rows(&mut csv, "v1", 0, 30, 50.0, 0.01, (0.0, 0.0));
+        csv.push_str("30,,,,,\n");
+        rows(&mut csv, "v2", 31, 30, 50.0, 0.2, (50.0, 10.0));
+        let r = replay(&parse(&csv).unwrap(), &settings(60));
+        // Before the candidate's first row the failed read is a baseline round: no verdict.
+        assert!(r.steps[30].failed && r.steps[30].verdict.is_none());
+        // The deploy is the first v2 row (t=31); it only re-anchors after the failed read, so
+        // the 100 requests needed are there at t=33, not t=32.
+        assert_eq!(r.deploy_t, Some(31.0));
+        match r.outcome {
+            Outcome::Regressed { t, .. } => assert_eq!(t, 33.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_read_while_judging_is_inconclusive_never_a_verdict() {
+        let mut csv = HEADER.to_string();
+        rows(&mut csv, "v1", 0, 30, 50.0, 0.01, (0.0, 0.0));
+        rows(&mut csv, "v2", 30, 1, 50.0, 0.2, (0.0, 0.0));
+        csv.push_str("31,,,,,\n");
+        rows(&mut csv, "v2", 32, 5, 50.0, 0.2, (50.0, 10.0));
+        let r = replay(&parse(&csv).unwrap(), &settings(60));
+        assert!(matches!(
+            &r.steps[31].verdict,
+            Some(MetricVerdict::Inconclusive(why)) if why.contains("line 33")
+        ));
+        // 50 requests at t=30, none booked at 31 (failed) nor 32 (re-anchor), 50 more at 33.
+        match r.outcome {
+            Outcome::Regressed { t, .. } => assert_eq!(t, 33.0),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

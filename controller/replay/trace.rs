@@ -15,12 +15,15 @@ pub const COLUMNS: [&str; 6] = [
     "latency_count",
 ];
 
-/// One row: the cumulative counters one version's endpoint reported at `t`.
+/// One row: the cumulative counters one version's endpoint reported at `t`, or a read that
+/// failed at `t` (`failed`: every field after `t` empty; the version is empty, the counts 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// 1-based line in the file, for messages.
     pub line: usize,
     pub t: f64,
+    /// The source did not answer (or answered garbage) at `t`: the whole round failed.
+    pub failed: bool,
     pub version: String,
     pub requests: f64,
     pub errors: f64,
@@ -84,6 +87,8 @@ pub fn parse(text: &str) -> Result<Trace, TraceError> {
     let mut seen_at_t: BTreeSet<String> = BTreeSet::new();
     let mut baseline: Option<String> = None;
     let mut candidate: Option<String> = None;
+    // The line of a failed-read row of the current round: such a round has no other row.
+    let mut failed_line: Option<usize> = None;
     for (line, text) in lines {
         let fields: Vec<&str> = text.split(',').map(str::trim).collect();
         if fields.len() > width {
@@ -117,7 +122,48 @@ pub fn parse(text: &str) -> Result<Trace, TraceError> {
             }
             if t > prev.t {
                 seen_at_t.clear();
+                failed_line = None;
             }
+        }
+        if fields[1..].iter().all(|f| f.is_empty()) {
+            if let Some(other) = failed_line {
+                return Err(err(
+                    line,
+                    1,
+                    format!(
+                        "a second failed read at t={}, after line {other}",
+                        fields[0]
+                    ),
+                ));
+            }
+            if !seen_at_t.is_empty() {
+                return Err(err(
+                    line,
+                    1,
+                    format!("a failed read at t={} beside data rows of the same round: a read fails whole", fields[0]),
+                ));
+            }
+            failed_line = Some(line);
+            rows.push(Row {
+                line,
+                t,
+                failed: true,
+                version: String::new(),
+                requests: 0.0,
+                errors: 0.0,
+                latency: None,
+            });
+            continue;
+        }
+        if let Some(other) = failed_line {
+            return Err(err(
+                line,
+                1,
+                format!(
+                    "data at t={} where line {other} recorded a failed read: a read fails whole",
+                    fields[0]
+                ),
+            ));
         }
         let version = fields[1];
         if version.is_empty() {
@@ -163,6 +209,7 @@ pub fn parse(text: &str) -> Result<Trace, TraceError> {
         rows.push(Row {
             line,
             t,
+            failed: false,
             version: version.to_string(),
             requests,
             errors,
@@ -170,7 +217,11 @@ pub fn parse(text: &str) -> Result<Trace, TraceError> {
         });
     }
     let Some(baseline) = baseline else {
-        return Err(err(header_line + 1, 0, "no data rows after the header"));
+        return Err(err(
+            rows.last().map_or(header_line + 1, |r| r.line),
+            if rows.is_empty() { 0 } else { 1 },
+            "no data rows after the header (failed reads only say when the source was down)",
+        ));
     };
     Ok(Trace {
         rows,
@@ -274,7 +325,12 @@ mod tests {
         assert_eq!(t.rows.len(), 4);
         assert_eq!((t.rows[1].line, t.rows[1].t), (5, 1.5));
         assert_eq!(t.rows[1].version, "v1");
-        let t = parse(&format!("{HEADER}0,v1,10,0,0.1,10\n1,v1,20,0,,\n")).unwrap();
+        let t = parse(&format!(
+            "{HEADER}0,v1,10,0,0.1,10\n1,v1,20,0,,\n2,,,,,\n3,v1,30,0,,\n"
+        ))
+        .unwrap();
+        assert!(t.rows[2].failed && !t.rows[3].failed);
+        assert_eq!((t.rows[2].line, t.rows[2].t), (4, 2.0));
         assert!(t.has_latency);
         assert_eq!(t.rows[0].latency, Some((0.1, 10.0)));
         assert_eq!(t.rows[1].latency, None);
@@ -282,7 +338,7 @@ mod tests {
 
     #[test]
     fn every_error_names_its_line_and_column() {
-        let cases: [(String, usize, usize, &str); 17] = [
+        let cases: [(String, usize, usize, &str); 20] = [
             (String::new(), 1, 1, "empty"),
             ("t,version,requests,errors\n".into(), 1, 1, "\"t\""),
             (
@@ -339,6 +395,19 @@ mod tests {
                 2,
                 "third version",
             ),
+            (
+                format!("{HEADER}0,v1,10,0,,\n1,,,,,\n1,v1,11,0,,\n"),
+                4,
+                2,
+                "recorded a failed read",
+            ),
+            (
+                format!("{HEADER}0,v1,10,0,,\n1,v1,11,0,,\n1,,,,,\n"),
+                4,
+                2,
+                "beside data rows",
+            ),
+            (format!("{HEADER}0,,,,,\n"), 2, 2, "no data rows"),
             (
                 format!("{HEADER}0,v1,10,0,,3\n"),
                 2,
