@@ -43,12 +43,13 @@ fn record_deploy(
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(d.port, 50, stop.clone());
     wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
-    // Read half an interval after the controller does (its ticks are about where the promotion
-    // event was written): the recorder must not share the controller's phase by luck, and at
-    // half an interval a verdict on the same counters lands 0.5 s before or after the live one.
+    // Read in the controller's phase, just after it (its ticks are where the promotion event
+    // was written, a few ms after the tick): the same reads as live, failed ones included —
+    // one phase apart, a read that failed live in the recreate gap (old container stopped, new
+    // one not started) succeeded in the trace and the verdicts drifted 1.5 s apart (seen).
     let promoted_ms = event_at_ms(&d.db(), "promoted", "v1.0.0").expect("promotion event");
     let interval_ms = INTERVAL.as_millis() as i64;
-    let mut start_ms = promoted_ms + interval_ms / 2;
+    let mut start_ms = promoted_ms;
     while start_ms <= epoch_ms() {
         start_ms += interval_ms;
     }
@@ -108,6 +109,24 @@ fn rolled_back_deploy_replays_to_the_same_verdict_within_one_interval() {
         .unwrap_or_default();
     assert!(live_reason.contains("errors"), "live: {live_reason}");
 
+    let timeline: Vec<String> = query(
+        &d.db(),
+        "SELECT at_ms, kind, message FROM events ORDER BY id",
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        },
+    )
+    .into_iter()
+    .map(|(at, kind, msg)| format!("{:+.3}s {kind} {msg}", (at - deploy_ms) as f64 / 1000.0))
+    .collect();
+    eprintln!(
+        "---- live events, from the deploy event ----\n{}",
+        timeline.join("\n")
+    );
     let (code, stdout) = replay(&config, &csv);
     let last = stdout.lines().last().unwrap_or_default();
     assert_eq!(code, 1, "exit 1 means regressed: {last}");

@@ -984,7 +984,7 @@ pub fn demo_counters(port: u16) -> Option<String> {
 /// Records a demo service's raw cumulative counters every `interval` into a `rollwatch replay`
 /// trace, the way a scraper would: one row per round, `t` in seconds since `started_ms`, the
 /// version from `demo_build_info`. A round whose scrape fails (the container is being
-/// recreated) has no row. Stopped on drop.
+/// recreated) is a failed-read row, `t,,,,,`, as the controller's read fails then. Stopped on drop.
 pub struct TraceRecorder {
     pub started_ms: i64,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1002,10 +1002,9 @@ impl TraceRecorder {
             let deadline = start + Duration::from_secs(600);
             let mut next = start;
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if let Some(counters) = demo_counters(port) {
-                    let t = (epoch_ms() - started_ms) as f64 / 1000.0;
-                    rows.push(format!("{t:.3},{counters}"));
-                }
+                let counters = demo_counters(port).unwrap_or_else(|| ",,,,".into());
+                let t = (epoch_ms() - started_ms) as f64 / 1000.0;
+                rows.push(format!("{t:.3},{counters}"));
                 // Ticks on a fixed schedule, as the controller's interval timer does.
                 next += interval;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
