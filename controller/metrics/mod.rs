@@ -4,6 +4,7 @@
 //! is [`crate::analysis`]'s job. A source that is down, slow or answers garbage returns an error,
 //! which the watcher turns into an `inconclusive` verdict — never a rollback.
 
+mod counters;
 mod feed;
 pub mod parse;
 mod selector;
