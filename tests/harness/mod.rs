@@ -1017,3 +1017,26 @@ pub fn prom_number(prom: &Service, expr: &str) -> Option<f64> {
         .and_then(|r| r["value"][1].as_str())
         .and_then(|s| s.parse().ok())
 }
+
+/// A fresh app name whose `<app>/backend:<tag>` images (every demo tag) are built from this
+/// checkout's demo binary, not retagged from the shared `demo/*` images: a test that needs a
+/// demo feature (e.g. `DEMO_ERROR_SERIES`) then does not depend on which checkout last pushed
+/// the shared images (seen: a parallel checkout's test run replaced them mid-test).
+pub fn app_with_own_images(prefix: &str) -> String {
+    testbed();
+    let app = unique_app(prefix);
+    let script = repo_root().join("scripts/build-images");
+    sh(
+        script.to_str().unwrap(),
+        &[
+            env!("CARGO_BIN_EXE_rollwatch-demo-service"),
+            &app,
+            "backend",
+        ],
+    );
+    // The script's skip-if-unchanged stamp is of no use for a one-off app name.
+    let state = std::env::var("ROLLWATCH_STATE_DIR")
+        .unwrap_or_else(|_| "/var/lib/rollwatch-testbed".into());
+    let _ = std::fs::remove_file(PathBuf::from(state).join(format!("images-{app}.stamp")));
+    app
+}
