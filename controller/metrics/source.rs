@@ -80,6 +80,12 @@ struct ScrapeSpec {
 
 /// A PromQL query as configured, and the one sent: the inside of its outer `sum`, so the
 /// answer is one series per process (see [`inner_of_sum`]).
+///
+/// Why not ask Prometheus for `sum(increase(x[Δ]))` instead: `increase()` extrapolates to the
+/// window's edges (fractional counts, over- or under-counting at a series' start and end), needs
+/// Δ of at least two scrape intervals that rollwatch does not know, and its windows would not
+/// line up with rollwatch's reads, so intervals would overlap or leave gaps and one could span a
+/// deploy. Raw per-series counters at one `time=` give exact counts between two reads.
 struct Query {
     configured: String,
     sent: String,
