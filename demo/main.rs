@@ -4,6 +4,9 @@
 //! - `DEMO_PORT` (default 8080), `DEMO_BIND` (default 127.0.0.1), `DEMO_VERSION` (shown in /health)
 //! - `DEMO_FAULT`: comma-separated `none`, `health-down`, `error-ratio=<p>`, `crash-after=<secs>`,
 //!   `latency-ms=<ms>`.
+//! - `DEMO_ERROR_SERIES`: `eager` (default: the 5xx series is exposed at 0 from the start) or
+//!   `lazy` (no 5xx series until the first 5xx, as most client libraries do with labelled
+//!   counters: what a metrics source must read as 0 errors, not as missing data).
 //!
 //! It exits at once on SIGTERM: as PID 1 in a container a process without a handler ignores the
 //! signal, and every compose recreate would then wait out the 10 s stop timeout.
@@ -53,6 +56,8 @@ const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 struct App {
     version: String,
     fault: Fault,
+    /// The 5xx series appears only once a 5xx happened.
+    lazy_errors: bool,
     ok: AtomicU64,
     errors: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
@@ -124,10 +129,10 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         "http_requests_total{{code=\"200\"}} {}\n",
         app.ok.load(Ordering::Relaxed)
     ));
-    out.push_str(&format!(
-        "http_requests_total{{code=\"500\"}} {}\n",
-        app.errors.load(Ordering::Relaxed)
-    ));
+    let errors = app.errors.load(Ordering::Relaxed);
+    if errors > 0 || !app.lazy_errors {
+        out.push_str(&format!("http_requests_total{{code=\"500\"}} {errors}\n"));
+    }
     out.push_str("# HELP http_request_duration_seconds Time to serve /.\n# TYPE http_request_duration_seconds histogram\n");
     for (i, le) in BUCKETS.iter().enumerate() {
         out.push_str(&format!(
@@ -174,6 +179,14 @@ async fn main() {
     let app = Arc::new(App {
         version: var("DEMO_VERSION", "dev"),
         fault: fault.clone(),
+        lazy_errors: match var("DEMO_ERROR_SERIES", "eager").as_str() {
+            "eager" => false,
+            "lazy" => true,
+            other => {
+                eprintln!("demo: DEMO_ERROR_SERIES {other:?}: use eager or lazy");
+                std::process::exit(2);
+            }
+        },
         ok: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         buckets: Default::default(),

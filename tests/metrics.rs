@@ -255,3 +255,148 @@ source = {{ kind = "scrape", urls = ["http://127.0.0.1:{pa}/metrics", "http://12
         format!("{}:v1.0.0", a.repository())
     );
 }
+
+/// A Prometheus scraping `ports` as job `demo`, and the `[targets.metrics]` table of a
+/// `kind = "prometheus"` source summing over the job.
+fn prometheus_over(ports: &[u16]) -> (Service, String) {
+    let targets: Vec<String> = ports.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+    let scrape = format!(
+        "  - job_name: demo\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    let prom = Service::prometheus(&scrape, &[], None);
+    let metrics = format!(
+        r#"[targets.metrics]
+source = {{ kind = "prometheus", url = "http://127.0.0.1:{}", requests = 'sum(http_requests_total{{job="demo"}})', errors = 'sum by (code) (http_requests_total{{job="demo",code=~"5.."}})' }}"#,
+        prom.port
+    );
+    (prom, metrics)
+}
+
+/// Waits until Prometheus has counted `more` requests of job `demo` beyond what it counts now:
+/// the baseline of a just-promoted version gets real traffic, without a fixed sleep.
+fn wait_requests(prom: &Service, more: f64) {
+    let total = r#"sum(http_requests_total{job="demo"})"#;
+    let start = wait_for(Duration::from_secs(30), "a request count", || {
+        prom_number(prom, total)
+    });
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{more} more requests"),
+        || prom_number(prom, total).filter(|n| *n >= start + more),
+    );
+}
+
+#[test]
+fn no_5xx_series_yet_is_zero_errors_then_twenty_percent_is_rolled_back_through_prometheus() {
+    // Built from this checkout: the lazy 5xx series is a demo feature the shared images may lack.
+    let app = app_with_own_images("lz");
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    // As client libraries do: no `code="500"` series until the first 5xx.
+    d.set_service_env(&[("DEMO_ERROR_SERIES", "lazy")]);
+    let (prom, metrics) = prometheus_over(&[d.port]);
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), &format!("{WATCH}\n{metrics}"));
+    let _c = Controller::start(&config, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(d.port, 50, stop.clone());
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    wait_requests(&prom, 400.0);
+    let errors_series = r#"http_requests_total{job="demo",code=~"5.."}"#;
+    assert!(
+        prom.query(errors_series).is_empty(),
+        "the service must not expose a 5xx series yet"
+    );
+
+    d.deploy("v1.0.1");
+    let note = wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
+    assert!(
+        note.contains("metrics healthy") && note.contains("errors 0/"),
+        "an empty errors vector beside requests is 0 errors, not missing data: {note}"
+    );
+    assert!(prom.query(errors_series).is_empty(), "still no 5xx series");
+
+    wait_requests(&prom, 400.0);
+    d.deploy("v1.3.0");
+    let (_, trigger, reason, from, to) = rolled_back(&d);
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    assert_eq!(trigger, "error_ratio", "{reason}");
+    assert_eq!((from.as_deref(), to.as_str()), (Some("v1.3.0"), "v1.0.1"));
+    d.assert_runs("v1.0.1");
+}
+
+#[test]
+fn an_instance_restarting_under_a_summed_prometheus_query_gives_no_false_verdict() {
+    let app = app_with_images("rs", &["v1.0.0", "v1.0.1"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    // The deployed instance fails 3% of requests whatever its version, the other one 20%: the
+    // sum runs at ~11%. Booking the other's lifetime as one interval (what a reset detected on
+    // the sum does) reads as 20% on thousands of requests: a false regression.
+    d.set_service_env(&[("DEMO_FAULT", "error-ratio=0.03")]);
+    let other = DemoProcess::start("v1.0.0", &[("DEMO_FAULT", "error-ratio=0.2")]);
+    let (prom, metrics) = prometheus_over(&[d.port, other.port]);
+    // Enough failed probes allowed to ride out the restart below: this test is about metrics.
+    let watch = r#"watch = { interval = "500ms", failures = 10, grace = "1s", bake = "10s", cooldown = "5m" }"#;
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), &format!("{watch}\n{metrics}"));
+    let _c = Controller::start(&config, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = [
+        load(d.port, 40, stop.clone()),
+        load(other.port, 40, stop.clone()),
+    ];
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    wait_requests(&prom, 600.0);
+
+    d.deploy("v1.0.1");
+    wait_event(&d.db(), "deploy", "v1.0.1", Duration::from_secs(30));
+    // Mid-window, once the new version has served some traffic: its process restarts and its
+    // counters start again from zero.
+    let instance = format!("127.0.0.1:{}", d.port);
+    let served = format!(r#"sum(http_requests_total{{instance="{instance}"}})"#);
+    let new_version = format!(r#"demo_build_info{{instance="{instance}",version="v1.0.1"}}"#);
+    wait_for(Duration::from_secs(30), "v1.0.1 scraped", || {
+        (!prom.query(&new_version).is_empty()).then_some(())
+    });
+    let before = wait_for(Duration::from_secs(30), "v1.0.1 serving", || {
+        prom_number(&prom, &served).filter(|n| *n >= 80.0)
+    });
+    sh("docker", &["restart", "-t", "1", &d.container().name]);
+    wait_for(
+        Duration::from_secs(30),
+        "Prometheus seeing the reset",
+        || prom_number(&prom, &served).filter(|n| *n < before),
+    );
+    assert!(
+        !events(&d.db())
+            .iter()
+            .any(|(k, t, _)| k == "promoted" && t.as_deref() == Some("v1.0.1")),
+        "the restart must fall inside the watch window"
+    );
+
+    // Whichever comes first: the end of the window, or a (false) rollback.
+    let end = wait_for(
+        Duration::from_secs(60),
+        "the end of the watch window",
+        || {
+            let promoted = events(&d.db())
+                .into_iter()
+                .find(|(k, t, _)| k == "promoted" && t.as_deref() == Some("v1.0.1"))
+                .map(|(_, _, m)| m);
+            promoted.or_else(|| {
+                rollback_rows(&d.db())
+                    .first()
+                    .map(|r| format!("rollback {r:?}"))
+            })
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in traffic {
+        let _ = t.join();
+    }
+    assert!(
+        rollback_rows(&d.db()).is_empty(),
+        "a restart is not a regression: {end}"
+    );
+    assert!(end.contains("metrics healthy"), "{end}");
+    d.assert_runs("v1.0.1");
+}

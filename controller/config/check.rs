@@ -349,7 +349,39 @@ fn check_metrics(m: &MetricsConfig) -> Result<(), Refusal> {
                 .map_err(|e| Refusal::new(&[Key("source"), Key(key)], e.to_string()))?;
         }
     }
-    Ok(())
+    check_latency(&m.source)
+}
+
+/// The latency source. A scrape reads `<latency_histogram>_sum` and `_count`, so the value must
+/// be a histogram's base name (label matchers allowed, never `le`), not one of its series: a
+/// wrong name would otherwise fail every read as "missing series" and silence the error-ratio
+/// judgement with it. A Prometheus source needs both queries: one alone is quietly ignored.
+fn check_latency(source: &MetricsKind) -> Result<(), Refusal> {
+    use Seg::Key;
+    match source {
+        MetricsKind::Scrape {
+            latency_histogram: Some(h),
+            ..
+        } => crate::metrics::Selector::histogram(h).map(drop).map_err(|e| {
+            Refusal::new(&[Key("source"), Key("latency_histogram")], e.to_string())
+        }),
+        MetricsKind::Prometheus {
+            latency_sum,
+            latency_count,
+            ..
+        } => match (latency_sum, latency_count) {
+            (Some(_), None) => Err(Refusal::new(
+                &[Key("source"), Key("latency_sum")],
+                "has no latency_count beside it: the mean latency needs both; add latency_count (e.g. 'sum(http_request_duration_seconds_count{job=\"x\"})') or remove latency_sum",
+            )),
+            (None, Some(_)) => Err(Refusal::new(
+                &[Key("source"), Key("latency_count")],
+                "has no latency_sum beside it: the mean latency needs both; add latency_sum (e.g. 'sum(http_request_duration_seconds_sum{job=\"x\"})') or remove latency_count",
+            )),
+            _ => Ok(()),
+        },
+        MetricsKind::Scrape { .. } => Ok(()),
+    }
 }
 
 /// The compose executor: directories that mean the same on every host, and ssh settings that
@@ -548,4 +580,87 @@ pub(super) fn field_at(text: &str, at: usize) -> Option<String> {
         visit(child, Some(k.span()), join("", k.get_ref()), at, &mut best);
     }
     best.map(|(_, path)| path)
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    const TARGET: &str = r#"
+[[targets]]
+env = "staging"
+role = "backend"
+selector = { compose_project = "shop-staging-backend", compose_service = "backend" }
+health = { url = "http://127.0.0.1:8080/health" }
+executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "127.0.0.1:5000/shop" }
+
+[targets.metrics]
+"#;
+
+    fn load(source: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("{TARGET}source = {source}\n"),
+            Path::new("rw.toml"),
+            Path::new("/etc/rw"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn scrape(histogram: &str) -> String {
+        format!(
+            r#"{{ kind = "scrape", urls = ["http://127.0.0.1:8080/metrics"], requests = "http_requests_total", errors = 'http_requests_total{{code=~"5.."}}', latency_histogram = '{histogram}' }}"#
+        )
+    }
+
+    #[test]
+    fn latency_histogram_must_be_a_base_name() {
+        for good in [
+            "http_request_duration_seconds",
+            r#"http_request_duration_seconds{route="/"}"#,
+        ] {
+            assert!(load(&scrape(good)).is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            (
+                "http_request_duration_seconds_sum",
+                "give the histogram's base name (http_request_duration_seconds)",
+            ),
+            ("http_request_duration_seconds_bucket", "base name"),
+            (r#"h{le="0.5"}"#, "only the _bucket series have an le label"),
+            ("http request seconds", "not a metric name"),
+            ("h{route=", "unbalanced braces"),
+        ] {
+            let e = load(&scrape(bad)).unwrap_err();
+            assert!(
+                e.contains("source.latency_histogram")
+                    && e.contains(says)
+                    && e.contains("rw.toml:10:"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn prometheus_latency_needs_both_queries() {
+        let prom = |extra: &str| {
+            format!(
+                r#"{{ kind = "prometheus", url = "http://127.0.0.1:9090", requests = "sum(r)", errors = "sum(e)"{extra} }}"#
+            )
+        };
+        assert!(load(&prom("")).is_ok());
+        assert!(load(&prom(
+            r#", latency_sum = "sum(s)", latency_count = "sum(c)""#
+        ))
+        .is_ok());
+        let e = load(&prom(r#", latency_sum = "sum(s)""#)).unwrap_err();
+        assert!(
+            e.contains("source.latency_sum") && e.contains("latency_count"),
+            "{e}"
+        );
+        let e = load(&prom(r#", latency_count = "sum(c)""#)).unwrap_err();
+        assert!(
+            e.contains("source.latency_count") && e.contains("latency_sum"),
+            "{e}"
+        );
+    }
 }

@@ -160,7 +160,7 @@ impl Watcher {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if let Some(m) = &self.target.metrics {
             match MetricsFeed::new(m) {
-                Ok(f) => self.feed = Some(f),
+                Ok(f) => self.feed = Some(f.with_grace(self.target.watch.grace)),
                 Err(e) => {
                     tracing::error!(target_id = %self.target.id(), error = %e, "metrics source unusable; judging on /health only")
                 }

@@ -1057,3 +1057,96 @@ pub fn event_at_ms(db: &Path, kind: &str, tag: &str) -> Option<i64> {
     .find(|(k, t, _)| k == kind && t.as_deref() == Some(tag))
     .map(|(_, _, at)| at)
 }
+
+impl ComposeDeployment {
+    /// Adds environment variables to the service (e.g. `DEMO_ERROR_SERIES=lazy`, or a
+    /// `DEMO_FAULT` every tag then carries) and recreates its container with them, same tag;
+    /// returns once `/health` answers again.
+    pub fn set_service_env(&self, vars: &[(&str, &str)]) {
+        let path = self.dir().join("docker-compose.yml");
+        let mut text = std::fs::read_to_string(&path).expect("read compose file");
+        for (k, v) in vars {
+            text.push_str(&format!("      {k}: \"{v}\"\n"));
+        }
+        std::fs::write(&path, text).expect("write compose file");
+        self.compose(&["up", "-d", "--remove-orphans"]);
+        wait_for(
+            Duration::from_secs(30),
+            "service back with its new env",
+            || {
+                let env = self.container().env;
+                let set = vars
+                    .iter()
+                    .all(|(k, v)| env.iter().any(|e| *e == format!("{k}={v}")));
+                (set && health(self.port).is_some_and(|b| b.contains("\"ok\""))).then_some(())
+            },
+        );
+    }
+}
+
+/// The demo service run as a plain process on a free loopback port: a second instance beside a
+/// deployment, scraped by the same Prometheus job. Killed on drop.
+pub struct DemoProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl DemoProcess {
+    /// Starts the demo as `version` with extra environment (`DEMO_FAULT`, ...); returns once
+    /// `/health` answers.
+    pub fn start(version: &str, env: &[(&str, &str)]) -> DemoProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_rollwatch-demo-service"))
+            .env("DEMO_PORT", port.to_string())
+            .env("DEMO_BIND", "127.0.0.1")
+            .env("DEMO_VERSION", version)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the demo service");
+        let p = DemoProcess { child, port };
+        wait_for(Duration::from_secs(20), "demo process up", || {
+            health(port).filter(|b| b.contains(version))
+        });
+        p
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a one-number Prometheus query (`None` while it has no answer).
+pub fn prom_number(prom: &Service, expr: &str) -> Option<f64> {
+    prom.query(expr)
+        .first()
+        .and_then(|r| r["value"][1].as_str())
+        .and_then(|s| s.parse().ok())
+}
+
+/// A fresh app name whose `<app>/backend:<tag>` images (every demo tag) are built from this
+/// checkout's demo binary, not retagged from the shared `demo/*` images: a test that needs a
+/// demo feature (e.g. `DEMO_ERROR_SERIES`) then does not depend on which checkout last pushed
+/// the shared images (seen: a parallel checkout's test run replaced them mid-test).
+pub fn app_with_own_images(prefix: &str) -> String {
+    testbed();
+    let app = unique_app(prefix);
+    let script = repo_root().join("scripts/build-images");
+    sh(
+        script.to_str().unwrap(),
+        &[
+            env!("CARGO_BIN_EXE_rollwatch-demo-service"),
+            &app,
+            "backend",
+        ],
+    );
+    // The script's skip-if-unchanged stamp is of no use for a one-off app name.
+    let state = std::env::var("ROLLWATCH_STATE_DIR")
+        .unwrap_or_else(|_| "/var/lib/rollwatch-testbed".into());
+    let _ = std::fs::remove_file(PathBuf::from(state).join(format!("images-{app}.stamp")));
+    app
+}
