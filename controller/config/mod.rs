@@ -245,7 +245,8 @@ pub enum MetricsKind {
         /// The label of `version_metric` holding the version; default `version`.
         version_label: Option<String>,
     },
-    /// A Prometheus server; each query must return one cumulative number (use `sum(...)`).
+    /// A Prometheus server; each query names cumulative counters, usually with an outer `sum`,
+    /// which rollwatch evaluates per series so one instance's counter reset stays its own.
     Prometheus {
         url: Url,
         requests: String,
