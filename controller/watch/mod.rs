@@ -332,6 +332,11 @@ impl Watcher {
     /// Reads the metrics source (probe rounds only) and returns the verdict on a candidate.
     async fn metric_round(&mut self) -> Option<MetricVerdict> {
         let (population, watched) = match &self.state.phase {
+            // A deploy happened since the last round and `decide` has not seen it yet: this
+            // interval mixes both versions, so it belongs to neither population.
+            phase if phase.tag().is_some() && self.running_tag.as_deref() != phase.tag() => {
+                (Population::Neither, None)
+            }
             Phase::Watching { tag, .. } => (Population::Candidate, Some(tag.clone())),
             Phase::Stable { .. } => (Population::Baseline, None),
             _ => (Population::Neither, None),
