@@ -53,7 +53,7 @@ pub struct ReplayArgs {
 
 /// Runs the subcommand; `config_given` says whether `--config`/`ROLLWATCH_CONFIG` named a file.
 pub fn run(args: ReplayArgs, config_path: &Path, config_given: bool) -> anyhow::Result<ExitCode> {
-    let (policy, bake, from) = settings(&args, config_path, config_given)?;
+    let (policy, bake, grace, from) = settings(&args, config_path, config_given)?;
     check_policy(&policy).map_err(Refused)?;
     if bake.is_zero() {
         return Err(Refused("--bake 0s: the watch window must be longer than 0".into()).into());
@@ -63,7 +63,14 @@ pub fn run(args: ReplayArgs, config_path: &Path, config_given: bool) -> anyhow::
         .map_err(|e| Refused(format!("{e:#}")))?;
     let trace = crate::replay::parse(&text)
         .map_err(|e| Refused(format!("{}: {e}", args.trace.display())))?;
-    let r = crate::replay::replay(&trace, &Settings { policy, bake });
+    let r = crate::replay::replay(
+        &trace,
+        &Settings {
+            policy,
+            bake,
+            grace,
+        },
+    );
     if !args.quiet {
         print_header(&args.trace, &r, &policy, bake, &from)?;
         print_timeline(&r)?;
@@ -76,12 +83,12 @@ pub fn run(args: ReplayArgs, config_path: &Path, config_given: bool) -> anyhow::
     }))
 }
 
-/// The policy and bake: the target's from the config, or the defaults; then the flags on top.
+/// The policy, bake and grace: the target's from the config, or the defaults; then the flags on top.
 fn settings(
     args: &ReplayArgs,
     config_path: &Path,
     config_given: bool,
-) -> anyhow::Result<(MetricPolicy, Duration, String)> {
+) -> anyhow::Result<(MetricPolicy, Duration, Duration, String)> {
     let target = match (&args.target, config_given) {
         (Some(t), _) => {
             let config = Config::load(config_path)?;
@@ -110,6 +117,9 @@ fn settings(
         }
         (None, false) => None,
     };
+    let grace = target
+        .as_ref()
+        .map_or(WatchConfig::default().grace, |(t, _)| t.watch.grace);
     let (mut policy, mut bake, mut from) = match &target {
         Some((t, source)) => (
             t.metrics.as_ref().map(|m| m.policy()).unwrap_or_default(),
@@ -171,7 +181,7 @@ fn settings(
     if !overridden.is_empty() {
         from = format!("{from}, with --{}", overridden.join(", --"));
     }
-    Ok((policy, bake, from))
+    Ok((policy, bake, grace, from))
 }
 
 /// Seconds for people: `31s`, `31.5s`, never `-0s`.

@@ -46,7 +46,7 @@ impl MetricsFeed {
     /// Intervals of a candidate that start within `grace` of its first round are booked nowhere
     /// (the target's `watch.grace`, the probes' start-up grace). Without it, none is skipped.
     pub fn with_grace(mut self, grace: Duration) -> MetricsFeed {
-        self.grace.grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.grace = StartupGrace::new(grace);
         self
     }
 
@@ -90,18 +90,26 @@ impl MetricsFeed {
 }
 
 /// The start-up grace of the metric side: which population a round's interval is booked into.
+/// Public so `rollwatch replay` books intervals exactly as the watcher does.
 #[derive(Debug, Default)]
-struct StartupGrace {
+pub struct StartupGrace {
     grace_ms: i64,
     /// The candidate being watched, when its first round was, and when the last round was.
     candidate: Option<(String, i64, i64)>,
 }
 
 impl StartupGrace {
+    pub fn new(grace: Duration) -> StartupGrace {
+        StartupGrace {
+            grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
+            candidate: None,
+        }
+    }
+
     /// `population` as the watcher sees it, except that a candidate's interval is booked nowhere
     /// ([`Population::Neither`]) while it began inside the grace: an interval counts only when
     /// the previous round was at least `grace` after the candidate's first round.
-    fn population(
+    pub fn population(
         &mut self,
         population: Population,
         candidate_tag: Option<&str>,

@@ -12,6 +12,6 @@ pub mod parse;
 mod selector;
 mod source;
 
-pub use feed::{FeedRound, MetricsFeed};
+pub use feed::{FeedRound, MetricsFeed, StartupGrace};
 pub use selector::{Selector, SelectorError};
 pub use source::{MetricsSource, Reading, SourceError};

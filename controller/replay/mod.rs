@@ -15,7 +15,7 @@ pub mod trace;
 use std::time::Duration;
 
 use crate::analysis::{MetricPolicy, MetricVerdict, MetricWatch, Population};
-use crate::metrics::Reading;
+use crate::metrics::{Reading, StartupGrace};
 use crate::store::Trigger;
 
 pub use trace::{parse, Row, Trace, TraceError};
@@ -25,6 +25,8 @@ pub use trace::{parse, Row, Trace, TraceError};
 pub struct Settings {
     pub policy: MetricPolicy,
     pub bake: Duration,
+    /// The start-up grace (`watch.grace`): candidate intervals inside it count for nobody.
+    pub grace: Duration,
 }
 
 /// Which population a round fed.
@@ -135,6 +137,7 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
         })
         .collect();
     let mut watch = MetricWatch::default();
+    let mut grace = StartupGrace::new(settings.grace);
     let mut steps = Vec::new();
     let mut deploy_t: Option<f64> = None;
     // Compared in whole milliseconds, as the watcher does: 17.001 - 9.001 must be 8 s, not 7.999….
@@ -169,9 +172,17 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
             beside |= k == 0;
         }
         let (population, side) = match deploy_t {
+            // The interval that ends at the deploy's first row mixed both versions; live, the
+            // watcher books that round nowhere because it has not decided on the deploy yet.
+            Some(d) if d == t => (Population::Neither, Side::Candidate { beside }),
             Some(_) => (Population::Candidate, Side::Candidate { beside }),
             None => (Population::Baseline, Side::Baseline),
         };
+        let population = grace.population(
+            population,
+            trace.candidate.as_deref(),
+            (t * 1000.0).round() as i64,
+        );
         // A failed read goes in as the watcher's does: inconclusive, and the next read only
         // re-anchors the counters (what was served in between is lost, live as here).
         let read = match failed {
@@ -283,6 +294,7 @@ mod tests {
         Settings {
             policy: MetricPolicy::default(),
             bake: Duration::from_secs(bake_s),
+            grace: Duration::ZERO,
         }
     }
 
@@ -302,8 +314,9 @@ mod tests {
                 trigger: Trigger::ErrorRatio,
                 evidence,
             } => {
-                // 50 req/s: the 100 requests needed are there on the second candidate round.
-                assert_eq!((*t, *after_deploy), (31.0, 1.0), "{evidence}");
+                // 50 req/s; the deploy's own round mixed both versions and counts for nobody,
+                // so the 100 requests needed are there on the third candidate round.
+                assert_eq!((*t, *after_deploy), (32.0, 2.0), "{evidence}");
                 assert!(
                     evidence.contains("known-good version before the deploy"),
                     "{evidence}"
@@ -311,10 +324,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.steps.len(), 32);
+        assert_eq!(r.steps.len(), 33);
         assert!(r.rows_after > 0);
+        // The deploy's own round is booked nowhere and judges nothing; the next one waits.
+        assert!(r.steps[30].verdict.is_none());
         assert!(matches!(
-            r.steps[30].verdict,
+            r.steps[31].verdict,
             Some(MetricVerdict::Waiting(_))
         ));
         assert!(r.steps[..30]
@@ -397,6 +412,7 @@ mod tests {
                 ..MetricPolicy::default()
             },
             bake: Duration::from_secs(50),
+            grace: Duration::ZERO,
         };
         assert!(matches!(
             replay(&trace, &lenient).outcome,
@@ -440,9 +456,10 @@ mod tests {
             &r.steps[31].verdict,
             Some(MetricVerdict::Inconclusive(why)) if why.contains("line 33")
         ));
-        // 50 requests at t=30, none booked at 31 (failed) nor 32 (re-anchor), 50 more at 33.
+        // None booked at 30 (the deploy's mixed interval), 31 (failed) nor 32 (re-anchor);
+        // 50 at 33 and 50 more at 34.
         match r.outcome {
-            Outcome::Regressed { t, .. } => assert_eq!(t, 33.0),
+            Outcome::Regressed { t, .. } => assert_eq!(t, 34.0),
             other => panic!("{other:?}"),
         }
     }
