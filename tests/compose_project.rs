@@ -82,11 +82,7 @@ fn unset_dir_is_taken_from_the_labels_of_the_watched_containers() {
     let d = ComposeDeployment::up_with_project_flag(&app, "staging", "backend", "v1.1.0");
     let config = d.write_config_with_dir(&format!("{REGISTRY}/{app}"), "", false);
 
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let (text, _) = cli_rollback(&config, "v1.0.0", 0);
     assert!(
         text.contains("rolled back staging/backend from v1.1.0 to v1.0.0"),
         "{text}"
@@ -112,10 +108,7 @@ fn project_named_in_env_file_is_rolled_back_in_place() {
     assert!(d.env_file().contains("COMPOSE_PROJECT_NAME="));
     let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
 
-    rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
+    cli_rollback(&config, "v1.0.0", 0);
 
     assert_only_container_runs(&d, "v1.0.0");
     assert_env_tag(&d, "v1.0.0");

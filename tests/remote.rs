@@ -42,10 +42,7 @@ fn compose_target_is_rolled_back_over_ssh() {
     let app = app_with_images("ss", &["v1.0.0", "v1.1.0"]);
     let d = ComposeDeployment::up(&app, "staging", "backend", "v1.1.0");
     let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, "client", 2222));
-    rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
+    cli_rollback(&config, "v1.0.0", 0);
     d.assert_runs("v1.0.0");
     assert!(
         d.env_file().contains("IMAGE_TAG=v1.0.0\n"),
@@ -65,11 +62,7 @@ fn assert_ssh_failure_changes_nothing(key: &str, port: u16, expect: &str) {
     let before = d.container();
     let env_before = d.env_file();
     let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, key, port));
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let (_, err) = cli_rollback(&config, "v1.0.0", 1);
     assert!(
         err.contains("ssh root@127.0.0.1 failed 2 time(s)") && err.contains(expect),
         "{err}"
@@ -175,11 +168,7 @@ fn two_host_target_is_rolled_back_on_both() {
     let a = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hosta");
     let b = ComposeDeployment::up_on(&app, "staging", "backend", "v1.1.0", "hostb");
     let config = two_host_config(&a, &b, &app);
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let (text, _) = cli_rollback(&config, "v1.0.0", 0);
     assert!(
         text.contains("up@local:") && text.matches("up@local:").count() == 2,
         "{text}"
@@ -203,11 +192,7 @@ fn two_host_partial_failure_is_reported_per_host() {
     )
     .unwrap();
     let config = two_host_config(&a, &b, &app);
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let (_, err) = cli_rollback(&config, "v1.0.0", 1);
     let (ha, hb) = (
         format!("local:{}", a.dir().display()),
         format!("local:{}", b.dir().display()),
@@ -506,10 +491,7 @@ fn remote_rollback_as_non_root_keeps_env_mode_and_owner() {
     hand_to_ssh_user(&d);
     let (_, mode, uid, gid) = file_state(&d.env_path());
     let config = config_with_executor(&d, &app, &user_ssh_executor(&d, &app, "client", ""));
-    rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
+    cli_rollback(&config, "v1.0.0", 0);
     let (bytes, mode_after, uid_after, gid_after) = file_state(&d.env_path());
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.contains("IMAGE_TAG=v1.0.0\n"), "{text}");
@@ -543,11 +525,7 @@ fn cut_short_remote_env_write_fails_the_rollback_and_keeps_env() {
     let before = file_state(&d.env_path());
     assert!(before.0.len() > 16 * 1024);
     let config = config_with_executor(&d, &app, &user_ssh_executor(&d, &app, "limited", ""));
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let (_, err) = cli_rollback(&config, "v1.0.0", 1);
     let env = d.env_path().display().to_string();
     assert!(err.contains(&format!("cannot update {env}")), "{err}");
     assert_eq!(
@@ -575,11 +553,7 @@ fn remote_env_owned_by_another_user_is_refused_and_kept() {
     }
     let before = file_state(&d.env_path());
     let config = config_with_executor(&d, &app, &user_ssh_executor(&d, &app, "client", ""));
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let (_, err) = cli_rollback(&config, "v1.0.0", 1);
     assert!(err.contains("owner") && err.contains("root:root"), "{err}");
     assert_eq!(file_state(&d.env_path()), before, ".env untouched");
     assert_eq!(leftovers(&d), Vec::<String>::new(), "temp file removed");

@@ -13,11 +13,7 @@ fn compose_target_is_rolled_back_to_named_tag_pulled_from_registry() {
     assert!(image_id(&format!("{}:v1.0.0", d.repository())).is_none());
     let config = d.write_config(&format!("{REGISTRY}/{app}"), "");
 
-    let out = rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let (text, _) = cli_rollback(&config, "v1.0.0", 0);
     assert!(
         text.contains("rolled back staging/backend from v1.1.0 to v1.0.0"),
         "{text}"
@@ -139,10 +135,7 @@ fn failed_pull_of_locally_present_image_is_a_warning() {
         &["tag", &format!("{REGISTRY}/demo/backend:v1.0.0"), &local],
     );
     let config = d.write_config(&format!("127.0.0.1:{dead}/{app}"), "");
-    rollwatch(&config)
-        .args(["rollback", "staging", "backend", "v1.0.0"])
-        .assert()
-        .success();
+    cli_rollback(&config, "v1.0.0", 0);
     assert_eq!(d.container().image_ref, local);
     let _ = std::process::Command::new("docker")
         .args(["rmi", &local])

@@ -598,6 +598,20 @@ pub fn rollwatch(config: &Path) -> assert_cmd::Command {
     cmd
 }
 
+/// `rollwatch rollback staging backend <tag>` run as a person would, asserting its exit code
+/// (0 done, 1 ran and failed, 2 refused); returns (stdout, stderr).
+pub fn cli_rollback(config: &Path, tag: &str, code: i32) -> (String, String) {
+    let out = rollwatch(config)
+        .args(["rollback", "staging", "backend", tag])
+        .assert()
+        .code(code);
+    let o = out.get_output();
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
 /// The bearer token test controllers are started with.
 pub const TOKEN: &str = "test-token-0123456789";
 
