@@ -52,6 +52,9 @@ pub struct Scenario {
     /// Seconds of baseline before the deploy, and of watch window after it.
     pub baseline_s: usize,
     pub watch_s: usize,
+    /// Between-interval variation: the error rate of each 30 s block is multiplied by a
+    /// lognormal factor with mean one and this log-scale sigma (0 = independent requests).
+    pub sigma: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +74,18 @@ impl Method {
     }
 }
 
-fn seconds(rng: &mut Rng, rate: f64, p: f64, n: usize) -> Vec<Interval> {
+fn seconds(rng: &mut Rng, rate: f64, p: f64, n: usize, sigma: f64) -> Vec<Interval> {
+    let mut multiplier = 1.0;
     (0..n)
-        .map(|_| {
+        .map(|t| {
+            if sigma > 0.0 && t % 30 == 0 {
+                // Box-Muller normal; exp(sigma z - sigma^2/2) has mean one.
+                let (u1, u2) = (rng.unit().max(1e-300), rng.unit());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                multiplier = (sigma * z - sigma * sigma / 2.0).exp();
+            }
             let requests = rng.poisson(rate);
-            let errors = rng.binomial(requests, p);
+            let errors = rng.binomial(requests, (p * multiplier).min(1.0));
             Interval {
                 requests: requests as f64,
                 errors: errors as f64,
@@ -99,8 +109,8 @@ fn ten_second_ratios(intervals: &[Interval]) -> Vec<f64> {
 /// Seconds after the deploy at which each method rolls back (`None`: never, in the window).
 pub fn run_once(s: &Scenario, seed: u64) -> [Option<usize>; 3] {
     let mut rng = Rng::new(seed);
-    let base = seconds(&mut rng, s.rate, s.baseline_error, s.baseline_s);
-    let cand = seconds(&mut rng, s.rate, s.candidate_error, s.watch_s);
+    let base = seconds(&mut rng, s.rate, s.baseline_error, s.baseline_s, s.sigma);
+    let cand = seconds(&mut rng, s.rate, s.candidate_error, s.watch_s, s.sigma);
     let policy = MetricPolicy::default();
     let (bn, bx) = (
         base.iter().map(|i| i.requests).sum::<f64>(),
@@ -214,6 +224,7 @@ pub fn standard_scenarios() -> Vec<Scenario> {
                 candidate_error,
                 baseline_s: 600,
                 watch_s: 300,
+                sigma: 0.0,
             });
         }
     }
@@ -254,6 +265,25 @@ mod tests {
             candidate_error,
             baseline_s: 600,
             watch_s: 300,
+            sigma: 0.0,
+        }
+    }
+
+    #[test]
+    fn overdispersed_healthy_deploys_stay_within_alpha() {
+        // Regression guard for issue 12: lognormal sigma = 0.5 per 30 s block rolled back 21% of
+        // healthy deploys at 100 req/s under the old Bernoulli SPRT. Fixed seed: not flaky.
+        for rate in [10.0, 100.0] {
+            let s = Scenario {
+                sigma: 0.5,
+                ..scenario(rate, 0.01)
+            };
+            let rows = evaluate(&[s], 200, 1234);
+            assert!(
+                rows[0].rolled_back <= 0.02,
+                "{rate} req/s, sigma 0.5: false rollbacks {:.1}%",
+                rows[0].rolled_back * 100.0
+            );
         }
     }
 
