@@ -20,12 +20,12 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use super::Interval;
 
-/// Intervals per block: 5 s of traffic at the default 1 s round.
-pub const BLOCK_INTERVALS: usize = 5;
+/// Intervals per block: 3 s of traffic at the default 1 s round.
+pub const BLOCK_INTERVALS: usize = 3;
 /// Blocks of baseline history needed before any judgement (fewer: Waiting, never a rollback).
-pub const MIN_BASELINE_BLOCKS: usize = 3;
+pub const MIN_BASELINE_BLOCKS: usize = 2;
 /// A bet never stakes more than this share of the wealth on a block at the null boundary's floor.
-pub const BET_CAP: f64 = 0.8;
+pub const BET_CAP: f64 = 0.5;
 /// Floor on the baseline rate used for the null boundary: below 0.1% a handful of errors would be
 /// a "large" relative effect.
 const RATE_FLOOR: f64 = 0.001;
@@ -190,7 +190,7 @@ mod tests {
         let (p2, u2) = baseline_ucb(&noisy, 0.01).unwrap();
         assert!((p1 - 0.01).abs() < 1e-12 && (p2 - 0.01).abs() < 1e-12);
         assert!(u1 > 0.01 && u2 > u1 + 0.001, "{u1} {u2}");
-        assert!(baseline_ucb(&steady[..2], 0.01).is_none());
+        assert!(baseline_ucb(&steady[..1], 0.01).is_none());
     }
 
     #[test]
