@@ -20,8 +20,8 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use super::Interval;
 
-/// Intervals per block: 3 s of traffic at the default 1 s round.
-pub const BLOCK_INTERVALS: usize = 3;
+/// Intervals per block: 2 s of traffic at the default 1 s round.
+pub const BLOCK_INTERVALS: usize = 2;
 /// Blocks of baseline history needed before any judgement (fewer: Waiting, never a rollback).
 pub const MIN_BASELINE_BLOCKS: usize = 2;
 /// A bet never stakes more than this share of the wealth on a block at the null boundary's floor.
