@@ -3,6 +3,7 @@
 //! the same target before the deploy) and a candidate (the new version since its deploy), and
 //! [`judge`] compares the two. Pure: no I/O, no clock; the watcher feeds it readings.
 
+pub mod eprocess;
 pub mod simulate;
 pub mod stats;
 
@@ -156,6 +157,11 @@ impl Evidence {
     pub fn clear(&mut self) {
         self.intervals.clear();
     }
+
+    /// Complete blocks of traffic (see [`eprocess::blocks`]).
+    pub fn blocks(&self) -> Vec<eprocess::Block> {
+        eprocess::blocks(self.intervals.iter(), eprocess::BLOCK_INTERVALS)
+    }
 }
 
 /// The metric side of a verdict.
@@ -203,7 +209,11 @@ enum Test {
     Regressed(Trigger, String),
 }
 
-/// Error ratio: the SPRT on cumulative counts plus the practical thresholds.
+/// Error ratio: H0 "the candidate is not worse than the baseline by the configured effect", i.e.
+/// its rate is at most `theta0 = max(factor * UCB(p_b), UCB(p_b) + increase)`, tested with the
+/// betting e-process of [`eprocess`] on blocks of traffic. The practical effect is the null
+/// boundary itself, so drift below it is healthy; the observed effect is still checked against the
+/// point estimates so that a verdict never reports an effect smaller than configured.
 fn error_ratio_test(baseline: &Evidence, candidate: &Evidence, policy: &MetricPolicy) -> Test {
     let (n, x) = (candidate.requests(), candidate.errors());
     if n < policy.min_requests {
@@ -221,27 +231,37 @@ fn error_ratio_test(baseline: &Evidence, candidate: &Evidence, policy: &MetricPo
             count(policy.min_requests)
         ));
     }
-    let observed = x / n;
-    let base = bx / bn;
-    let p0 = stats::conservative_rate(bn, bx);
-    let p1 = (p0 * 2.0).max(p0 + 0.01).min(0.99);
-    let llr = stats::sprt_llr(n, x, p0, p1);
+    let base_blocks = baseline.blocks();
+    let Some((base, ucb)) = eprocess::baseline_ucb(&base_blocks, policy.alpha) else {
+        return Test::Waiting(format!(
+            "baseline has {} of the {} blocks of {} intervals needed",
+            base_blocks.len(),
+            eprocess::MIN_BASELINE_BLOCKS,
+            eprocess::BLOCK_INTERVALS
+        ));
+    };
+    let theta0 =
+        eprocess::null_boundary(ucb, policy.error_ratio_factor, policy.error_ratio_increase);
+    let cand_blocks = candidate.blocks();
+    let log_k = eprocess::log_wealth(&cand_blocks, theta0);
     let threshold = stats::sprt_threshold(policy.alpha);
+    let observed = x / n;
     let big_enough = observed >= base * policy.error_ratio_factor
         && observed - base >= policy.error_ratio_increase;
     let summary = format!(
-        "errors {}/{} = {} vs baseline {} ({}/{}); SPRT log-LR {llr:.2} vs {threshold:.2} (alpha {}, H0 {}, H1 {})",
+        "errors {}/{} = {} vs baseline {} ({}/{}, upper bound {}); e-process log-wealth {log_k:.2} vs {threshold:.2} over {} blocks (alpha {}, H0 rate <= {})",
         count(x),
         count(n),
         pct(observed),
         pct(base),
         count(bx),
         count(bn),
+        pct(ucb),
+        cand_blocks.len(),
         policy.alpha,
-        pct(p0),
-        pct(p1)
+        pct(theta0),
     );
-    if llr >= threshold && big_enough {
+    if log_k >= threshold && big_enough {
         return Test::Regressed(
             Trigger::ErrorRatio,
             format!(
@@ -488,14 +508,14 @@ mod tests {
     #[test]
     fn twenty_percent_errors_regress_with_evidence() {
         let base = evidence(60, 20.0, 0.2, 0.01);
-        let cand = evidence(10, 20.0, 4.0, 0.01);
+        let cand = evidence(20, 20.0, 4.0, 0.01);
         match judge(&base, &cand, 1, &MetricPolicy::default()) {
             MetricVerdict::Regressed {
                 trigger: Trigger::ErrorRatio,
                 evidence,
             } => {
                 assert!(
-                    evidence.contains("errors 40/200 = 20.00%") && evidence.contains("SPRT"),
+                    evidence.contains("errors 80/400 = 20.00%") && evidence.contains("e-process"),
                     "{evidence}"
                 );
             }

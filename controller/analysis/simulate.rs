@@ -52,6 +52,9 @@ pub struct Scenario {
     /// Seconds of baseline before the deploy, and of watch window after it.
     pub baseline_s: usize,
     pub watch_s: usize,
+    /// Between-interval variation: the error rate of each 30 s block is multiplied by a
+    /// lognormal factor with mean one and this log-scale sigma (0 = independent requests).
+    pub sigma: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,18 +67,25 @@ pub enum Method {
 impl Method {
     pub fn name(self) -> &'static str {
         match self {
-            Method::Sprt => "rollwatch (SPRT + effect size)",
+            Method::Sprt => "rollwatch (e-process on blocks, effect as H0)",
             Method::Threshold => "threshold, 3 x 10 s (Flagger style)",
             Method::MannWhitney => "Mann-Whitney per 60 s (Kayenta style)",
         }
     }
 }
 
-fn seconds(rng: &mut Rng, rate: f64, p: f64, n: usize) -> Vec<Interval> {
+fn seconds(rng: &mut Rng, rate: f64, p: f64, n: usize, sigma: f64) -> Vec<Interval> {
+    let mut multiplier = 1.0;
     (0..n)
-        .map(|_| {
+        .map(|t| {
+            if sigma > 0.0 && t % 30 == 0 {
+                // Box-Muller normal; exp(sigma z - sigma^2/2) has mean one.
+                let (u1, u2) = (rng.unit().max(1e-300), rng.unit());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                multiplier = (sigma * z - sigma * sigma / 2.0).exp();
+            }
             let requests = rng.poisson(rate);
-            let errors = rng.binomial(requests, p);
+            let errors = rng.binomial(requests, (p * multiplier).min(1.0));
             Interval {
                 requests: requests as f64,
                 errors: errors as f64,
@@ -99,8 +109,8 @@ fn ten_second_ratios(intervals: &[Interval]) -> Vec<f64> {
 /// Seconds after the deploy at which each method rolls back (`None`: never, in the window).
 pub fn run_once(s: &Scenario, seed: u64) -> [Option<usize>; 3] {
     let mut rng = Rng::new(seed);
-    let base = seconds(&mut rng, s.rate, s.baseline_error, s.baseline_s);
-    let cand = seconds(&mut rng, s.rate, s.candidate_error, s.watch_s);
+    let base = seconds(&mut rng, s.rate, s.baseline_error, s.baseline_s, s.sigma);
+    let cand = seconds(&mut rng, s.rate, s.candidate_error, s.watch_s, s.sigma);
     let policy = MetricPolicy::default();
     let (bn, bx) = (
         base.iter().map(|i| i.requests).sum::<f64>(),
@@ -166,6 +176,7 @@ fn quantile(sorted: &[usize], q: f64) -> Option<usize> {
 /// One row of results: a method on a scenario.
 #[derive(Debug, Clone)]
 pub struct Row {
+    pub sigma: f64,
     pub rate: f64,
     pub candidate_error: f64,
     pub method: Method,
@@ -190,6 +201,7 @@ pub fn evaluate(scenarios: &[Scenario], runs: usize, seed: u64) -> Vec<Row> {
             times.sort_unstable();
             let within = times.iter().filter(|t| **t <= 60).count();
             rows.push(Row {
+                sigma: s.sigma,
                 rate: s.rate,
                 candidate_error: s.candidate_error,
                 method,
@@ -206,18 +218,34 @@ pub fn evaluate(scenarios: &[Scenario], runs: usize, seed: u64) -> Vec<Row> {
 /// The standard grid: 1, 10, 20, 100 req/s; baseline 1% errors; candidate 1% (healthy), 2%, 5%.
 pub fn standard_scenarios() -> Vec<Scenario> {
     let mut out = Vec::new();
-    for rate in [1.0, 10.0, 20.0, 100.0] {
-        for candidate_error in [0.01, 0.02, 0.05] {
-            out.push(Scenario {
-                rate,
-                baseline_error: 0.01,
-                candidate_error,
-                baseline_s: 600,
-                watch_s: 300,
-            });
+    for sigma in [0.0, 0.25, 0.5] {
+        for rate in [1.0, 10.0, 20.0, 100.0] {
+            for candidate_error in [0.01, 0.02, 0.05] {
+                out.push(Scenario {
+                    rate,
+                    baseline_error: 0.01,
+                    candidate_error,
+                    baseline_s: 600,
+                    watch_s: 300,
+                    sigma,
+                });
+            }
         }
     }
     out
+}
+
+/// Wilson score 95% interval of `k` successes in `n` trials, as percentages.
+pub fn wilson(k: f64, n: f64) -> (f64, f64) {
+    if n <= 0.0 {
+        return (0.0, 100.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let p = k / n;
+    let d = 1.0 + z * z / n;
+    let c = (p + z * z / (2.0 * n)) / d;
+    let h = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
+    (((c - h).max(0.0)) * 100.0, ((c + h).min(1.0)) * 100.0)
 }
 
 /// Markdown table of the rows.
@@ -225,17 +253,23 @@ pub fn table(rows: &[Row], runs: usize) -> String {
     let mut t = format!(
         "Baseline 1% errors measured for 10 min; watch window 5 min; {runs} seeded runs per cell. \
          Healthy rows (1% -> 1%): \"rolled back\" is the false-rollback rate (alpha = 1%).\n\n\
-         | req/s | errors 1% -> | method | rolled back | detected <= 60 s | p50 | p95 |\n|---|---|---|---|---|---|---|\n"
+         sigma: lognormal per-30 s-block error-rate multiplier (0 = independent requests).\n\n\
+         | sigma | req/s | errors 1% -> | method | rolled back | detected <= 60 s | p50 | p95 |\n|---|---|---|---|---|---|---|---|\n"
     );
     let secs = |v: Option<usize>| v.map(|s| format!("{s} s")).unwrap_or_else(|| "-".into());
     for r in rows {
         t.push_str(&format!(
-            "| {} | {:.0}% | {} | {:.1}% | {:.1}% | {} | {} |\n",
+            "| {} | {} | {:.0}% | {} | {:.1}% [{:.1}, {:.1}] | {:.1}% [{:.1}, {:.1}] | {} | {} |\n",
+            r.sigma,
             r.rate,
             r.candidate_error * 100.0,
             r.method.name(),
             r.rolled_back * 100.0,
+            wilson(r.rolled_back * runs as f64, runs as f64).0,
+            wilson(r.rolled_back * runs as f64, runs as f64).1,
             r.within_60s * 100.0,
+            wilson(r.within_60s * runs as f64, runs as f64).0,
+            wilson(r.within_60s * runs as f64, runs as f64).1,
             secs(r.p50_s),
             secs(r.p95_s)
         ));
@@ -254,6 +288,25 @@ mod tests {
             candidate_error,
             baseline_s: 600,
             watch_s: 300,
+            sigma: 0.0,
+        }
+    }
+
+    #[test]
+    fn overdispersed_healthy_deploys_stay_within_alpha() {
+        // Regression guard for issue 12: lognormal sigma = 0.5 per 30 s block rolled back 21% of
+        // healthy deploys at 100 req/s under the old Bernoulli SPRT. Fixed seed: not flaky.
+        for rate in [10.0, 100.0] {
+            let s = Scenario {
+                sigma: 0.5,
+                ..scenario(rate, 0.01)
+            };
+            let rows = evaluate(&[s], 200, 1234);
+            assert!(
+                rows[0].rolled_back <= 0.02,
+                "{rate} req/s, sigma 0.5: false rollbacks {:.1}%",
+                rows[0].rolled_back * 100.0
+            );
         }
     }
 
@@ -278,6 +331,17 @@ mod tests {
             "detected within 60 s in {:.1}% of runs",
             rows[0].within_60s * 100.0
         );
+    }
+
+    #[test]
+    fn wilson_interval_matches_a_hand_computed_case() {
+        // 4 of 400: p = 1%, Wilson 95% [0.39%, 2.54%].
+        let (lo, hi) = wilson(4.0, 400.0);
+        assert!(
+            (lo - 0.389).abs() < 0.01 && (hi - 2.54).abs() < 0.01,
+            "{lo} {hi}"
+        );
+        assert!(wilson(0.0, 400.0).0.abs() < 1e-9);
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! The two statistical tests, as pure functions of counts and samples.
 //!
-//! Error ratio: Wald's sequential probability ratio test of a Bernoulli rate, H0 `p = p0` against
-//! H1 `p = p1`, on the cumulative counts. Its likelihood ratio is a martingale under H0, so by
-//! Ville's inequality the chance that it *ever* crosses `1/alpha` is at most `alpha` — the
-//! false-rollback bound holds however often and however long the watcher looks.
+//! Error ratio: the decision now lives in `eprocess` (blocks, baseline bound, betting e-process).
+//! The Bernoulli SPRT helpers below remain for the threshold `ln(1/alpha)` and its tests; the SPRT
+//! itself treated requests as independent coin flips and is no longer used to decide.
 //!
 //! Latency: Mann-Whitney U on per-interval mean latencies, asymptotic normal approximation with tie
 //! and continuity correction (statrs' exact p-values are wrong, so only its normal CDF is used).
