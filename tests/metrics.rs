@@ -71,7 +71,7 @@ fn twenty_percent_errors_under_load_are_rolled_back_for_error_ratio() {
     let (_, trigger, reason, from, to) = rolled_back(&l.d);
     assert_eq!(trigger, "error_ratio");
     assert!(
-        reason.contains("SPRT") && reason.contains("errors"),
+        reason.contains("e-process") && reason.contains("errors"),
         "{reason}"
     );
     assert_eq!((from.as_deref(), to.as_str()), (Some("v1.3.0"), "v1.0.0"));
