@@ -314,9 +314,9 @@ mod tests {
                 trigger: Trigger::ErrorRatio,
                 evidence,
             } => {
-                // 50 req/s; the deploy's own round mixed both versions and counts for nobody,
-                // so the 100 requests needed are there on the third candidate round.
-                assert_eq!((*t, *after_deploy), (32.0, 2.0), "{evidence}");
+                // 50 req/s; the deploy's own round mixed both versions and counts for nobody;
+                // then four 2-interval blocks carry the e-process over 1/alpha.
+                assert_eq!((*t, *after_deploy), (38.0, 8.0), "{evidence}");
                 assert!(
                     evidence.contains("known-good version before the deploy"),
                     "{evidence}"
@@ -324,7 +324,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.steps.len(), 33);
+        assert_eq!(r.steps.len(), 39);
         assert!(r.rows_after > 0);
         // The deploy's own round is booked nowhere and judges nothing; the next one waits.
         assert!(r.steps[30].verdict.is_none());
@@ -436,10 +436,11 @@ mod tests {
         // Before the candidate's first row the failed read is a baseline round: no verdict.
         assert!(r.steps[30].failed && r.steps[30].verdict.is_none());
         // The deploy is the first v2 row (t=31); it only re-anchors after the failed read, so
-        // the 100 requests needed are there at t=33, not t=32.
+        // candidate intervals count from t=33 on, and the e-process needs four 2-interval
+        // blocks of them (the same trace without the failed read regresses at t=38, see below).
         assert_eq!(r.deploy_t, Some(31.0));
         match r.outcome {
-            Outcome::Regressed { t, .. } => assert_eq!(t, 33.0),
+            Outcome::Regressed { t, .. } => assert_eq!(t, 39.0),
             other => panic!("{other:?}"),
         }
     }
@@ -450,16 +451,16 @@ mod tests {
         rows(&mut csv, "v1", 0, 30, 50.0, 0.01, (0.0, 0.0));
         rows(&mut csv, "v2", 30, 1, 50.0, 0.2, (0.0, 0.0));
         csv.push_str("31,,,,,\n");
-        rows(&mut csv, "v2", 32, 5, 50.0, 0.2, (50.0, 10.0));
+        rows(&mut csv, "v2", 32, 20, 50.0, 0.2, (50.0, 10.0));
         let r = replay(&parse(&csv).unwrap(), &settings(60));
         assert!(matches!(
             &r.steps[31].verdict,
             Some(MetricVerdict::Inconclusive(why)) if why.contains("line 33")
         ));
-        // None booked at 30 (the deploy's mixed interval), 31 (failed) nor 32 (re-anchor);
-        // 50 at 33 and 50 more at 34.
+        // None booked at 30 (the deploy's mixed interval), 31 (failed) nor 32 (re-anchor):
+        // later than the same trace without the failed read (t=38); blocks are 2 intervals.
         match r.outcome {
-            Outcome::Regressed { t, .. } => assert_eq!(t, 34.0),
+            Outcome::Regressed { t, .. } => assert_eq!(t, 40.0),
             other => panic!("{other:?}"),
         }
     }
