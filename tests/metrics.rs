@@ -10,7 +10,7 @@ use std::time::Duration;
 use harness::*;
 
 const WATCH: &str =
-    r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "6s", cooldown = "5m" }"#;
+    r#"watch = { interval = "500ms", failures = 2, grace = "1s", bake = "12s", cooldown = "5m" }"#;
 
 fn scrape_source(url: &str) -> String {
     format!(
