@@ -66,13 +66,21 @@ pub fn blocks<'a>(intervals: impl Iterator<Item = &'a Interval>, size: usize) ->
     out
 }
 
+/// Time scales of the baseline's dispersion, in blocks: 2 s, 10 s, 30 s and 60 s at a 1 s round.
+const SCALES: [usize; 2] = [1, 15];
+/// Clusters needed before a coarser scale's dispersion is estimated (with fewer, its variance
+/// estimate is too noisy to use; the finer scales still count).
+const MIN_CLUSTERS: usize = 8;
+
 /// The baseline's error ratio and a one-sided upper confidence bound at level `alpha`: pooled
-/// rate plus a Student-t quantile times a cluster-robust (between-block) standard error, never
-/// below the binomial one. A noisy or short baseline widens the bound, so it makes a rollback
-/// harder, never easier. `None` with fewer than `MIN_BASELINE_BLOCKS` blocks.
+/// rate plus a Student-t quantile times a cluster-robust standard error, never below the binomial
+/// one. Real error rates stay high or low for tens of seconds, so blocks next to each other are
+/// not independent; the bound is the highest over clusters of 1, 5, 15 and 30 blocks (each with
+/// at least `MIN_CLUSTERS` clusters), so a dispersion at any of those time scales widens it. A
+/// noisy or short baseline makes a rollback harder, never easier. `None` with fewer than
+/// `MIN_BASELINE_BLOCKS` blocks.
 pub fn baseline_ucb(blocks: &[Block], alpha: f64) -> Option<(f64, f64)> {
-    let m = blocks.len();
-    if m < MIN_BASELINE_BLOCKS {
+    if blocks.len() < MIN_BASELINE_BLOCKS {
         return None;
     }
     let n: f64 = blocks.iter().map(|b| b.requests).sum();
@@ -81,22 +89,39 @@ pub fn baseline_ucb(blocks: &[Block], alpha: f64) -> Option<(f64, f64)> {
         return None;
     }
     let p = x / n;
-    let mf = m as f64;
-    let robust_var = blocks
-        .iter()
-        .map(|b| (b.errors - p * b.requests).powi(2))
-        .sum::<f64>()
-        / (n * n)
-        * mf
-        / (mf - 1.0);
     // Binomial floor with a continuity-style rate, so zero observed errors still has a spread.
     let pb = (x + 0.5) / (n + 1.0);
     let binom_var = pb * (1.0 - pb) / n;
-    let se = robust_var.max(binom_var).sqrt();
-    let t = StudentsT::new(0.0, 1.0, mf - 1.0)
+    let bound = SCALES
+        .iter()
+        .filter(|s| **s == 1 || blocks.len() / **s >= MIN_CLUSTERS)
+        .map(|s| {
+            let clusters: Vec<Block> = blocks
+                .chunks(*s)
+                .map(|c| Block {
+                    requests: c.iter().map(|b| b.requests).sum(),
+                    errors: c.iter().map(|b| b.errors).sum(),
+                })
+                .collect();
+            let m = clusters.len() as f64;
+            let robust_var = clusters
+                .iter()
+                .map(|b| (b.errors - p * b.requests).powi(2))
+                .sum::<f64>()
+                / (n * n)
+                * m
+                / (m - 1.0);
+            p + t_quantile(m - 1.0, alpha) * robust_var.max(binom_var).sqrt()
+        })
+        .fold(p, f64::max);
+    Some((p, bound.min(1.0)))
+}
+
+/// The one-sided Student-t quantile `t_{1-alpha, df}` (10 if statrs refuses the parameters).
+fn t_quantile(df: f64, alpha: f64) -> f64 {
+    StudentsT::new(0.0, 1.0, df)
         .map(|d| d.inverse_cdf(1.0 - alpha))
-        .unwrap_or(10.0);
-    Some((p, (p + t * se).min(1.0)))
+        .unwrap_or(10.0)
 }
 
 /// The null boundary: the candidate is healthy while its rate is at most this.

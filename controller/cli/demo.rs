@@ -147,21 +147,11 @@ fn report(all: &[Timings], bench: Option<&Path>) -> anyhow::Result<()> {
     };
     let (d50, d95, dmin, dmax) = stats(|t| t.detect);
     let (h50, h95, hmin, hmax) = stats(|t| t.healthy);
-    let host = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let machine = super::simulate::machine();
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let table = format!(
         "## Watcher: detection and recovery of a health-down deploy ({date})\n\n\
-         Machine: {host}, {cores} cores. `rollwatch demo --runs {n}`: compose target on loopback, probe interval 1 s,\n\
+         Machine: {machine}. `rollwatch demo --runs {n}`: compose target on loopback, probe interval 1 s,\n\
          2 consecutive failures = regressed, start-up grace 1 s; bad tag `v1.1.0` answers /health 503.\n\
          Fault onset = `docker-compose up -d` of the bad tag returned; healthy = rollback validated /health ok on v1.0.0.\n\n\
          | measure | p50 | p95 | min | max | goal (p50) |\n|---|---|---|---|---|---|\n\

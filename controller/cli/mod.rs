@@ -11,6 +11,7 @@ mod out;
 mod ci;
 mod demo;
 mod replay;
+mod simulate;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -69,16 +70,7 @@ enum Command {
     },
     /// Simulate healthy and regressed deploys (seeded) and compare rollwatch's error-ratio test
     /// with a Flagger-style threshold and a Kayenta-style Mann-Whitney judge.
-    Simulate {
-        /// Runs per scenario.
-        #[arg(long, default_value_t = 400)]
-        runs: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Append the result table to this file (docs/BENCHMARKS.md).
-        #[arg(long)]
-        bench_file: Option<PathBuf>,
-    },
+    Simulate(simulate::Args),
     /// Tags to roll back to: known-good history (with pipeline and commit) and the registry's tags.
     Tags { env: String, role: String },
     /// For CI smoke jobs: wait for rollwatch's verdict; exit 0 promoted, 1 regressed or rolled
@@ -221,12 +213,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tag = parse_tag(tag)?;
             rollback(&config, id, tag, reason, dry_run).await
         }
-        Command::Simulate {
-            runs,
-            seed,
-            bench_file,
-        } => {
-            simulate(runs.max(1), seed, bench_file)?;
+        Command::Simulate(args) => {
+            simulate::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tags { env, role } => {
@@ -429,31 +417,6 @@ fn print_events(events: &[crate::store::EventRecord]) -> std::io::Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn simulate(runs: usize, seed: u64, bench_file: Option<PathBuf>) -> anyhow::Result<()> {
-    use crate::analysis::simulate::{evaluate, standard_scenarios, table};
-    let started = std::time::Instant::now();
-    let rows = evaluate(&standard_scenarios(), runs, seed);
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    let text = format!(
-        "## Error-ratio detection: simulated deploys ({date})\n\n`rollwatch simulate --runs {runs} --seed {seed}` ({:.1} s). {}",
-        started.elapsed().as_secs_f64(),
-        table(&rows, runs)
-    );
-    // The bench file is the durable result: it is written even when stdout's reader left.
-    let printed = outln!("{text}");
-    if let Some(path) = bench_file {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "\n{text}")?;
-        tell!("appended to {}", path.display());
-    }
-    Ok(printed?)
 }
 
 fn optional_target(env: Option<String>, role: Option<String>) -> Result<Option<TargetId>, Refused> {

@@ -89,6 +89,13 @@ impl MetricsFeed {
     }
 }
 
+/// How late a round's timer may fire and still count as on time. Rounds land a few ms after their
+/// tick; without this, whether the round one grace after the first one counts depended on whether
+/// its timer fired at 999 or 1,001 ms, and a replay of a recorded trace (its reads a millisecond
+/// off the watcher's) booked one interval fewer than the live watcher did (seen: 10.002 s, then
+/// 11.001 s against a 1 s grace).
+const TICK_JITTER_MS: i64 = 100;
+
 /// The start-up grace of the metric side: which population a round's interval is booked into.
 /// Public so `rollwatch replay` books intervals exactly as the watcher does.
 #[derive(Debug, Default)]
@@ -131,7 +138,9 @@ impl StartupGrace {
                 (now_ms, now_ms)
             }
         };
-        if self.grace_ms > 0 && previous < since.saturating_add(self.grace_ms) {
+        if self.grace_ms > 0
+            && previous.saturating_add(TICK_JITTER_MS) < since.saturating_add(self.grace_ms)
+        {
             Population::Neither
         } else {
             Population::Candidate
@@ -172,6 +181,21 @@ mod tests {
             Population::Baseline
         );
         assert_eq!(at(&mut g, 21_000), Population::Neither);
+    }
+
+    #[test]
+    fn a_round_a_millisecond_early_counts_as_on_time() {
+        // The trace that failed a replay test: first round 10.002 s, next 11.001 s, grace 1 s.
+        let mut g = StartupGrace::new(Duration::from_secs(1));
+        let at =
+            |g: &mut StartupGrace, ms: i64| g.population(Population::Candidate, Some("v2"), ms);
+        assert_eq!(at(&mut g, 10_002), Population::Neither);
+        assert_eq!(at(&mut g, 11_001), Population::Neither, "began at 10.002 s");
+        assert_eq!(
+            at(&mut g, 12_001),
+            Population::Candidate,
+            "began 999 ms later"
+        );
     }
 
     #[test]
