@@ -197,6 +197,16 @@ fn count(x: f64) -> String {
     }
 }
 
+/// How many times `base` `x` is, for people: a baseline without errors has no finite ratio
+/// ("208191126.3x" was printed for one).
+fn times(x: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.1}x", x / base)
+    } else {
+        "any factor (the baseline was zero)".into()
+    }
+}
+
 fn pct(x: f64) -> String {
     // `+ 0.0` turns a negative zero into a positive one: never "-0.00%".
     format!("{:.2}%", x * 100.0 + 0.0)
@@ -265,8 +275,8 @@ fn error_ratio_test(baseline: &Evidence, candidate: &Evidence, policy: &MetricPo
         return Test::Regressed(
             Trigger::ErrorRatio,
             format!(
-                "{summary}; effect {:.1}x and +{:.2} pp (needs {}x and +{:.2} pp)",
-                observed / base.max(1e-9),
+                "{summary}; effect {} and +{:.2} pp (needs {}x and +{:.2} pp)",
+                times(observed, base),
                 (observed - base) * 100.0,
                 policy.error_ratio_factor,
                 policy.error_ratio_increase * 100.0
@@ -303,12 +313,12 @@ fn latency_test(
         return Test::Regressed(
             Trigger::Latency,
             format!(
-                "latency median {:.0} ms vs baseline {:.0} ms over {} and {} intervals; Mann-Whitney one-sided p {p:.2e} < {level:.2e}; effect {:.1}x and +{:.0} ms (needs {}x and +{:.0} ms)",
+                "latency median {:.0} ms vs baseline {:.0} ms over {} and {} intervals; Mann-Whitney one-sided p {p:.2e} < {level:.2e}; effect {} and +{:.0} ms (needs {}x and +{:.0} ms)",
                 mc * 1000.0,
                 mb * 1000.0,
                 cand.len(),
                 base.len(),
-                mc / mb.max(1e-9),
+                times(mc, mb),
                 (mc - mb) * 1000.0,
                 policy.latency_factor,
                 policy.latency_increase_s * 1000.0
@@ -519,6 +529,19 @@ mod tests {
                     "{evidence}"
                 );
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_baseline_without_errors_has_no_absurd_effect_factor() {
+        let base = evidence(60, 20.0, 0.0, 0.01);
+        let cand = evidence(20, 20.0, 4.0, 0.01);
+        match judge(&base, &cand, 1, &MetricPolicy::default()) {
+            MetricVerdict::Regressed { evidence, .. } => assert!(
+                evidence.contains("effect any factor (the baseline was zero) and +20.00 pp"),
+                "{evidence}"
+            ),
             other => panic!("{other:?}"),
         }
     }
