@@ -171,11 +171,14 @@ pub const SETUP: &str = "Each run: 10 min of the known-good version, then a depl
 (twice the default bake) by every method on the same per-second traffic. rollwatch with its default \
 policy (alpha 1%, effect 1.5x and +0.5 pp, min 100 requests, grace 5 s), judged through `rollwatch \
 replay` (the production `MetricWatch`); \"old version beside it\": a second replica keeps the old \
-version (version_metric), compared side by side. Flagger: interval 1 m, threshold 5 failed checks, \
-request-success-rate >= 99%. Kayenta: two-sided Mann-Whitney at 98% confidence on 10 s error ratios \
-of the canary vs a concurrent baseline, analysed every minute, NoData its own class. Traffic: Poisson \
-requests per stream at the given rate; time-varying error rates are shared by every stream alive at \
-that second. Rates are `k/n` with their Wilson 95% interval in brackets.";
+version (version_metric), compared side by side. Flagger (fluxcd/flagger): interval 1 m, \
+threshold 5 failed checks (cumulative; no data fails a check), request-success-rate >= 99% over the \
+last minute, first check 2 intervals after the deploy. Kayenta (spinnaker/kayenta NetflixACAJudge): \
+Mann-Whitney shift interval at 98% confidence, High when its lower end > 0.25 x the Hodges-Lehmann \
+estimate and the mean ratio >= 1.0, direction increase, nanStrategy remove (an empty side is NoData, \
+no verdict), one data point per 10 s step of the canary and of a concurrent baseline at the same \
+rate, analysed every minute on the data since the deploy. Traffic: Poisson requests per stream at \
+the given rate; time-varying error rates are shared by every stream alive at that second. Rates are `k/n` with their Wilson 95% interval in brackets.";
 
 #[cfg(test)]
 mod tests {
