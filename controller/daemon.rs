@@ -86,7 +86,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         HashMap::new();
     for t in &config.targets {
         let (wake_tx, wake_rx) = mpsc::channel(64);
-        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (cmd_tx, cmd_rx) = mpsc::channel(crate::watch::COMMAND_QUEUE);
         commands.insert(t.id(), cmd_tx);
         subscribers
             .entry(t.docker.to_string())
@@ -106,13 +106,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if token.is_none() {
         tracing::warn!(variable = %config.controller.api_token_env, "no API token set: mutating API endpoints will answer 401");
     }
+    if !config.controller.listen.ip().is_loopback() && !config.controller.api_reads_need_token {
+        tracing::warn!(
+            listen = %config.controller.listen,
+            "the API listens beyond loopback and its reads need no token: anyone who reaches it reads target state, rollback records, command output and container logs; set controller.api_reads_need_token = true, and put the API behind a TLS reverse proxy (see the README)"
+        );
+    }
     let api_state = ApiState {
         board: board.clone(),
         store: store.clone(),
         commands: Arc::new(commands),
         metrics: metrics.clone(),
         alert_window_ms: config.controller.alert_window.as_millis() as i64,
-        token,
+        token: token.as_deref().map(api::TokenDigest::of),
         reads_need_token: config.controller.api_reads_need_token,
     };
     let listener = tokio::net::TcpListener::bind(config.controller.listen)
@@ -128,16 +134,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             source,
         })?;
     tracing::info!(%addr, targets = config.targets.len(), "rollwatch controller running");
-    let server_shutdown = shutdown.clone();
-    let api = tokio::spawn(async move {
-        let app = api::router(api_state);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let limits = crate::server::Limits::for_descriptors(crate::server::raise_descriptor_limit());
+    let api = tokio::spawn(crate::server::serve(
+        listener,
+        api::router(api_state),
+        limits,
+        shutdown.clone(),
+    ));
 
     let done = tokio::spawn(async move {
         let resumed = tokio::select! {
