@@ -121,9 +121,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         token: token.as_deref().map(api::TokenDigest::of),
         reads_need_token: config.controller.api_reads_need_token,
     };
-    let listener = tokio::net::TcpListener::bind(config.controller.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
+    let listener =
+        crate::server::bind(config.controller.listen).map_err(|source| DaemonError::Listen {
             addr: config.controller.listen,
             source,
         })?;

@@ -133,7 +133,22 @@ fn a_flood_of_idle_and_half_sent_connections_starves_neither_healthz_nor_a_rollb
     let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
 
     let opened = Instant::now();
-    let idle: Vec<TcpStream> = (0..2000).map(|_| connect()).collect();
+    let mut slow = Vec::new();
+    let idle: Vec<TcpStream> = (0..2000)
+        .map(|i| {
+            let t = Instant::now();
+            let s = connect();
+            if t.elapsed() > Duration::from_millis(100) {
+                slow.push((i, t.elapsed()));
+            }
+            s
+        })
+        .collect();
+    eprintln!(
+        "slow connects: {} {:?}",
+        slow.len(),
+        &slow[..slow.len().min(10)]
+    );
     // Half-sent: 100 request heads cut off mid-header, 100 authenticated rollback orders whose
     // body never finishes (they reach the handler and wait in it).
     let mut half: Vec<TcpStream> = Vec::new();
