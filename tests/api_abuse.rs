@@ -531,14 +531,15 @@ fn a_full_queue_answers_busy_changes_nothing_and_a_dropped_alert_runs_on_retry()
     assert!(claimed.is_empty(), "no episode claimed: {claimed:?}");
     d.assert_runs("v1.0.0");
 
-    // CI deploys v1.0.1 again; Alertmanager's retry of the same notification now acts.
+    // CI deploys v1.0.1 again; once the 1 s cooldown is over (the bake alone takes 3 s),
+    // Alertmanager's retry of the same notification acts.
     d.deploy("v1.0.1");
-    wait_for(Duration::from_secs(30), "the redeploy seen", || {
-        let seen = events(&db)
+    wait_for(Duration::from_secs(30), "the redeploy promoted", || {
+        let promoted = events(&db)
             .into_iter()
-            .filter(|(k, t, _)| k == "deploy" && t.as_deref() == Some("v1.0.1"))
+            .filter(|(k, t, _)| k == "promoted" && t.as_deref() == Some("v1.0.1"))
             .count();
-        (seen == 2).then_some(())
+        (promoted == 2).then_some(())
     });
     let a = post(port, "/api/v1/alertmanager", &auth, &firing);
     assert_eq!(a.0, 200, "{a:?}");
