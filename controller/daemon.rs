@@ -106,7 +106,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if token.is_none() {
         tracing::warn!(variable = %config.controller.api_token_env, "no API token set: mutating API endpoints will answer 401");
     }
-    if !config.controller.listen.ip().is_loopback() && !config.controller.api_reads_need_token {
+    if reads_exposed(
+        config.controller.listen,
+        config.controller.api_reads_need_token,
+    ) {
         tracing::warn!(
             listen = %config.controller.listen,
             "the API listens beyond loopback and its reads need no token: anyone who reaches it reads target state, rollback records, command output and container logs; set controller.api_reads_need_token = true, and put the API behind a TLS reverse proxy (see the README)"
@@ -183,6 +186,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         addr,
         done,
     })
+}
+
+/// Whether anyone beyond this host may read target state, rollback records, command output and
+/// container logs without a token.
+fn reads_exposed(listen: std::net::SocketAddr, reads_need_token: bool) -> bool {
+    !listen.ip().is_loopback() && !reads_need_token
 }
 
 /// Runs a target's watcher and starts a fresh one if it panics: one target's bug must not end
@@ -302,4 +311,21 @@ async fn resume_unfinished(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_reads_beyond_loopback_are_flagged() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(reads_exposed(at("0.0.0.0:9860"), false));
+        assert!(reads_exposed(at("[::]:9860"), false));
+        assert!(reads_exposed(at("10.1.2.3:9860"), false));
+        assert!(!reads_exposed(at("0.0.0.0:9860"), true));
+        assert!(!reads_exposed(at("127.0.0.1:9860"), false));
+        assert!(!reads_exposed(at("127.8.9.10:9860"), false));
+        assert!(!reads_exposed(at("[::1]:9860"), false));
+    }
 }

@@ -38,6 +38,10 @@ pub const MAX_CONNECTIONS: usize = 4096;
 const RESERVED_DESCRIPTORS: u64 = 256;
 /// Generous for any real client on any network; a slowloris is gone after this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's per-connection buffer cap (its default is ~400 kB: 4,096 idle connections could pin
+/// 1.6 GB). A request head of this API is a few hundred bytes; bodies and answers stream through
+/// in chunks of this size. hyper's minimum is 8 kB.
+const MAX_BUF: usize = 32 * 1024;
 /// How long open connections get to finish their request at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -97,6 +101,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_BUF)
         .keep_alive(true);
     tracing::info!(
         max_connections = limits.max_connections,

@@ -127,7 +127,7 @@ fn still_open(mut s: &TcpStream) -> bool {
 #[test]
 fn a_flood_of_idle_and_half_sent_connections_starves_neither_healthz_nor_a_rollback() {
     raise_nofile(4096);
-    let (d, _c) = watched_good_deployment("flood", &["v1.0.1"], "", &[]);
+    let (d, c) = watched_good_deployment("flood", &["v1.0.1"], "", &[]);
     let port = d.api_port;
     let addr = ([127, 0, 0, 1], port).into();
     let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
@@ -176,6 +176,13 @@ fn a_flood_of_idle_and_half_sent_connections_starves_neither_healthz_nor_a_rollb
     assert!(healthz_took < Duration::from_secs(2), "{healthz_took:?}");
     assert_eq!(metrics.map(|r| r.0), Some(200));
     assert!(metrics_took < Duration::from_secs(2), "{metrics_took:?}");
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    eprintln!("controller resident memory with the flood open: {rss}");
     let open = idle.iter().filter(|s| still_open(s)).count();
     assert_eq!(
         open, 2000,
