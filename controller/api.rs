@@ -874,4 +874,77 @@ mod tests {
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err(), "the refused order was not queued");
     }
+
+    fn staging() -> TargetId {
+        TargetId {
+            env: Env::Staging,
+            role: "backend".into(),
+        }
+    }
+
+    async fn order(store: &Store, tx: &mpsc::Sender<Command>, episode: &str) -> AlertOrder {
+        order_alert_rollback(
+            store.clone(),
+            tx.clone(),
+            staging(),
+            episode.into(),
+            "alert".into(),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_alert_episode_is_claimed_only_with_its_order_queued_and_released_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let (tx, mut rx) = mpsc::channel(2);
+        for _ in 0..2 {
+            let done = oneshot::channel().0;
+            tx.try_send(Command::Pause { done }).unwrap();
+        }
+        // A full queue: nothing claimed, so the retry orders it.
+        assert!(matches!(order(&store, &tx, "e1").await, AlertOrder::Busy));
+        for _ in 0..2 {
+            assert!(matches!(rx.recv().await, Some(Command::Pause { .. })));
+        }
+        assert!(matches!(
+            order(&store, &tx, "e1").await,
+            AlertOrder::Accepted
+        ));
+        assert!(matches!(
+            order(&store, &tx, "e1").await,
+            AlertOrder::Duplicate
+        ));
+        // The watcher answers: the episode stays claimed.
+        let Some(Command::Rollback { reply, .. }) = rx.recv().await else {
+            panic!("no rollback order queued");
+        };
+        let _ = reply.send(Err("withheld: in cooldown".into()));
+        tokio::task::yield_now().await;
+        assert!(!store
+            .claim_alert_episode(staging(), "e1".into())
+            .await
+            .unwrap());
+        // Dropped unanswered (the watcher stopped with it queued): given back.
+        assert!(matches!(
+            order(&store, &tx, "e2").await,
+            AlertOrder::Accepted
+        ));
+        drop(rx.recv().await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if store
+                .claim_alert_episode(staging(), "e2".into())
+                .await
+                .unwrap()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "episode e2 never released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
