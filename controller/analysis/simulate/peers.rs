@@ -113,10 +113,7 @@ fn normal_quantile(p: f64) -> f64 {
 /// drops to `q` (it falls as `mu` grows, in steps at the pairwise differences): R's and
 /// Kayenta's root, found among the pairwise differences by bisection instead of Brent's method.
 fn shift_root(x: &[f64], y: &[f64], q: f64) -> f64 {
-    let mut d: Vec<f64> = x
-        .iter()
-        .flat_map(|a| y.iter().map(move |b| a - b))
-        .collect();
+    let mut d: Vec<f64> = x.iter().flat_map(|a| y.iter().map(move |b| a - b)).collect();
     d.sort_by(f64::total_cmp);
     let f = |mu: f64| wilcoxon_z(x, y, mu).map_or(0.0, |z| z - q);
     let (lo, hi) = (d[0], d[d.len() - 1]);
