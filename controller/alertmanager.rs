@@ -36,10 +36,51 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// One firing episode of one alert: repeats of a notification carry the same key.
-    pub fn episode_key(&self) -> String {
-        format!("{}@{}", self.fingerprint, self.starts_at)
+    /// One firing episode of one alert on one target: repeats of a notification carry the same
+    /// key. The target is part of it because Alertmanager's fingerprint hashes only the labels
+    /// it was given, and two targets' rules may well produce equal ones; an alert without a
+    /// fingerprint is told apart by its labels, so such alerts never share a key.
+    pub fn episode_key(&self, target: &TargetId) -> String {
+        let alert = if self.fingerprint.is_empty() || self.fingerprint.len() > MAX_FINGERPRINT {
+            // BTreeMap: the same labels always serialize the same way.
+            let labels = serde_json::to_string(&self.labels).unwrap_or_default();
+            format!(
+                "labels:{}",
+                hex_sha256(format!("{}|{labels}", self.fingerprint).as_bytes())
+            )
+        } else {
+            self.fingerprint.clone()
+        };
+        let starts = truncate(&self.starts_at, MAX_STARTS_AT);
+        format!("{target}#{alert}@{starts}")
     }
+}
+
+/// Longest fingerprint kept as is (Alertmanager's are 16 hex digits); longer ones are hashed.
+const MAX_FINGERPRINT: usize = 64;
+/// An RFC 3339 time is about 30 bytes; more is not a time and is cut.
+const MAX_STARTS_AT: usize = 64;
+/// The longest reason a rollback record gets from an alert's summary.
+pub const MAX_REASON: usize = 1024;
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// What to do with one alert of the payload.
@@ -129,9 +170,9 @@ pub fn plan(
                 .map(|s| format!(": {s}"))
                 .unwrap_or_default();
             AlertAction::RollBack {
+                episode: a.episode_key(&target),
                 target,
-                episode: a.episode_key(),
-                reason: format!("alert {name} firing{summary}"),
+                reason: truncate(&format!("alert {name} firing{summary}"), MAX_REASON).to_string(),
             }
         })
         .collect()
@@ -162,7 +203,7 @@ mod tests {
         let p = payload(&alert("firing", OPTED));
         let a = plan(&p, |_| true, |_| true);
         assert!(
-            matches!(&a[0], AlertAction::RollBack { target, reason, episode } if target.to_string() == "staging/backend" && reason.contains("HighErrors firing: 5xx high") && episode == "abc@2026-01-01T00:00:00Z")
+            matches!(&a[0], AlertAction::RollBack { target, reason, episode } if target.to_string() == "staging/backend" && reason.contains("HighErrors firing: 5xx high") && episode == "staging/backend#abc@2026-01-01T00:00:00Z")
         );
     }
 
@@ -196,5 +237,73 @@ mod tests {
             .unwrap_err()
             .contains("not an Alertmanager webhook payload"));
         assert!(parse(br#"{"version":"4"}"#).unwrap_err().contains("alerts"));
+    }
+
+    #[test]
+    fn episode_keys_differ_per_target_and_per_alert_without_a_fingerprint() {
+        let with = |labels: &str, fp: &str, starts: &str| {
+            format!(
+                r#"{{"status":"firing","labels":{{{labels}}},"startsAt":"{starts}","fingerprint":"{fp}"}}"#
+            )
+        };
+        let staging =
+            r#""alertname":"E","env":"staging","role":"backend","rollwatch_action":"rollback""#;
+        let production =
+            r#""alertname":"E","env":"production","role":"backend","rollwatch_action":"rollback""#;
+        let p = payload(&[with(staging, "abc", "t0"), with(production, "abc", "t0")].join(","));
+        let keys: Vec<_> = plan(&p, |_| true, |_| true)
+            .into_iter()
+            .map(|a| match a {
+                AlertAction::RollBack { episode, .. } => episode,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert_ne!(keys[0], keys[1], "equal fingerprints on two targets");
+
+        let other = r#""alertname":"Latency","env":"staging","role":"backend","rollwatch_action":"rollback""#;
+        let bare = payload(
+            &[
+                with(staging, "", ""),
+                with(other, "", ""),
+                with(production, "", ""),
+            ]
+            .join(","),
+        );
+        let bare: Vec<_> = plan(&bare, |_| true, |_| true)
+            .into_iter()
+            .map(|a| match a {
+                AlertAction::RollBack { episode, .. } => episode,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_ne!(
+            bare[0], bare[1],
+            "two alerts of one target without fingerprints"
+        );
+        assert_ne!(
+            bare[0], bare[2],
+            "one alert on two targets without fingerprints"
+        );
+        assert!(!bare.iter().any(|k| k.ends_with("#@")), "{bare:?}");
+        // The same alert again: the same episode.
+        let again = payload(&with(staging, "", ""));
+        assert!(
+            matches!(&plan(&again, |_| true, |_| true)[0], AlertAction::RollBack { episode, .. } if *episode == bare[0])
+        );
+    }
+
+    #[test]
+    fn a_huge_summary_is_cut_to_the_reason_limit() {
+        let summary = "é".repeat(3000);
+        let a = format!(
+            r#"{{"status":"firing","labels":{{{OPTED}}},"annotations":{{"summary":"{summary}"}},"startsAt":"t","fingerprint":"f"}}"#
+        );
+        match &plan(&payload(&a), |_| true, |_| true)[0] {
+            AlertAction::RollBack { reason, .. } => {
+                assert!(reason.len() <= MAX_REASON && reason.len() > 1000)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -86,7 +86,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         HashMap::new();
     for t in &config.targets {
         let (wake_tx, wake_rx) = mpsc::channel(64);
-        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (cmd_tx, cmd_rx) = mpsc::channel(crate::watch::COMMAND_QUEUE);
         commands.insert(t.id(), cmd_tx);
         subscribers
             .entry(t.docker.to_string())
@@ -106,18 +106,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if token.is_none() {
         tracing::warn!(variable = %config.controller.api_token_env, "no API token set: mutating API endpoints will answer 401");
     }
+    if reads_exposed(
+        config.controller.listen,
+        config.controller.api_reads_need_token,
+    ) {
+        tracing::warn!(
+            listen = %config.controller.listen,
+            "the API listens beyond loopback and its reads need no token: anyone who reaches it reads target state, rollback records, command output and container logs; set controller.api_reads_need_token = true, and put the API behind a TLS reverse proxy (see the README)"
+        );
+    }
     let api_state = ApiState {
         board: board.clone(),
         store: store.clone(),
         commands: Arc::new(commands),
         metrics: metrics.clone(),
         alert_window_ms: config.controller.alert_window.as_millis() as i64,
-        token,
+        token: token.as_deref().map(api::TokenDigest::of),
         reads_need_token: config.controller.api_reads_need_token,
     };
-    let listener = tokio::net::TcpListener::bind(config.controller.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
+    let listener =
+        crate::server::bind(config.controller.listen).map_err(|source| DaemonError::Listen {
             addr: config.controller.listen,
             source,
         })?;
@@ -128,16 +136,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             source,
         })?;
     tracing::info!(%addr, targets = config.targets.len(), "rollwatch controller running");
-    let server_shutdown = shutdown.clone();
-    let api = tokio::spawn(async move {
-        let app = api::router(api_state);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let limits = crate::server::Limits::for_descriptors(crate::server::raise_descriptor_limit());
+    let api = tokio::spawn(crate::server::serve(
+        listener,
+        api::router(api_state),
+        limits,
+        shutdown.clone(),
+    ));
 
     let done = tokio::spawn(async move {
         let resumed = tokio::select! {
@@ -181,6 +186,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         addr,
         done,
     })
+}
+
+/// Whether anyone beyond this host may read target state, rollback records, command output and
+/// container logs without a token.
+fn reads_exposed(listen: std::net::SocketAddr, reads_need_token: bool) -> bool {
+    !listen.ip().is_loopback() && !reads_need_token
 }
 
 /// Runs a target's watcher and starts a fresh one if it panics: one target's bug must not end
@@ -300,4 +311,21 @@ async fn resume_unfinished(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_reads_beyond_loopback_are_flagged() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(reads_exposed(at("0.0.0.0:9860"), false));
+        assert!(reads_exposed(at("[::]:9860"), false));
+        assert!(reads_exposed(at("10.1.2.3:9860"), false));
+        assert!(!reads_exposed(at("0.0.0.0:9860"), true));
+        assert!(!reads_exposed(at("127.0.0.1:9860"), false));
+        assert!(!reads_exposed(at("127.8.9.10:9860"), false));
+        assert!(!reads_exposed(at("[::1]:9860"), false));
+    }
 }

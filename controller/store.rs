@@ -706,6 +706,19 @@ impl Store {
         .await
     }
 
+    /// Gives an alert episode back when its order never reached the watcher, so that
+    /// Alertmanager's next notification of it orders the rollback again.
+    pub async fn release_alert_episode(&self, episode: String) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM alert_episodes WHERE episode = ?1",
+                params![episode],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Saves the metric baseline measured on `tag` (JSON), replacing the previous one.
     pub async fn save_baseline(
         &self,

@@ -361,7 +361,7 @@ impl Watcher {
                 self.publish();
                 let _ = done.send(());
             }
-            Command::Deploy(d) => {
+            Command::Deploy { record: d, done } => {
                 let tag = d.tag.clone();
                 let msg = format!(
                     "CI registered deploy of {tag} (commit {}, pipeline {})",
@@ -370,8 +370,11 @@ impl Watcher {
                 );
                 if let Err(e) = self.store.register_deploy(self.target.id(), d).await {
                     tracing::error!(error = %e, "cannot record CI deploy");
+                    let _ = done.send(Err(format!("cannot record the deploy: {e}")));
+                    return;
                 }
                 self.emit("ci_deploy", Some(tag), msg).await;
+                let _ = done.send(Ok(()));
                 self.round(false).await;
             }
             Command::Rollback {

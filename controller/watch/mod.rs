@@ -31,18 +31,20 @@ use crate::verdict::{
     decide, ContainerView, Control, Decision, Input, Observation, Phase, Policy, TargetState,
 };
 
-/// Orders from people and CI (API, CLI), handled between rounds.
+/// Orders from people and CI (API, CLI), handled between rounds. The queue is bounded
+/// ([`COMMAND_QUEUE`]) and the API only ever `try_send`s into it: a full queue is answered
+/// `503 busy` with nothing changed, never by waiting.
 #[derive(Debug)]
 pub enum Command {
     /// `done` fires once the pause is stored, so an acknowledgement never precedes it.
-    Pause {
-        done: oneshot::Sender<()>,
-    },
+    Pause { done: oneshot::Sender<()> },
     /// Clears a pause and a `rollback_failed` halt: a human has looked.
-    Resume {
-        done: oneshot::Sender<()>,
+    Resume { done: oneshot::Sender<()> },
+    /// `done` answers once the registration is stored, or why it could not be.
+    Deploy {
+        record: DeployRecord,
+        done: oneshot::Sender<Result<(), String>>,
     },
-    Deploy(DeployRecord),
     Rollback {
         tag: Option<Tag>,
         trigger: Trigger,
@@ -50,6 +52,9 @@ pub enum Command {
         reply: oneshot::Sender<Result<RollbackRecord, String>>,
     },
 }
+
+/// Orders a watcher holds waiting while it is busy (a rollback in flight takes minutes).
+pub const COMMAND_QUEUE: usize = 16;
 
 pub struct Watcher {
     target: TargetConfig,
