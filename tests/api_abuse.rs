@@ -394,20 +394,10 @@ fn strangers_get_401_json_before_any_parsing_and_bodies_are_checked() {
 /// A `docker-compose` that waits while `hold` exists (at most 120 s) before running the real
 /// one; it touches `<hold>.reached` when it starts waiting.
 fn holding_compose(dir: &Path, hold: &Path) -> String {
-    let real = stdout(&sh("sh", &["-c", "command -v docker-compose"]));
     let hold = hold.display();
-    let script = format!(
-        "#!/bin/sh\ncase \"$*\" in *version*) exec {real} \"$@\";; esac\ntouch {hold}.reached\ni=0\nwhile [ -e {hold} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\nexec {real} \"$@\"\n"
-    );
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let path = bin.join("docker-compose");
-    std::fs::write(&path, script).unwrap();
-    sh("chmod", &["+x", &path.display().to_string()]);
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+    compose_wrapper(
+        dir,
+        &format!("touch {hold}.reached\ni=0\nwhile [ -e {hold} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\nexec \"$REAL\" \"$@\""),
     )
 }
 

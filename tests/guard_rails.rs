@@ -198,21 +198,7 @@ fn status_and_the_gauge_never_name_a_bad_tag() {
 
 /// A `docker-compose` whose `pull` hangs (a registry that accepts and never answers).
 fn hanging_compose(dir: &Path, marker: &str) -> String {
-    let real = stdout(&sh("sh", &["-c", "command -v docker-compose"]));
-    let script = format!(
-        "#!/bin/sh\ncase \"$*\" in *version*) exec {} \"$@\";; esac\nexec sleep {marker}\n",
-        real.trim()
-    );
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let path = bin.join("docker-compose");
-    std::fs::write(&path, script).unwrap();
-    sh("chmod", &["+x", &path.display().to_string()]);
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    compose_wrapper(dir, &format!("exec sleep {marker}"))
 }
 
 fn processes_matching(pattern: &str) -> usize {

@@ -161,14 +161,7 @@ fn report(all: &[Timings], bench: Option<&Path>) -> anyhow::Result<()> {
     );
     tell!("\n{table}");
     if let Some(path) = bench {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "\n{table}")?;
-        tell!("appended to {}", path.display());
+        super::simulate::append_bench(path, &table)?;
     }
     Ok(())
 }

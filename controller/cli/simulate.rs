@@ -72,14 +72,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // The bench file is the durable result: it is written even when stdout's reader left.
     let printed = outln!("{text}");
     if let Some(path) = &args.bench_file {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "\n{text}")?;
-        tell!("appended to {}", path.display());
+        append_bench(path, &text)?;
     }
     Ok(printed?)
+}
+
+/// Appends a benchmark's table to the bench file (docs/BENCHMARKS.md), creating it if needed.
+pub fn append_bench(path: &std::path::Path, table: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "\n{table}").with_context(|| format!("writing {}", path.display()))?;
+    tell!("appended to {}", path.display());
+    Ok(())
 }

@@ -1164,3 +1164,24 @@ pub fn app_with_own_images(prefix: &str) -> String {
     let _ = std::fs::remove_file(PathBuf::from(state).join(format!("images-{app}.stamp")));
     app
 }
+
+/// A `docker-compose` wrapper in `dir/bin` that runs the shell `body` first (`$REAL` is the real
+/// binary; `version` calls go straight to it), for tests that make compose hang or wait. Returns a
+/// `PATH` with the wrapper first.
+pub fn compose_wrapper(dir: &Path, body: &str) -> String {
+    let real = stdout(&sh("sh", &["-c", "command -v docker-compose"]));
+    let script = format!(
+        "#!/bin/sh\nREAL={}\ncase \"$*\" in *version*) exec \"$REAL\" \"$@\";; esac\n{body}\n",
+        real.trim()
+    );
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("create the wrapper's bin directory");
+    let path = bin.join("docker-compose");
+    std::fs::write(&path, script).expect("write the compose wrapper");
+    sh("chmod", &["+x", &path.display().to_string()]);
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
