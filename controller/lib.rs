@@ -16,6 +16,7 @@ pub mod probe;
 pub mod registry;
 pub mod replay;
 pub mod rollback;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tag;

@@ -603,6 +603,16 @@ impl Config {
             }
         }
         let mut controller = raw.controller;
+        crate::secrets::mark(&controller.api_token_env);
+        for t in &targets {
+            if let Some(MetricsKind::Prometheus {
+                auth_header_env: Some(name),
+                ..
+            }) = t.metrics.as_ref().map(|m| &m.source)
+            {
+                crate::secrets::mark(name);
+            }
+        }
         if controller.store.is_relative() {
             controller.store = base.join(&controller.store);
         }

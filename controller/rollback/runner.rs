@@ -191,6 +191,7 @@ pub(crate) async fn run_bounded(
     timeout: Duration,
     command: &str,
 ) -> Result<Captured, StepError> {
+    crate::secrets::scrub(&mut cmd);
     cmd.process_group(0)
         .kill_on_drop(true)
         .stdin(match input {
