@@ -16,6 +16,45 @@ pub enum RegistryError {
         tag: String,
         status: u16,
     },
+    #[error("registry {host}: tag listing of {repo} refused: {why}")]
+    Paging {
+        host: String,
+        repo: String,
+        why: String,
+    },
+}
+
+/// Pages of `tags/list` followed at most: 100 pages of 1,000 tags is far beyond any real
+/// repository, and a registry that keeps answering `Link` (a loop, a bug) is stopped.
+pub const MAX_PAGES: usize = 100;
+/// The whole listing, every page included, ends within this.
+pub const LIST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The next page from a `Link: </v2/...?last=x&n=1000>; rel="next"` header, resolved against
+/// `base` and accepted only on the same scheme, host and port: a `Link` must never send
+/// rollwatch's registry credentials (or any request) to another host.
+fn next_page(base: &url::Url, link: &str) -> Result<url::Url, String> {
+    let target = link
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(u, _)| u)
+        .ok_or_else(|| format!("unreadable Link header {link:?}"))?;
+    let next = base
+        .join(target)
+        .map_err(|e| format!("Link {target:?} is not a URL: {e}"))?;
+    let same = next.scheme() == base.scheme()
+        && next.host_str() == base.host_str()
+        && next.port_or_known_default() == base.port_or_known_default()
+        && next.username().is_empty()
+        && next.password().is_none();
+    if same {
+        Ok(next)
+    } else {
+        Err(format!(
+            "Link {target:?} points away from {} (only the registry's own host is followed)",
+            base.origin().ascii_serialization()
+        ))
+    }
 }
 
 /// `127.0.0.1:5000/shop/backend` → (`127.0.0.1:5000`, `shop/backend`). A first component counts
@@ -65,16 +104,47 @@ impl RegistryClient {
         }
     }
 
-    /// Every tag of `repo` (registry HTTP API v2 `tags/list`, following `Link` pagination).
+    /// Every tag of `repo` (registry HTTP API v2 `tags/list`, following `Link` pagination on
+    /// the same host, at most [`MAX_PAGES`] pages, all within [`LIST_DEADLINE`]).
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
         let (host, path) =
             split_repository(repo).ok_or_else(|| RegistryError::NoHost(repo.to_string()))?;
-        let base = format!("{}://{host}", scheme_for(host));
-        let mut next = Some(format!("{base}/v2/{path}/tags/list?n=1000"));
+        let paging = |why: String| RegistryError::Paging {
+            host: host.to_string(),
+            repo: path.to_string(),
+            why,
+        };
+        match tokio::time::timeout(LIST_DEADLINE, self.pages(host, path)).await {
+            Ok(listed) => listed,
+            Err(_) => Err(paging(format!(
+                "not finished within {}",
+                humantime::format_duration(LIST_DEADLINE)
+            ))),
+        }
+    }
+
+    async fn pages(&self, host: &str, path: &str) -> Result<Vec<String>, RegistryError> {
+        let paging = |why: String| RegistryError::Paging {
+            host: host.to_string(),
+            repo: path.to_string(),
+            why,
+        };
+        let first = format!("{}://{host}/v2/{path}/tags/list?n=1000", scheme_for(host));
+        let base = url::Url::parse(&first).map_err(|e| paging(format!("bad URL {first}: {e}")))?;
+        let mut next = Some(base.clone());
+        let mut seen = std::collections::HashSet::new();
         let mut tags = Vec::new();
         while let Some(url) = next.take() {
+            if !seen.insert(url.to_string()) {
+                return Err(paging(format!(
+                    "Link leads back to {url}, a page already read"
+                )));
+            }
+            if seen.len() > MAX_PAGES {
+                return Err(paging(format!("more than {MAX_PAGES} pages")));
+            }
             let resp = self
-                .request(reqwest::Method::GET, &url)
+                .request(reqwest::Method::GET, url.as_str())
                 .send()
                 .await
                 .map_err(|e| RegistryError::Unreachable {
@@ -93,16 +163,10 @@ impl RegistryClient {
                     status,
                 });
             }
-            // `Link: </v2/...?last=x&n=1000>; rel="next"`
-            next = resp
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| {
-                    l.split_once('<')
-                        .and_then(|(_, r)| r.split_once('>'))
-                        .map(|(u, _)| format!("{base}{u}"))
-                });
+            if let Some(link) = resp.headers().get(reqwest::header::LINK) {
+                let link = link.to_str().unwrap_or_default();
+                next = Some(next_page(&base, link).map_err(paging)?);
+            }
             let body: serde_json::Value =
                 resp.json().await.map_err(|e| RegistryError::Unreachable {
                     host: host.to_string(),
@@ -172,6 +236,32 @@ mod tests {
         );
         assert_eq!(split_repository("shop/backend"), None);
         assert_eq!(split_repository("backend"), None);
+    }
+
+    #[test]
+    fn links_are_followed_on_the_same_host_only() {
+        let base = url::Url::parse("http://127.0.0.1:5000/v2/a/b/tags/list?n=1000").unwrap();
+        let ok = next_page(&base, "</v2/a/b/tags/list?last=x&n=1000>; rel=\"next\"").unwrap();
+        assert_eq!(
+            ok.as_str(),
+            "http://127.0.0.1:5000/v2/a/b/tags/list?last=x&n=1000"
+        );
+        // Seen in a trial: `<@otherhost/...>` was glued after the host, making it userinfo.
+        // Resolved as a URL it is a relative path on the registry's own host.
+        let glued = next_page(&base, "<@127.0.0.2/v2/x>; rel=\"next\"").unwrap();
+        assert_eq!(glued.host_str(), Some("127.0.0.1"));
+        assert_eq!(glued.port(), Some(5000));
+        for bad in [
+            "<http://127.0.0.2:5000/v2/a/b/tags/list>; rel=\"next\"",
+            "<//127.0.0.2:5000/v2/x>; rel=\"next\"",
+            "<http://user@127.0.0.1:5000/v2/x>; rel=\"next\"",
+            "<https://127.0.0.1:5000/v2/x>; rel=\"next\"",
+            "<http://127.0.0.1:5001/v2/x>; rel=\"next\"",
+            "no brackets",
+        ] {
+            let e = next_page(&base, bad);
+            assert!(e.is_err(), "{bad} -> {e:?}");
+        }
     }
 
     #[test]
