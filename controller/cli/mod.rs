@@ -9,6 +9,7 @@ use std::time::Duration;
 #[macro_use]
 mod out;
 mod ci;
+mod controller;
 mod demo;
 mod replay;
 mod simulate;
@@ -365,10 +366,8 @@ async fn post_command(config: &Config, id: &TargetId, action: &str) -> anyhow::R
             config.controller.api_token_env
         ))
     })?;
-    let resp = api_client()?
-        .post(&url)
-        .bearer_auth(token)
-        .send()
+    let client = api_client()?;
+    let resp = controller::send_retrying_busy(|| client.post(&url).bearer_auth(&token))
         .await
         .with_context(|| {
             format!("controller not reachable at {url}; is `rollwatch run` running?")
@@ -555,7 +554,9 @@ async fn rollback(
 
 /// When a controller answers on `controller.listen` and watches this target, the rollback is
 /// ordered through its API, so it is serialised with the controller's own rollbacks (one at a
-/// time per target). `None`: no such controller, roll back from here.
+/// time per target). `None`: nothing listens there (or it does not watch this target), roll back
+/// from here. A controller that is there but does not answer in time is refused, never acted
+/// beside.
 async fn through_controller(
     config: &Config,
     id: &TargetId,
@@ -563,17 +564,16 @@ async fn through_controller(
     reason: &str,
 ) -> anyhow::Result<Option<ExitCode>> {
     let base = api_base(config);
-    let probe = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(500))
-        .build()?;
-    if !probe
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        return Ok(None);
+    match controller::liveness(&base).await {
+        controller::Liveness::Down => return Ok(None),
+        controller::Liveness::Up => {}
+        controller::Liveness::Unresponsive(why) => {
+            return Err(Refused(format!(
+                "a controller listens at {base} but is not answering ({why}); not rolling back beside it. \
+                 Try again when it answers, or stop it and run this again to roll back from here"
+            ))
+            .into())
+        }
     }
     let token = std::env::var(&config.controller.api_token_env).map_err(|_| {
         Refused(format!(
@@ -584,11 +584,13 @@ async fn through_controller(
     let url = format!("{base}/api/v1/targets/{}/{}/rollback", id.env, id.role);
     let body = serde_json::json!({ "tag": tag.map(|t| t.to_string()), "reason": reason });
     tell!("rolling back {id} through the controller at {base}");
-    let resp = api_client()?
-        .post(&url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
+    // The controller answers once the rollback ended (or with 202 after 10 minutes).
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(11 * 60))
+        .build()
+        .context("building the API client")?;
+    let resp = controller::send_retrying_busy(|| client.post(&url).bearer_auth(&token).json(&body))
         .await
         .with_context(|| format!("calling {url}"))?;
     let status = resp.status();
@@ -612,6 +614,14 @@ async fn through_controller(
                 answer["id"]
             );
             Ok(Some(ExitCode::SUCCESS))
+        }
+        202 => {
+            tell!(
+                "the controller is still running the rollback of {id}; follow it with `rollwatch incidents {} {}`",
+                id.env,
+                id.role
+            );
+            Ok(Some(ExitCode::from(3)))
         }
         _ => {
             errln!(
