@@ -10,37 +10,10 @@ use rollwatch::target::{Env, TargetId};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollwatch");
 
-/// A port nothing listens on (bound once, then released).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+mod harness;
 
-/// A valid config with one target that is never contacted; its store is `rollwatch.db` beside
-/// it and its API address has nothing listening.
 fn write_config(dir: &Path, health_extra: &str) -> PathBuf {
-    let path = dir.join("rollwatch.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[controller]
-store = "rollwatch.db"
-listen = "127.0.0.1:{port}"
-
-[[targets]]
-env = "staging"
-role = "backend"
-selector = {{ compose_project = "cli-output-test", compose_service = "backend" }}
-health = {{ url = "http://127.0.0.1:9/health"{health_extra} }}
-executor = {{ kind = "compose", dir = "deploy", registry = "127.0.0.1:5000/cli-output-test" }}
-"#,
-            port = closed_port()
-        ),
-    )
-    .expect("write config");
-    path
+    harness::offline_config(dir, "127.0.0.1:5000/cli-output-test", health_extra)
 }
 
 /// More history than a pipe holds (64 KiB on Linux): 400 events of about 300 bytes each, written

@@ -66,27 +66,7 @@ fn recorder() -> (u16, Arc<AtomicUsize>) {
 }
 
 fn config(dir: &std::path::Path, registry_port: u16) -> std::path::PathBuf {
-    let path = dir.join("rollwatch.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[controller]
-store = "rollwatch.db"
-listen = "127.0.0.1:{}"
-
-[[targets]]
-env = "staging"
-role = "backend"
-selector = {{ compose_project = "app", compose_service = "backend" }}
-health = {{ url = "http://127.0.0.1:9/health" }}
-executor = {{ kind = "compose", dir = "{}", registry = "127.0.0.1:{registry_port}/app" }}
-"#,
-            free_port(),
-            dir.display()
-        ),
-    )
-    .expect("write config");
-    path
+    offline_config(dir, &format!("127.0.0.1:{registry_port}/app"), "")
 }
 
 /// `rollwatch tags staging backend`: (exit code, stderr, seconds taken).

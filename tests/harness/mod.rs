@@ -1185,3 +1185,29 @@ pub fn compose_wrapper(dir: &Path, body: &str) -> String {
         std::env::var("PATH").unwrap_or_default()
     )
 }
+
+/// A valid config with one compose target (staging/backend) that is never contacted: its health
+/// URL and API address have nothing listening, its store is `rollwatch.db` beside it.
+/// `health_extra` is appended inside the `health` table.
+pub fn offline_config(dir: &Path, registry: &str, health_extra: &str) -> PathBuf {
+    let path = dir.join("rollwatch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[controller]
+store = "rollwatch.db"
+listen = "127.0.0.1:{port}"
+
+[[targets]]
+env = "staging"
+role = "backend"
+selector = {{ compose_project = "offline-test", compose_service = "backend" }}
+health = {{ url = "http://127.0.0.1:9/health"{health_extra} }}
+executor = {{ kind = "compose", dir = "deploy", registry = "{registry}" }}
+"#,
+            port = free_port()
+        ),
+    )
+    .expect("write config");
+    path
+}
