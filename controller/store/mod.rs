@@ -3,6 +3,8 @@
 //! `synchronous=FULL`, so a `kill -9` loses nothing that was acknowledged. All SQLite calls run on
 //! tokio's blocking pool, never on the async runtime.
 
+mod schema;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +22,12 @@ pub enum StoreError {
     Open {
         path: PathBuf,
         source: rusqlite::Error,
+    },
+    #[error("store {path} has schema version {found}, written by a newer rollwatch (this one knows up to {supported}); upgrade rollwatch, or point controller.store at another file")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
     },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -171,87 +179,6 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS rollbacks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    from_tag TEXT,
-    from_image TEXT,
-    to_tag TEXT NOT NULL,
-    to_digest TEXT,
-    state TEXT NOT NULL,
-    started_at_ms INTEGER NOT NULL,
-    finished_at_ms INTEGER,
-    steps TEXT NOT NULL DEFAULT '[]',
-    output TEXT NOT NULL DEFAULT '',
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS rollbacks_by_target ON rollbacks (env, role, id);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    tag TEXT,
-    message TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bad_tags (
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    PRIMARY KEY (env, role, tag)
-);
-CREATE TABLE IF NOT EXISTS deploys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    commit_sha TEXT,
-    pipeline_url TEXT,
-    at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alert_episodes (
-    episode TEXT PRIMARY KEY,
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS baselines (
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    evidence TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    PRIMARY KEY (env, role)
-);
-CREATE TABLE IF NOT EXISTS target_control (
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    paused INTEGER NOT NULL,
-    halted_tag TEXT,
-    halted_reason TEXT,
-    last_rollback_ms INTEGER,
-    refusals INTEGER NOT NULL,
-    retry_at_ms INTEGER,
-    updated_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (env, role)
-);
-CREATE TABLE IF NOT EXISTS known_good (
-    env TEXT NOT NULL,
-    role TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT,
-    promoted_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (env, role, tag)
-);
-";
-
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
@@ -262,26 +189,14 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
-        // Added after the first schema: older store files get the columns, newer ones have them.
-        for column in [
-            "logs TEXT NOT NULL DEFAULT ''",
-            "dry_run INTEGER NOT NULL DEFAULT 0",
-        ] {
-            if let Err(e) = conn.execute(&format!("ALTER TABLE rollbacks ADD COLUMN {column}"), [])
-            {
-                if !e.to_string().contains("duplicate column") {
-                    return Err(open_err(e));
-                }
-            }
-        }
+        schema::migrate(&mut conn, path)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
