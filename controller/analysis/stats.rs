@@ -37,48 +37,48 @@ pub fn alpha_at_look(alpha: f64, look: u32) -> f64 {
 /// One-sided p-value that `candidate` tends to be larger than `baseline` (Mann-Whitney U,
 /// normal approximation with tie and continuity correction). `None` for empty samples.
 pub fn mann_whitney_greater(candidate: &[f64], baseline: &[f64]) -> Option<f64> {
-    let (n1, n2) = (candidate.len(), baseline.len());
-    if n1 == 0 || n2 == 0 {
+    if candidate.is_empty()
+        || baseline.is_empty()
+        || candidate.iter().chain(baseline).any(|v| !v.is_finite())
+    {
         return None;
     }
-    let mut all: Vec<(f64, bool)> = candidate
-        .iter()
-        .map(|&v| (v, true))
-        .chain(baseline.iter().map(|&v| (v, false)))
-        .collect();
-    if all.iter().any(|(v, _)| !v.is_finite()) {
-        return None;
-    }
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let n = all.len();
-    let mut rank_sum_candidate = 0.0;
-    let mut tie_term = 0.0;
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
-        let t = (j - i + 1) as f64;
-        tie_term += t * t * t - t;
-        for item in &all[i..=j] {
-            if item.1 {
-                rank_sum_candidate += avg_rank;
-            }
-        }
-        i = j + 1;
-    }
-    let (n1f, n2f, nf) = (n1 as f64, n2 as f64, n as f64);
-    let u = rank_sum_candidate - n1f * (n1f + 1.0) / 2.0;
-    let mean = n1f * n2f / 2.0;
-    let var = n1f * n2f / 12.0 * ((nf + 1.0) - tie_term / (nf * (nf - 1.0)));
+    let (du, var) = centred_u(candidate, baseline, 0.0);
     if var <= 0.0 {
         return Some(1.0);
     }
-    let z = (u - mean - 0.5) / var.sqrt();
+    let z = (du - 0.5) / var.sqrt();
     let normal = Normal::new(0.0, 1.0).ok()?;
     Some(1.0 - normal.cdf(z))
+}
+
+/// The Mann-Whitney statistic of `x - shift` against `y`, centred (`U - n_x n_y / 2`), and its
+/// variance under H0 with the tie correction: average ranks over the pooled, sorted values.
+/// Shared by the latency test and the simulated Kayenta judge, which inverts it over `shift`.
+pub fn centred_u(x: &[f64], y: &[f64], shift: f64) -> (f64, f64) {
+    let mut all: Vec<(f64, bool)> = x
+        .iter()
+        .map(|v| (v - shift, true))
+        .chain(y.iter().map(|v| (*v, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_x, mut ties, mut i) = (0.0, 0.0, 0);
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_x += avg_rank * all[i..=j].iter().filter(|e| e.1).count() as f64;
+        i = j + 1;
+    }
+    let (nx, ny) = (x.len() as f64, y.len() as f64);
+    let n = nx + ny;
+    let du = rank_x - nx * (nx + 1.0) / 2.0 - nx * ny / 2.0;
+    let var = nx * ny / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    (du, var)
 }
 
 pub fn median(values: &[f64]) -> Option<f64> {

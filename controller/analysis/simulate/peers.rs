@@ -20,6 +20,7 @@
 
 use super::traffic::Second;
 use super::Outcome;
+use crate::analysis::stats;
 
 pub const FLAGGER_INTERVAL_S: usize = 60;
 pub const FLAGGER_THRESHOLD: usize = 5;
@@ -140,30 +141,10 @@ fn shift_root(x: &[f64], y: &[f64], q: f64) -> f64 {
 
 /// `(W - E[W] - 0.5 sign) / sd` of `x - mu` against `y`, tie-corrected (`None`: all tied).
 fn wilcoxon_z(x: &[f64], y: &[f64], mu: f64) -> Option<f64> {
-    let mut all: Vec<(f64, bool)> = x
-        .iter()
-        .map(|v| (v - mu, true))
-        .chain(y.iter().map(|v| (*v, false)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (nx, ny) = (x.len() as f64, y.len() as f64);
-    let (mut rank_x, mut ties, mut i) = (0.0, 0.0, 0);
-    while i < all.len() {
-        let mut j = i;
-        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let t = (j - i + 1) as f64;
-        ties += t * t * t - t;
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        rank_x += avg * all[i..=j].iter().filter(|e| e.1).count() as f64;
-        i = j + 1;
-    }
-    let dz = rank_x - nx * (nx + 1.0) / 2.0 - nx * ny / 2.0;
-    let sigma = (nx * ny / 12.0 * ((nx + ny + 1.0) - ties / ((nx + ny) * (nx + ny - 1.0)))).sqrt();
+    let (dz, var) = stats::centred_u(x, y, mu);
     // R's `sign(0)` is 0, Rust's `signum` of +0.0 is 1.
     let correction = if dz == 0.0 { 0.0 } else { dz.signum() * 0.5 };
-    (sigma > 0.0).then(|| (dz - correction) / sigma)
+    (var > 0.0).then(|| (dz - correction) / var.sqrt())
 }
 
 fn totals(window: &[Second]) -> (u64, u64) {
