@@ -24,6 +24,16 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    fn paging(host: &str, repo: &str, why: String) -> RegistryError {
+        RegistryError::Paging {
+            host: host.to_string(),
+            repo: repo.to_string(),
+            why,
+        }
+    }
+}
+
 /// Pages of `tags/list` followed at most: 100 pages of 1,000 tags is far beyond any real
 /// repository, and a registry that keeps answering `Link` (a loop, a bug) is stopped.
 pub const MAX_PAGES: usize = 100;
@@ -109,26 +119,21 @@ impl RegistryClient {
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
         let (host, path) =
             split_repository(repo).ok_or_else(|| RegistryError::NoHost(repo.to_string()))?;
-        let paging = |why: String| RegistryError::Paging {
-            host: host.to_string(),
-            repo: path.to_string(),
-            why,
-        };
         match tokio::time::timeout(LIST_DEADLINE, self.pages(host, path)).await {
             Ok(listed) => listed,
-            Err(_) => Err(paging(format!(
-                "not finished within {}",
-                humantime::format_duration(LIST_DEADLINE)
-            ))),
+            Err(_) => Err(RegistryError::paging(
+                host,
+                path,
+                format!(
+                    "not finished within {}",
+                    humantime::format_duration(LIST_DEADLINE)
+                ),
+            )),
         }
     }
 
     async fn pages(&self, host: &str, path: &str) -> Result<Vec<String>, RegistryError> {
-        let paging = |why: String| RegistryError::Paging {
-            host: host.to_string(),
-            repo: path.to_string(),
-            why,
-        };
+        let paging = |why: String| RegistryError::paging(host, path, why);
         let first = format!("{}://{host}/v2/{path}/tags/list?n=1000", scheme_for(host));
         let base = url::Url::parse(&first).map_err(|e| paging(format!("bad URL {first}: {e}")))?;
         let mut next = Some(base.clone());

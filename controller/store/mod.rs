@@ -179,12 +179,19 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
-impl Store {
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
+impl StoreError {
+    /// Maps an SQLite error met while opening (or migrating) the store at `path`.
+    fn opening(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+        move |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
-        };
+        }
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = StoreError::opening(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;

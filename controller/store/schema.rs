@@ -129,10 +129,7 @@ fn v1_base_tables(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
 
 /// Brings the store at `path` to [`CURRENT`], or refuses it when it is newer.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_err = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
+    let open_err = StoreError::opening(path);
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(open_err)?;
@@ -143,6 +140,14 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             supported: CURRENT,
         });
     }
+    // A new file has no tables yet: creating them is not worth a log line, upgrading one is.
+    let existing: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'rollbacks'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(open_err)?;
     for step in STEPS.iter().filter(|s| s.version > found) {
         let tx = conn.transaction().map_err(open_err)?;
         (step.apply)(&tx).map_err(open_err)?;
@@ -150,7 +155,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tx.execute_batch(&format!("PRAGMA user_version = {}", step.version))
             .map_err(open_err)?;
         tx.commit().map_err(open_err)?;
-        if found > 0 || step.version > 1 {
+        if existing {
             tracing::info!(path = %path.display(), from = found, to = step.version, "store schema migrated");
         }
     }
