@@ -362,6 +362,23 @@ impl DockerClient {
             .map_err(self.api_err(format!("inspecting container {id}")))
     }
 
+    /// The endpoint as configured, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The labels an image carries (its `LABEL`s); empty when the engine does not have it.
+    /// Container labels equal to these came from the image, not from whoever started it.
+    pub async fn image_labels(&self, image: &str) -> Result<BTreeMap<String, String>, DockerError> {
+        Ok(self
+            .image_inspect(image)
+            .await?
+            .and_then(|i| i.config)
+            .and_then(|c| c.labels)
+            .map(|l| l.into_iter().collect())
+            .unwrap_or_default())
+    }
+
     /// The local image ID for a reference, `None` when the engine does not have it.
     pub async fn image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
         Ok(self.image_inspect(image).await?.and_then(|i| i.id))
@@ -380,7 +397,14 @@ impl DockerClient {
         &self,
         image: &str,
     ) -> Result<Option<bollard::models::ImageInspect>, DockerError> {
-        match self.docker.inspect_image(image).await {
+        let answer = tokio::time::timeout(LIST_TIMEOUT, self.docker.inspect_image(image))
+            .await
+            .map_err(|_| DockerError::Timeout {
+                endpoint: self.endpoint.clone(),
+                action: format!("inspecting image {image}"),
+                within: LIST_TIMEOUT,
+            })?;
+        match answer {
             Ok(i) => Ok(Some(i)),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..

@@ -11,6 +11,7 @@ mod out;
 mod ci;
 mod controller;
 mod demo;
+mod init;
 mod replay;
 mod simulate;
 
@@ -89,7 +90,15 @@ enum Command {
     /// would have decided, round by round. Exit 0 promoted, 1 regressed, 3 inconclusive, 2 bad input.
     Replay(replay::ReplayArgs),
     /// Validate the configuration and print the targets it defines.
-    CheckConfig,
+    CheckConfig {
+        /// Also check every target for real, read-only: its containers, health URL, metrics,
+        /// registry, compose directory and project, ssh host. Exit 0 only when all pass.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Propose a config from the running containers of a Docker host: one target per compose
+    /// service or docker-run container, health endpoints probed. Asks per target on a terminal.
+    Init(init::Args),
     /// Roll <env> <role> back to <tag> now, then wait for /health to answer status=ok.
     ///
     /// Without <tag>: the newest known-good tag other than the running one, else the env's
@@ -194,14 +203,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             post_command(&config, &id, "resume").await
         }
         Command::Replay(args) => replay::run(args, &config_path, cli.config.is_some()),
-        Command::CheckConfig => {
+        Command::CheckConfig { probe } => {
             let config = Config::load(&config_path)?;
             print_config(&config)?;
             for w in crate::rollback::project_warnings(&config) {
                 errln!("warning: {w}");
             }
+            if probe {
+                return preflight(&config).await;
+            }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init(args) => init::run(&args).await,
         Command::Rollback {
             env,
             role,
@@ -697,6 +710,42 @@ fn print_config(config: &Config) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `check-config --probe`: the table, then exit 0 only when every check passed.
+async fn preflight(config: &Config) -> anyhow::Result<ExitCode> {
+    outln!()?;
+    let checks = crate::preflight::run(config).await;
+    outln!("{:<24} {:<28} {:<6} DETAIL", "TARGET", "CHECK", "RESULT")?;
+    for c in &checks {
+        let (result, detail) = match &c.outcome {
+            Ok(d) => ("ok", d),
+            Err(d) => ("FAILED", d),
+        };
+        outln!(
+            "{:<24} {:<28} {:<6} {detail}",
+            c.target.to_string(),
+            c.check,
+            result
+        )?;
+    }
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.outcome.is_err())
+        .map(|c| format!("{} {}", c.target, c.check))
+        .collect();
+    if failed.is_empty() {
+        outln!("\nall {} checks passed", checks.len())?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        errln!(
+            "{} of {} checks failed: {}",
+            failed.len(),
+            checks.len(),
+            failed.join(", ")
+        );
+        Ok(ExitCode::from(1))
+    }
 }
 
 fn print_history(records: &[RollbackRecord], verbose: bool) -> std::io::Result<()> {

@@ -147,6 +147,75 @@ impl ComposeExecutor {
         Ok(out)
     }
 
+    /// One host's pre-flight (see [`preflight`]): what was checked, or the first thing wrong.
+    async fn preflight(&self, plan: &ExecPlan, watched_ids: &[String]) -> Result<String, String> {
+        let site = self.site(plan).map_err(|e| e.to_string())?;
+        let dir = site.dir.display().to_string();
+        let started_from = site.project.as_deref().and_then(|p| {
+            plan.compose_projects
+                .iter()
+                .find(|f| f.project == p)
+                .and_then(|f| f.working_dir.clone())
+        });
+        if let Some(wd) = started_from.filter(|wd| !project::same_dir(wd, &site.dir)) {
+            return Err(format!(
+                "the watched containers were started from {}, but executor.dir is {dir}; set executor.dir to {}",
+                wd.display(),
+                wd.display()
+            ));
+        }
+        let env_path = site.dir.join(&self.config.env_file);
+        if let Err(e) = self.runner.read_file(&env_path).await {
+            return Err(format!(
+                "cannot read {}: {e}; is executor.dir ({dir}) the deployment directory?",
+                env_path.display()
+            ));
+        }
+        let flavor = self.flavor(&site.dir).await.map_err(|e| e.to_string())?;
+        let mut scratch = ExecReport::new(|_| {});
+        let valid = self
+            .compose(
+                flavor,
+                &site,
+                &plan.tag,
+                &["config", "--quiet"],
+                &mut scratch,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !valid.success() {
+            return Err(format!(
+                "`config --quiet` in {dir} failed (exit {}): {}",
+                valid.status_text(),
+                valid.text.trim()
+            ));
+        }
+        let ids = self
+            .container_ids(flavor, &site, &plan.tag)
+            .await
+            .ok_or_else(|| format!("`ps -q` in {dir} failed"))?;
+        let project = site.project.as_deref().unwrap_or("(compose default)");
+        let missing: Vec<&String> = watched_ids
+            .iter()
+            .filter(|w| {
+                !ids.iter()
+                    .any(|i| w.starts_with(i.as_str()) || i.starts_with(w.as_str()))
+            })
+            .collect();
+        if ids.is_empty() || (!self.multi_host && !missing.is_empty()) {
+            return Err(format!(
+                "compose project {project} in {dir} has {} container(s), not the {} watched one(s); check executor.dir and the project",
+                ids.len(),
+                watched_ids.len()
+            ));
+        }
+        Ok(format!(
+            "{} in {dir}, project {project}: {} container(s)",
+            flavor.argv().join(" "),
+            ids.len()
+        ))
+    }
+
     async fn run(&self, plan: &ExecPlan, report: &mut ExecReport) -> Result<(), ExecError> {
         // Resolved before any command: a target we cannot place is refused untouched.
         let site = self.site(plan)?;
@@ -431,6 +500,17 @@ impl Executor for ComposeExecutor {
 
 /// Builds the executor for a compose target: one host, or every host of a multi-host target.
 pub fn compose_executor(config: &ComposeExecutorConfig) -> Box<dyn Executor> {
+    let mut hosts = host_executors(config);
+    if hosts.len() == 1 {
+        if let Some(only) = hosts.pop() {
+            return Box::new(only);
+        }
+    }
+    Box::new(MultiHostExecutor { hosts })
+}
+
+/// One executor per host of the target, each labelled `host:dir` when there are several.
+fn host_executors(config: &ComposeExecutorConfig) -> Vec<ComposeExecutor> {
     let runner_for = |host: &Option<crate::config::SshDestination>| -> Arc<dyn CommandRunner> {
         match host {
             Some(h) => Arc::new(super::SshRunner::new(
@@ -443,7 +523,7 @@ pub fn compose_executor(config: &ComposeExecutorConfig) -> Box<dyn Executor> {
     };
     let primary = ComposeExecutor::new(runner_for(&config.host), config.clone());
     if config.also.is_empty() {
-        return Box::new(primary);
+        return vec![primary];
     }
     let name = |host: &Option<crate::config::SshDestination>, dir: Option<&Path>| {
         let dir = dir
@@ -468,7 +548,30 @@ pub fn compose_executor(config: &ComposeExecutorConfig) -> Box<dyn Executor> {
         e.multi_host = true;
         hosts.push(e);
     }
-    Box::new(MultiHostExecutor { hosts })
+    hosts
+}
+
+/// `check-config --probe` for a compose target, per host: `(host, outcome)`. Runs only
+/// read-only commands: reads the env file, finds the compose command, `config --quiet` (the
+/// directory holds a valid project), and `ps -q`, whose containers must be the watched ones.
+pub async fn preflight(
+    config: &ComposeExecutorConfig,
+    plan: &ExecPlan,
+    watched_ids: &[String],
+) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    for host in host_executors(config) {
+        let label = if host.label.is_empty() {
+            config
+                .host
+                .as_ref()
+                .map_or("local".to_string(), |h| h.0.clone())
+        } else {
+            host.label.clone()
+        };
+        out.push((label, host.preflight(plan, watched_ids).await));
+    }
+    out
 }
 
 /// Refuses, before anything runs, a plan for which some host has no directory or no

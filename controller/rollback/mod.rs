@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
-pub use compose::{check_sites, compose_executor, ComposeExecutor, ComposeFlavor};
+pub use compose::{
+    check_sites, compose_executor, preflight as compose_preflight, ComposeExecutor, ComposeFlavor,
+};
 pub use docker_api::DockerApiExecutor;
 pub(crate) use flow::fault_panic_once;
 pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};

@@ -177,7 +177,7 @@ pub fn resolve_site(host: HostDir<'_>, plan: &ExecPlan) -> Result<ComposeSite, S
 }
 
 /// Paths compare equal ignoring a trailing slash or `.` components.
-fn same_dir(a: &Path, b: &Path) -> bool {
+pub(super) fn same_dir(a: &Path, b: &Path) -> bool {
     a.components().eq(b.components())
 }
 

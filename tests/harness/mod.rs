@@ -299,6 +299,17 @@ pub struct ComposeDeployment {
     pub project_flag: bool,
 }
 
+/// How a test deployment's compose project gets its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `COMPOSE_PROJECT_NAME=<app>-<env>-<role>` in `.env`.
+    EnvFile,
+    /// `docker-compose -p <app>-<env>-<role>`, nothing in `.env`.
+    Flag,
+    /// Neither: compose names the project after the directory, `<role>`.
+    Directory,
+}
+
 impl ComposeDeployment {
     /// Lays out the directory with `.env` at `tag` and brings it up with docker-compose.
     pub fn up(app: &str, env: &str, role: &str, tag: &str) -> ComposeDeployment {
@@ -308,14 +319,19 @@ impl ComposeDeployment {
     /// The same, standing in for another host `host` of the target: its own directory tree,
     /// compose project and port, the same image repository and app label.
     pub fn up_on(app: &str, env: &str, role: &str, tag: &str, host: &str) -> ComposeDeployment {
-        ComposeDeployment::start(app, env, role, tag, host, false)
+        ComposeDeployment::start(app, env, role, tag, host, Naming::EnvFile)
     }
 
     /// Brought up the way many teams do: `docker-compose -p <app>-<env>-<role>` in
     /// `.../<role>`, with no `COMPOSE_PROJECT_NAME` in `.env`, so a plain `docker-compose up`
     /// in that directory would start a second project named `<role>`.
     pub fn up_with_project_flag(app: &str, env: &str, role: &str, tag: &str) -> ComposeDeployment {
-        ComposeDeployment::start(app, env, role, tag, "", true)
+        ComposeDeployment::start(app, env, role, tag, "", Naming::Flag)
+    }
+
+    /// Brought up with a plain `docker-compose up` in `.../<role>`: the project is `<role>`.
+    pub fn up_plain(app: &str, env: &str, role: &str, tag: &str) -> ComposeDeployment {
+        ComposeDeployment::start(app, env, role, tag, "", Naming::Directory)
     }
 
     fn start(
@@ -324,11 +340,13 @@ impl ComposeDeployment {
         role: &str,
         tag: &str,
         host: &str,
-        project_flag: bool,
+        naming: Naming,
     ) -> ComposeDeployment {
         let root = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let project = if host.is_empty() {
+        let project = if naming == Naming::Directory {
+            role.to_string()
+        } else if host.is_empty() {
             format!("{app}-{env}-{role}")
         } else {
             format!("{app}-{env}-{role}-{host}")
@@ -341,7 +359,7 @@ impl ComposeDeployment {
             port,
             api_port: free_port(),
             project,
-            project_flag,
+            project_flag: naming == Naming::Flag,
         };
         std::fs::create_dir_all(d.dir()).expect("deployment dir");
         std::fs::write(
@@ -351,10 +369,10 @@ impl ComposeDeployment {
             ),
         )
         .expect("compose file");
-        let project_line = if project_flag {
-            String::new()
-        } else {
+        let project_line = if naming == Naming::EnvFile {
             format!("COMPOSE_PROJECT_NAME={}\n", d.project)
+        } else {
+            String::new()
         };
         std::fs::write(
             d.env_path(),
