@@ -205,3 +205,69 @@ fn init_writes_a_config_that_passes_the_probe_and_rolls_back_each_project() {
         );
     }
 }
+
+#[test]
+fn a_docker_run_container_gets_a_docker_target_and_what_init_cannot_tell_is_named() {
+    let app = app_with_images("onr", &["v1.0.0"]);
+    let c = RunContainer::start(&app, "v1.0.0", &[], &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("rollwatch.toml");
+    let o = assert_cmd::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .args(["init", "--yes", "--label"])
+        .arg(format!("rollwatch.test={app}"))
+        .arg("--write")
+        .arg(&config)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("run rollwatch init");
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("1 field(s) left commented"), "{said}");
+    let written = std::fs::read_to_string(&config).expect("init wrote the file");
+    assert!(
+        written.contains(&format!(
+            "executor = {{ kind = \"docker\", image = \"{}\" }}",
+            c.repository()
+        )),
+        "{written}"
+    );
+    assert!(
+        written.contains(&format!("labels = {{ \"rollwatch.test\" = \"{app}\" }}")),
+        "{written}"
+    );
+    assert!(
+        written.contains(&format!("http://127.0.0.1:{}/health", c.port)),
+        "{written}"
+    );
+
+    // `<app>-backend` names no environment: the file says so, and check-config names the field.
+    let check = rollwatch(&config)
+        .arg("check-config")
+        .output()
+        .expect("check-config");
+    assert_eq!(check.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(err.contains("missing field `env`"), "{err}");
+
+    let fixed: String = written
+        .lines()
+        .map(|l| {
+            if l.starts_with("# env = ") {
+                "env = \"production\"".to_string()
+            } else {
+                l.replace("127.0.0.1:9860", &format!("127.0.0.1:{}", free_port()))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, fixed).expect("write fixed config");
+    let (code, table, err) = probe(&config);
+    assert_eq!(code, 0, "{table}\n{err}");
+    let checks = rows(&table, "production/backend");
+    let names: Vec<&str> = checks.iter().map(|c| c.0).collect();
+    assert_eq!(
+        names,
+        ["containers", "health", "registry", "docker"],
+        "{table}"
+    );
+}
