@@ -271,3 +271,53 @@ fn a_docker_run_container_gets_a_docker_target_and_what_init_cannot_tell_is_name
         "{table}"
     );
 }
+
+/// `rollwatch init` on a terminal (`script` gives it one): each target is asked about, and an
+/// edit changes what is written.
+#[test]
+fn on_a_terminal_init_asks_per_target_and_takes_edits() {
+    let app = app_with_images("oni", &["v1.0.0"]);
+    let c = RunContainer::start(&app, "v1.0.0", &[], &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("asked.toml");
+    let command = format!(
+        "{} init --label rollwatch.test={app} --write {}",
+        env!("CARGO_BIN_EXE_rollwatch"),
+        config.display()
+    );
+    // Edit: env production, role api, health kept; then accept.
+    let o = assert_cmd::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .write_stdin("e\nproduction\napi\n\na\n")
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("run init under script");
+    let said = stdout(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("[a]ccept, [s]kip or [e]dit?"), "{said}");
+    let written = std::fs::read_to_string(&config).expect("init wrote the file");
+    assert!(
+        written.contains("env = \"production\"\nrole = \"api\"\n"),
+        "{written}"
+    );
+    assert!(
+        written.contains(&format!("http://127.0.0.1:{}/health", c.port)),
+        "{written}"
+    );
+
+    // Skipping the only target writes nothing.
+    let skipped = dir.path().join("skipped.toml");
+    let command = command.replace(
+        &config.display().to_string(),
+        &skipped.display().to_string(),
+    );
+    let o = assert_cmd::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .write_stdin("s\n")
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("run init under script");
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("nothing written"), "{}", stdout(&o));
+    assert!(!skipped.exists());
+}

@@ -81,6 +81,10 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
             accepted.push(a);
         }
     }
+    if accepted.is_empty() {
+        errln!("no target accepted; nothing written");
+        return Ok(ExitCode::SUCCESS);
+    }
     let docker_field = (endpoint != DockerEndpoint::default()).then_some(args.docker.as_str());
     let command = format!(
         "rollwatch init --docker {}{}",
@@ -193,8 +197,10 @@ fn edit(a: &mut Accepted) -> anyhow::Result<()> {
         }
     }
     let role = prompt("  role (empty keeps): ")?;
-    if !role.is_empty() {
+    if crate::config::is_role_name(&role) {
         a.proposal.role = role;
+    } else if !role.is_empty() {
+        errln!("  {role:?} is not a role name (lowercase letters, digits, '-'); kept");
     }
     let url = prompt("  health url (empty keeps): ")?;
     if !url.is_empty() {

@@ -633,7 +633,8 @@ impl Config {
     }
 }
 
-fn is_role_name(s: &str) -> bool {
+/// A role as records, metrics and URLs carry it: lowercase letters, digits and `-`, at most 63.
+pub fn is_role_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
