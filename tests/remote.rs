@@ -735,3 +735,34 @@ async fn a_cancelled_remote_step_stops_on_the_host_too() {
     );
     assert_eq!(processes_mentioning(&marker), Vec::<String>::new());
 }
+
+/// `check-config --probe` runs the compose checks on the ssh host itself: ok through the real
+/// sshd, and a host that refuses fails the row naming ssh, while the local checks still pass.
+#[test]
+fn preflight_checks_the_ssh_host() {
+    let app = app_with_images("sp", &["v1.0.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let probe = |port: u16| {
+        let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, "client", port));
+        let o = rollwatch(&config)
+            .args(["check-config", "--probe"])
+            .output()
+            .expect("check-config --probe");
+        let row = stdout(&o)
+            .lines()
+            .find(|l| l.starts_with("staging/backend") && l.contains("compose@root@127.0.0.1"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no compose row in:\n{}", stdout(&o)));
+        (o.status.code(), row)
+    };
+    let (code, row) = probe(2222);
+    assert_eq!(code, Some(0), "{row}");
+    assert!(row.contains(" ok ") && row.contains(&d.project), "{row}");
+
+    let (code, row) = probe(free_port());
+    assert_eq!(code, Some(1), "{row}");
+    assert!(
+        row.contains("FAILED") && row.contains("Connection refused"),
+        "{row}"
+    );
+}
