@@ -1,0 +1,279 @@
+//! The `.deb` and the files it installs, checked for real: `cargo deb` builds the package,
+//! `dpkg-deb` reads its contents and control files, `dpkg --root` installs it into a throwaway
+//! root and purges it again, and `systemd-analyze verify` accepts the installed unit. Needs
+//! cargo-deb, dpkg and systemd (scripts/setup installs them); no Docker.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs `cmd` (with a deadline), asserts it succeeded and returns its stdout and stderr.
+fn run(cmd: &mut Command, what: &str) -> (String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+fn command(program: impl AsRef<std::ffi::OsStr>, secs: u64) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.timeout(Duration::from_secs(secs));
+    cmd
+}
+
+fn head_commit() -> String {
+    let (out, _) = run(
+        command("git", 10)
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(MANIFEST_DIR),
+        "git rev-parse",
+    );
+    out.trim().to_owned()
+}
+
+/// Builds the package into `dir/out` and returns its path.
+///
+/// It packages the binary this test run built (`CARGO_BIN_EXE_rollwatch`, the dev profile)
+/// instead of a release build: cargo-deb refuses the dev profile, and a release build of the
+/// crate would add minutes to every run while the package's layout, metadata and scripts do
+/// not depend on the profile. cargo-deb takes binaries from `<target dir>/release/` (it rewrites
+/// the `target/release/` prefix of assets), so a private target dir holding a copy of the binary
+/// and `--no-build` make it package exactly that file. The real package is built with plain
+/// `cargo deb` (release).
+fn build_deb(dir: &Path) -> PathBuf {
+    let release = dir.join("target/release");
+    std::fs::create_dir_all(&release).expect("create target dir");
+    std::fs::copy(env!("CARGO_BIN_EXE_rollwatch"), release.join("rollwatch"))
+        .expect("copy the rollwatch binary");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out_dir = dir.join("out");
+    run(
+        command(cargo, 300)
+            .args(["deb", "--no-build", "--fast", "--output"])
+            .arg(&out_dir)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .current_dir(MANIFEST_DIR),
+        "cargo deb --no-build (cargo-deb missing? run scripts/setup)",
+    );
+    let debs: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .expect("read cargo deb's output dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "one .deb expected in {out_dir:?}: {debs:?}");
+    debs.into_iter().next().expect("one .deb")
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{path:?} not installed: {e}"))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn deb_installs_binary_unit_and_config_into_a_root_and_purges_cleanly() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let deb = build_deb(tmp.path());
+
+    // Contents: the controller, its unit and configuration; never the demo service.
+    let (listing, _) = run(command("dpkg-deb", 30).arg("-c").arg(&deb), "dpkg-deb -c");
+    let paths: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    for expected in [
+        "./usr/bin/rollwatch",
+        "./lib/systemd/system/rollwatch.service",
+        "./etc/rollwatch/rollwatch.toml",
+        "./etc/rollwatch/rollwatch.env",
+        "./usr/share/doc/rollwatch/README.md",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} not in the package:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("rollwatch-demo-service"),
+        "the demo service is packaged:\n{listing}"
+    );
+
+    // Control: dependencies, conffiles (upgrades keep local edits) and the maintainer scripts.
+    let (info, _) = run(command("dpkg-deb", 30).arg("-I").arg(&deb), "dpkg-deb -I");
+    let depends = info
+        .lines()
+        .find(|l| l.trim_start().starts_with("Depends:"))
+        .unwrap_or_else(|| panic!("no Depends:\n{info}"));
+    assert!(depends.contains("adduser"), "{depends}");
+    assert!(info.contains("Recommends: docker.io | docker-ce"), "{info}");
+    for script in ["postinst", "prerm", "postrm"] {
+        assert!(
+            info.contains(&format!(" {script} ")),
+            "no {script} in\n{info}"
+        );
+    }
+    let (conffiles, _) = run(
+        command("dpkg-deb", 30).arg("-I").arg(&deb).arg("conffiles"),
+        "dpkg-deb -I conffiles",
+    );
+    let conffiles: Vec<&str> = conffiles.lines().map(str::trim).collect();
+    assert!(
+        conffiles.contains(&"/etc/rollwatch/rollwatch.toml"),
+        "{conffiles:?}"
+    );
+    assert!(
+        conffiles.contains(&"/etc/rollwatch/rollwatch.env"),
+        "{conffiles:?}"
+    );
+
+    // The packaged scripts parse as POSIX sh and are executable.
+    let control = tmp.path().join("control");
+    run(
+        command("dpkg-deb", 30).arg("-e").arg(&deb).arg(&control),
+        "dpkg-deb -e",
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = control.join(script);
+        assert_eq!(mode(&path) & 0o111, 0o111, "{script} not executable");
+        run(
+            command("sh", 10).arg("-n").arg(&path),
+            &format!("sh -n {script}"),
+        );
+        let text = std::fs::read_to_string(&path).expect("read script");
+        assert!(
+            text.starts_with("#!/bin/sh\n"),
+            "{script} is not a sh script"
+        );
+        assert!(text.contains("\nset -e\n"), "{script} lacks set -e");
+    }
+
+    // Install into a throwaway root. dpkg --root runs maintainer scripts chrooted into it, which
+    // needs a whole system there; --force-script-chrootless runs them here with DPKG_ROOT set,
+    // and they then leave this host alone (no adduser, no systemctl): that is checked too.
+    // --force-depends: the empty root has no libc6 or adduser package.
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("var/lib/dpkg/info")).expect("dpkg db");
+    std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).expect("dpkg db");
+    std::fs::write(root.join("var/lib/dpkg/status"), "").expect("dpkg status");
+    let host_user_before = run(command("getent", 10).args(["passwd"]), "getent passwd").0;
+    let dpkg = |args: &[&str], what: &str| {
+        run(
+            command("dpkg", 60)
+                .arg(format!("--root={}", root.display()))
+                .arg(format!("--log={}", tmp.path().join("dpkg.log").display()))
+                .args(["--force-script-chrootless", "--force-depends"])
+                .args(args),
+            what,
+        )
+    };
+    let (_, stderr) = dpkg(&["-i", deb.to_str().expect("utf-8 path")], "dpkg --root -i");
+    assert!(
+        stderr.contains("not creating the rollwatch user"),
+        "postinst did not report what it skipped under DPKG_ROOT:\n{stderr}"
+    );
+    let host_user_after = run(command("getent", 10).args(["passwd"]), "getent passwd").0;
+    assert_eq!(
+        host_user_before, host_user_after,
+        "postinst changed this host's users"
+    );
+    let (status, _) = dpkg(&["-s", "rollwatch"], "dpkg --root -s");
+    assert!(status.contains("Status: install ok installed"), "{status}");
+
+    let bin = root.join("usr/bin/rollwatch");
+    assert_eq!(mode(&bin), 0o755);
+    assert_eq!(
+        mode(&root.join("lib/systemd/system/rollwatch.service")),
+        0o644
+    );
+    assert_eq!(mode(&root.join("etc/rollwatch/rollwatch.toml")), 0o644);
+    // 0600 as packaged; postinst makes it root:rollwatch 0640 on a live system.
+    let env_mode = mode(&root.join("etc/rollwatch/rollwatch.env"));
+    assert!(
+        env_mode == 0o600 || env_mode == 0o640,
+        "rollwatch.env mode {env_mode:o}"
+    );
+
+    let (version, _) = run(
+        command(&bin, 10).arg("--version"),
+        "installed rollwatch --version",
+    );
+    let commit = head_commit();
+    assert!(
+        version.contains(&format!("(commit {commit}")),
+        "{version} lacks {commit}"
+    );
+    run(
+        command(&bin, 10)
+            .arg("--config")
+            .arg(root.join("etc/rollwatch/rollwatch.toml"))
+            .arg("check-config"),
+        "installed rollwatch check-config on the installed config",
+    );
+
+    // `systemd-analyze verify` checks that ExecStart's binary exists and is executable, on this
+    // host's paths. `--root=<root>` (systemd 252) would look for every unit the service pulls
+    // in (sysinit.target, ...) inside the root too, which holds only this package; so verify a
+    // copy of the installed unit whose ExecStart names the installed binary. Unknown keys and
+    // unparsable values are only warnings (exit 0), so stderr must be empty as well.
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/rollwatch.service"))
+        .expect("read installed unit");
+    let exec_start = "ExecStart=/usr/bin/rollwatch ";
+    assert!(unit.contains(exec_start), "{unit}");
+    let verify_dir = tmp.path().join("verify");
+    std::fs::create_dir_all(&verify_dir).expect("verify dir");
+    let copy = verify_dir.join("rollwatch.service");
+    std::fs::write(
+        &copy,
+        unit.replace(exec_start, &format!("ExecStart={} ", bin.display())),
+    )
+    .expect("write unit copy");
+    let (_, warnings) = run(
+        command("systemd-analyze", 60).arg("verify").arg(&copy),
+        "systemd-analyze verify",
+    );
+    assert_eq!(warnings, "", "systemd-analyze verify warned");
+
+    // Purge: files and conffiles gone, the package unknown to the root's dpkg.
+    dpkg(&["--purge", "rollwatch"], "dpkg --root --purge");
+    for gone in [
+        "usr/bin/rollwatch",
+        "lib/systemd/system/rollwatch.service",
+        "etc/rollwatch/rollwatch.toml",
+        "etc/rollwatch/rollwatch.env",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} left after purge");
+    }
+}
+
+#[test]
+fn deployment_example_config_passes_check_config() {
+    let config = Path::new(MANIFEST_DIR).join("deployment/rollwatch.toml.example");
+    let (out, _) = run(
+        Command::cargo_bin("rollwatch")
+            .expect("rollwatch binary")
+            .timeout(Duration::from_secs(10))
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config"),
+        "rollwatch check-config deployment/rollwatch.toml.example",
+    );
+    assert!(out.contains("production/backend"), "{out}");
+    assert!(out.contains("/opt/shop/production/backend"), "{out}");
+    assert!(
+        out.contains("store: /var/lib/rollwatch/rollwatch.db"),
+        "{out}"
+    );
+}
