@@ -277,3 +277,155 @@ fn deployment_example_config_passes_check_config() {
         "{out}"
     );
 }
+
+/// The live-system half of the maintainer scripts (DPKG_ROOT empty), run with every command that
+/// changes a system replaced by a stub that records its arguments: PATH holds only the stubs and
+/// the read-only tools the scripts use, so a command the stubs miss fails the script instead of
+/// touching this host. The stubs keep "user exists" and "docker member" in files, like the real
+/// user database, so a second run shows the scripts are idempotent.
+struct ScriptBed {
+    dir: tempfile::TempDir,
+}
+
+impl ScriptBed {
+    fn new(docker_group: bool) -> ScriptBed {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = dir.path().join("bin");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&bin).expect("stub dir");
+        std::fs::create_dir_all(&state).expect("state dir");
+        if docker_group {
+            std::fs::write(state.join("docker"), "").expect("docker group");
+        }
+        let stub = |name: &str, body: &str| {
+            let path = bin.join(name);
+            let script = format!(
+                "#!/bin/sh\necho \"{name} $*\" >>\"$STUB_LOG\"\nS=\"$STUB_STATE\"\n{body}\n"
+            );
+            std::fs::write(&path, script).expect("write stub");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod stub");
+        };
+        stub(
+            "getent",
+            r#"case "$1 $2" in
+  "passwd rollwatch"|"group rollwatch") [ -e "$S/user" ] && [ ! -e "$S/deleted" ] ;;
+  "group docker") [ -e "$S/docker" ] ;;
+  *) exit 2 ;;
+esac"#,
+        );
+        stub(
+            "adduser",
+            r#"case " $* " in
+  *" --system "*) : >"$S/user" ;;
+  *" rollwatch docker "*) : >"$S/member" ;;
+esac"#,
+        );
+        stub(
+            "id",
+            r#"if [ -e "$S/member" ]; then echo "rollwatch docker"; else echo rollwatch; fi"#,
+        );
+        stub("deluser", r#": >"$S/deleted""#);
+        stub("delgroup", "exit 0");
+        for name in ["mkdir", "chown", "chmod", "rm", "systemctl"] {
+            stub(name, "exit 0");
+        }
+        // Read-only tools the scripts pipe through, taken from this system.
+        for tool in ["tr", "grep"] {
+            let real = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("{tool} not found"));
+            std::os::unix::fs::symlink(real, bin.join(tool)).expect("link tool");
+        }
+        ScriptBed { dir }
+    }
+
+    /// Runs `deployment/debian/<script> <args>` with DPKG_ROOT empty; returns the commands it
+    /// ran (this run only) and its stderr.
+    fn run(&self, script: &str, args: &[&str]) -> (String, String) {
+        let log = self.dir.path().join("log");
+        std::fs::write(&log, "").expect("clear log");
+        let path = Path::new(MANIFEST_DIR)
+            .join("deployment/debian")
+            .join(script);
+        let (_, stderr) = run(
+            command("/bin/sh", 10)
+                .arg(&path)
+                .args(args)
+                .env_clear()
+                .env("PATH", self.dir.path().join("bin"))
+                .env("STUB_LOG", &log)
+                .env("STUB_STATE", self.dir.path().join("state"))
+                .env("DPKG_ROOT", ""),
+            &format!("{script} {}", args.join(" ")),
+        );
+        (std::fs::read_to_string(&log).expect("read log"), stderr)
+    }
+}
+
+#[test]
+fn postinst_creates_the_user_once_joins_docker_and_never_starts_the_service() {
+    let bed = ScriptBed::new(true);
+    let (calls, stderr) = bed.run("postinst", &["configure", ""]);
+    assert!(
+        calls.contains("adduser --quiet --system --group --home /var/lib/rollwatch rollwatch"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("adduser --quiet rollwatch docker"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("chown rollwatch:rollwatch /var/lib/rollwatch"),
+        "{calls}"
+    );
+    assert!(stderr.contains("root-equivalent"), "{stderr}");
+    assert!(stderr.contains("installed, not enabled"), "{stderr}");
+
+    // Again (dpkg-reconfigure, an upgrade): nothing to create, nobody to add.
+    let (again, stderr) = bed.run("postinst", &["configure", "0.1.0-1"]);
+    assert!(!again.contains("adduser"), "not idempotent:\n{again}");
+    assert!(!stderr.contains("installed, not enabled"), "{stderr}");
+
+    for calls in [&calls, &again] {
+        assert!(!calls.contains("systemctl enable"), "{calls}");
+        assert!(!calls.contains("systemctl start"), "{calls}");
+    }
+}
+
+#[test]
+fn postinst_without_docker_says_so_and_still_succeeds() {
+    let bed = ScriptBed::new(false);
+    let (calls, stderr) = bed.run("postinst", &["configure", ""]);
+    assert!(calls.contains("adduser --quiet --system"), "{calls}");
+    assert!(!calls.contains("rollwatch docker"), "{calls}");
+    assert!(stderr.contains("no docker group"), "{stderr}");
+}
+
+#[test]
+fn purge_removes_the_user_and_its_state_and_can_run_twice() {
+    let bed = ScriptBed::new(true);
+    bed.run("postinst", &["configure", ""]);
+    bed.run("prerm", &["remove"]);
+    let (removed, _) = bed.run("postrm", &["remove"]);
+    assert!(
+        !removed.contains("deluser"),
+        "remove keeps the user:\n{removed}"
+    );
+    assert!(
+        !removed.contains("rm "),
+        "remove keeps the store:\n{removed}"
+    );
+    let (purged, _) = bed.run("postrm", &["purge"]);
+    assert!(
+        purged.contains("deluser --quiet --system rollwatch"),
+        "{purged}"
+    );
+    assert!(purged.contains("rm -rf /var/lib/rollwatch"), "{purged}");
+    // A second purge (the user already gone) succeeds without trying to delete it again.
+    let (again, _) = bed.run("postrm", &["purge"]);
+    assert!(!again.contains("deluser"), "{again}");
+}
