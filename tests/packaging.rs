@@ -245,6 +245,14 @@ fn deb_installs_binary_unit_and_config_into_a_root_and_purges_cleanly() {
         "systemd-analyze verify",
     );
     assert_eq!(warnings, "", "systemd-analyze verify warned");
+    // The hardening as systemd scores it: 3.4 ("OK") today, on systemd 252's 0-10 scale;
+    // --threshold is that scale times ten, and a unit above it fails.
+    run(
+        command("systemd-analyze", 60)
+            .args(["security", "--offline=true", "--threshold=40"])
+            .arg(&copy),
+        "systemd-analyze security (exposure above 4.0?)",
+    );
 
     // Purge: files and conffiles gone, the package unknown to the root's dpkg.
     dpkg(&["--purge", "rollwatch"], "dpkg --root --purge");
