@@ -1,7 +1,8 @@
 //! The `.deb` and the files it installs, checked for real: `cargo deb` builds the package,
 //! `dpkg-deb` reads its contents and control files, `dpkg --root` installs it into a throwaway
-//! root and purges it again, and `systemd-analyze verify` accepts the installed unit. Needs
-//! cargo-deb, dpkg and systemd (scripts/setup installs them); no Docker.
+//! root and purges it again, `systemd-analyze verify` accepts the installed unit, and the
+//! maintainer scripts run for real (adduser, deluser) on an overlay of this system that is
+//! thrown away. Needs root, cargo-deb, dpkg and systemd (scripts/setup installs them); no Docker.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -436,4 +437,68 @@ fn purge_removes_the_user_and_its_state_and_can_run_twice() {
     // A second purge (the user already gone) succeeds without trying to delete it again.
     let (again, _) = bed.run("postrm", &["purge"]);
     assert!(!again.contains("deluser"), "{again}");
+}
+
+/// Inside the copy-on-write view: install, reconfigure, reinstall, remove and purge for real
+/// (adduser, deluser, dpkg's conffile handling), checking the state after each step. Exits 99
+/// unless the marker only the overlay holds is there, so it never runs on the host itself.
+const LIVE_SCRIPT: &str = r##"set -e
+[ -e /.rollwatch-overlay-marker ] || exit 99
+dpkg -i /rollwatch.deb
+getent passwd rollwatch | grep -q ':/var/lib/rollwatch:'
+id -nG rollwatch | tr ' ' '\n' | grep -qx rollwatch
+if getent group docker >/dev/null; then id -nG rollwatch | tr ' ' '\n' | grep -qx docker; fi
+echo "env: $(stat -c '%a %U:%G' /etc/rollwatch/rollwatch.env)"
+echo "home: $(stat -c '%a %U:%G' /var/lib/rollwatch)"
+echo "# local edit" >>/etc/rollwatch/rollwatch.toml
+dpkg-reconfigure rollwatch
+dpkg -i --force-confold /rollwatch.deb
+grep -q '^# local edit$' /etc/rollwatch/rollwatch.toml
+echo "users after reinstall: $(getent passwd | grep -c '^rollwatch:')"
+dpkg -r rollwatch
+getent passwd rollwatch >/dev/null
+[ -e /etc/rollwatch/rollwatch.toml ]
+[ ! -e /usr/bin/rollwatch ]
+dpkg --purge rollwatch
+! getent passwd rollwatch >/dev/null
+! getent group rollwatch >/dev/null
+[ ! -e /var/lib/rollwatch ] && [ ! -e /etc/rollwatch ]
+echo live-ok
+"##;
+
+/// The maintainer scripts on a live system, without changing this one: an overlay of `/` in a
+/// private mount namespace (`unshare --mount`, root needed, as for the rest of the test bed),
+/// chrooted into, so adduser, dpkg and the user database write to a throwaway upper layer.
+/// systemd is not running there (no /run/systemd/system), so systemctl is not called.
+#[test]
+fn deb_installs_upgrades_and_purges_on_an_overlay_of_this_system() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let deb = build_deb(tmp.path());
+    let [upper, work, merged] = ["upper", "work", "merged"].map(|d| tmp.path().join(d));
+    for dir in [&upper, &work, &merged] {
+        std::fs::create_dir_all(dir).expect("overlay dir");
+    }
+    std::fs::copy(&deb, upper.join("rollwatch.deb")).expect("copy deb into the overlay");
+    std::fs::write(upper.join(".rollwatch-overlay-marker"), "").expect("marker");
+    std::fs::write(upper.join("rollwatch-live-test.sh"), LIVE_SCRIPT).expect("script");
+    let (m, u, w) = (merged.display(), upper.display(), work.display());
+    // Every mount must succeed before chroot (&&); the namespace's mounts are private and end
+    // with it.
+    let setup = format!(
+        "mount --make-rprivate / && \
+         mount -t overlay overlay -o lowerdir=/,upperdir={u},workdir={w} {m} && \
+         mount -t proc proc {m}/proc && mount --rbind /dev {m}/dev && \
+         exec chroot {m} /bin/sh /rollwatch-live-test.sh"
+    );
+    let (out, stderr) = run(
+        command("unshare", 180)
+            .args(["--mount", "--fork", "/bin/sh", "-c", &setup])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "install/upgrade/purge in an overlay chroot (unshare needs root)",
+    );
+    assert!(out.contains("live-ok"), "{out}\n{stderr}");
+    assert!(out.contains("env: 640 root:rollwatch"), "{out}");
+    assert!(out.contains("home: 750 rollwatch:rollwatch"), "{out}");
+    assert!(out.contains("users after reinstall: 1"), "{out}");
+    assert!(stderr.contains("installed, not enabled"), "{stderr}");
 }
