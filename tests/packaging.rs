@@ -60,7 +60,7 @@ fn build_deb(dir: &Path) -> PathBuf {
     let out_dir = dir.join("out");
     run(
         command(cargo, 300)
-            .args(["deb", "--no-build", "--fast", "--output"])
+            .args(["deb", "--no-build", "--offline", "--fast", "--output"])
             .arg(&out_dir)
             .env("CARGO_TARGET_DIR", dir.join("target"))
             .current_dir(MANIFEST_DIR),
