@@ -152,11 +152,11 @@ impl Metrics {
                 Opts::new("rollwatch_watcher_restarts_total", "Watcher tasks that panicked and were restarted by the supervisor."),
                 tr
             )?),
-            build_info: reg!(IntGaugeVec::new(Opts::new("rollwatch_build_info", "rollwatch version (value 1)."), &["version"])?),
+            build_info: reg!(IntGaugeVec::new(Opts::new("rollwatch_build_info", "rollwatch version and git commit (value 1)."), &["version", "commit"])?),
             registry,
         };
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[crate::build_info::VERSION, crate::build_info::GIT_COMMIT])
             .set(1);
         Ok(m)
     }
@@ -286,6 +286,14 @@ mod tests {
             r#"rollwatch_running_tag_info{env="staging",role="backend",tag="v1.0.0"} 1"#
         ));
         assert!(!text.contains(r#"tag="v1.1.0""#), "old tag series removed");
-        assert!(text.contains("rollwatch_build_info{version="));
+        let build_info = format!(
+            r#"rollwatch_build_info{{commit="{}",version="{}"}} 1"#,
+            crate::build_info::GIT_COMMIT,
+            crate::build_info::VERSION
+        );
+        assert!(
+            text.contains(&build_info),
+            "{build_info} missing from {text}"
+        );
     }
 }

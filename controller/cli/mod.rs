@@ -30,7 +30,7 @@ use crate::telemetry::{init_logging, LogFormat};
 #[derive(Parser, Debug)]
 #[command(
     name = "rollwatch",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Post-deploy health watch and automatic rollback for docker compose deployments"
 )]
 struct Cli {
