@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::{Config, TargetConfig};
 use crate::detect::{follow_events, Subscriber};
+use crate::engine::EngineView;
 use crate::probe::Prober;
 use crate::registry::RegistryClient;
 use crate::rollback::Rollbacker;
@@ -80,6 +81,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         states.insert(t.id(), TargetState::restored(control));
     }
 
+    // One shared container view per engine, listed at most once per the shortest watch
+    // interval of its targets.
+    let mut shortest: HashMap<String, (crate::docker::DockerEndpoint, Duration)> = HashMap::new();
+    for t in &config.targets {
+        let e = shortest
+            .entry(t.docker.to_string())
+            .or_insert_with(|| (t.docker.clone(), t.watch.interval));
+        e.1 = e.1.min(t.watch.interval);
+    }
+    let views: HashMap<String, Arc<EngineView>> = shortest
+        .into_iter()
+        .map(|(key, (endpoint, interval))| (key, EngineView::new(endpoint, interval)))
+        .collect();
     let mut commands = HashMap::new();
     let mut watchers = Vec::new();
     let mut subscribers: HashMap<String, (crate::docker::DockerEndpoint, Vec<Subscriber>)> =
@@ -158,19 +172,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             for (t, wakes, commands) in watchers {
                 let initial = states.remove(&t.id()).unwrap_or_default();
                 let dry_run = config.is_dry_run(&t);
+                let view = views[&t.docker.to_string()].clone();
                 tasks.push(tokio::spawn(supervise(
                     t,
                     dry_run,
                     initial,
-                    shared.clone(),
+                    (shared.clone(), view),
                     wakes,
                     commands,
                     shutdown.clone(),
                 )));
             }
             for (_, (endpoint, subs)) in subscribers {
+                let view = views[&endpoint.to_string()].clone();
                 tasks.push(tokio::spawn(follow_events(
                     endpoint,
+                    view,
                     subs,
                     shutdown.clone(),
                 )));
@@ -201,7 +218,7 @@ async fn supervise(
     target: TargetConfig,
     dry_run: bool,
     initial: TargetState,
-    shared: Shared,
+    (shared, view): (Shared, Arc<EngineView>),
     mut wakes: mpsc::Receiver<crate::detect::Wake>,
     mut commands: mpsc::Receiver<crate::watch::Command>,
     shutdown: CancellationToken,
@@ -219,7 +236,13 @@ async fn supervise(
                 }
             },
         };
-        let watcher = Watcher::new(target.clone(), dry_run, initial, shared.clone());
+        let watcher = Watcher::new(
+            target.clone(),
+            dry_run,
+            initial,
+            shared.clone(),
+            view.clone(),
+        );
         let run = watcher.run(&mut wakes, &mut commands, shutdown.clone());
         let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
             return;

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{DockerClient, DockerEndpoint};
+use crate::engine::EngineView;
 use crate::target::{Selector, TargetId};
 
 /// What the event stream tells a watcher: look again now.
@@ -52,10 +53,12 @@ pub struct Subscriber {
     pub wake: mpsc::Sender<Wake>,
 }
 
-/// Follows the container events of one Docker endpoint until `shutdown`, waking the targets whose
-/// selector matches an event's labels. Reconnects with back-off (0.25 s doubling to 5 s).
+/// Follows the container events of one Docker endpoint until `shutdown`, marking the engine's
+/// shared view stale and waking the targets whose selector matches an event's labels.
+/// Reconnects with back-off (0.25 s doubling to 5 s).
 pub async fn follow_events(
     endpoint: DockerEndpoint,
+    view: std::sync::Arc<EngineView>,
     subscribers: Vec<Subscriber>,
     shutdown: CancellationToken,
 ) {
@@ -72,6 +75,7 @@ pub async fn follow_events(
                     tracing::info!(%endpoint, "docker event stream reconnected; reconciling all targets");
                 }
                 // Reconcile after (re)connecting: whatever happened while we were away is visible now.
+                view.invalidate();
                 wake_all(&subscribers, "event stream (re)connected").await;
                 connected_before = true;
                 backoff = Duration::from_millis(250);
@@ -83,6 +87,7 @@ pub async fn follow_events(
                     };
                     match item {
                         Some(Ok((action, labels))) => {
+                            view.invalidate();
                             for s in subscribers.iter().filter(|s| s.selector.matches(&labels)) {
                                 let _ = s.wake.try_send(Wake {
                                     target: s.target.clone(),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod docker;
+pub mod engine;
 pub mod init;
 pub mod lease;
 pub mod metrics;

@@ -61,7 +61,7 @@ impl fmt::Display for TargetId {
 
 /// Which containers belong to a target. Compose labels are the common case; any label set works
 /// for containers started by `docker run`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     pub compose_project: Option<String>,
@@ -83,10 +83,16 @@ impl Selector {
         all
     }
 
+    /// Whether a container with these labels belongs to the target. Called for every target
+    /// against every container of a shared engine listing, so it allocates nothing.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.required_labels()
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+        let has = |key: &str, want: &Option<String>| {
+            want.as_ref()
+                .is_none_or(|v| labels.get(key).is_some_and(|l| l == v))
+        };
+        has("com.docker.compose.project", &self.compose_project)
+            && has("com.docker.compose.service", &self.compose_service)
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 
     /// Docker API `label` filter values (`key=value`), so listing is done by the engine.

@@ -11,13 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 mod actions;
 mod status;
+#[cfg(test)]
+mod tests;
 
 pub use status::{StatusBoard, TargetStatus};
 
 use crate::analysis::{Evidence, MetricVerdict, Population};
 use crate::config::TargetConfig;
 use crate::detect::Wake;
-use crate::docker::DockerClient;
+use crate::engine::EngineView;
 use crate::metrics::MetricsFeed;
 use crate::probe::Prober;
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
@@ -63,7 +65,8 @@ pub struct Watcher {
     store: Store,
     rollbacker: Arc<Rollbacker>,
     prober: Prober,
-    docker: Option<DockerClient>,
+    /// The engine's shared container listing (one per endpoint, see [`EngineView`]).
+    view: Arc<EngineView>,
     state: TargetState,
     since_ms: i64,
     last_deploy_ms: Option<i64>,
@@ -110,6 +113,7 @@ impl Watcher {
         dry_run: bool,
         initial: TargetState,
         shared: Shared,
+        view: Arc<EngineView>,
     ) -> Watcher {
         let Shared {
             store,
@@ -130,7 +134,7 @@ impl Watcher {
             store,
             rollbacker,
             prober,
-            docker: None,
+            view,
             state: initial,
             since_ms: now_ms(),
             last_deploy_ms: None,
@@ -161,7 +165,9 @@ impl Watcher {
         shutdown: CancellationToken,
     ) {
         self.shutdown = shutdown.clone();
-        let mut tick = tokio::time::interval(self.target.watch.interval);
+        let interval = self.target.watch.interval;
+        let first = tokio::time::Instant::now() + phase_offset(&self.target.id(), interval);
+        let mut tick = tokio::time::interval_at(first, interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if let Some(m) = &self.target.metrics {
             match MetricsFeed::new(m) {
@@ -190,18 +196,8 @@ impl Watcher {
     }
 
     async fn observe(&mut self) -> Result<Vec<ContainerView>, String> {
-        if self.docker.is_none() {
-            self.docker = Some(
-                DockerClient::connect(&self.target.docker)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let Some(docker) = &self.docker else {
-            return Err("not connected".into());
-        };
         let repository = self.target.executor.image_repository(&self.target.role);
-        match docker.containers(&self.target.selector, true).await {
+        match self.view.containers(&self.target.selector).await {
             Ok(list) => {
                 self.running_tag = running_tag_of(&list, &repository);
                 Ok(list
@@ -219,10 +215,7 @@ impl Watcher {
                     })
                     .collect())
             }
-            Err(e) => {
-                self.docker = None;
-                Err(e.to_string())
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -438,7 +431,7 @@ impl Watcher {
                     "{}:{tag}",
                     self.target.executor.image_repository(&self.target.role)
                 );
-                let digest = match &self.docker {
+                let digest = match self.view.client().await {
                     Some(d) => d.image_digest(&image).await.ok().flatten(),
                     None => None,
                 };
@@ -512,6 +505,21 @@ impl Watcher {
             }
         }
     }
+}
+
+/// Where in its interval a target probes: spread by a hash of its id, so 1,000 targets started
+/// together do not all probe (and ask the engine) in the same millisecond. Stable across
+/// restarts, unlike a random offset, so a target's probe times are predictable.
+fn phase_offset(id: &TargetId, interval: std::time::Duration) -> std::time::Duration {
+    // FNV-1a: small, and spreads short similar strings (`staging/r0001`, `staging/r0002`).
+    let hash = id
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let nanos = interval.as_nanos().max(1) as u64;
+    std::time::Duration::from_nanos(hash % nanos)
 }
 
 /// One line for the history when the guard rails change without another event.

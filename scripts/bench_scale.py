@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""`scripts/bench scale`: one release rollwatch watching N targets at a 1 s interval.
+
+For each N: N/5 real containers (a static `pause` binary, no base image) in compose projects of
+50 services, five targets per container; every target's /health is the light `health_sink`
+server (measured separately), which records each probe's arrival. Over a 60 s window after a
+warm-up it reads rollwatch's CPU and RSS, the CPU dockerd and containerd spend beyond their idle
+rate, probes/s and missed probes and the p99 deviation of probe intervals (at the receiving end),
+the size and render time of /metrics, and the store's growth, and appends the table to
+docs/BENCHMARKS.md.
+
+    scripts/bench scale [N ...]        (default: 1000 5000 10000)
+"""
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = "127.0.0.1:5000"
+IMAGE = f"{REGISTRY}/scale/sleeper:v1"
+WINDOW_S = 60
+WARM_UP_S = 10
+PER_PROJECT = 50
+TARGETS_PER_CONTAINER = 5
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def engine_pids():
+    """dockerd, containerd and every containerd shim: the CPU the engine spends."""
+    out = sh("ps", "-eo", "pid=,comm=").stdout
+    return [int(p) for p, c in (l.split(None, 1) for l in out.splitlines())
+            if c.strip().startswith(("dockerd", "containerd"))]
+
+
+def engine_cpu():
+    total = 0.0
+    for pid in engine_pids():
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def build_sleeper(work):
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0:
+        return
+    src = work / "pause.c"
+    src.write_text("#include <unistd.h>\nint main(void) { for (;;) pause(); }\n")
+    root = work / "rootfs"
+    root.mkdir()
+    sh("gcc", "-static", "-O2", "-o", str(root / "pause"), str(src))
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "import", "-c", 'ENTRYPOINT ["/pause"]', "-", IMAGE],
+                   stdin=tar.stdout, check=True, capture_output=True)
+    tar.wait()
+
+
+def start_containers(work, containers):
+    """`containers` services in compose projects of PER_PROJECT; returns (project, service) pairs."""
+    pairs = []
+    projects = []
+    for p in range((containers + PER_PROJECT - 1) // PER_PROJECT):
+        name = f"scale{p:03d}"
+        d = work / "opt" / "scale" / "staging" / name
+        d.mkdir(parents=True)
+        services = [f"s{i:04d}" for i in range(p * PER_PROJECT, min(containers, (p + 1) * PER_PROJECT))]
+        body = "version: \"3.7\"\nservices:\n" + "".join(
+            f"  {s}:\n    image: {IMAGE}\n    network_mode: host\n    labels:\n      rollwatch.bench: scale\n"
+            for s in services)
+        (d / "docker-compose.yml").write_text(body)
+        (d / ".env").write_text(f"COMPOSE_PROJECT_NAME={name}\nIMAGE_TAG=v1\n")
+        projects.append(d)
+        pairs += [(name, s) for s in services]
+    for d in projects:
+        sh("docker-compose", "up", "-d", "--no-color", cwd=d, timeout=600)
+    return pairs
+
+
+def remove_containers():
+    ids = sh("docker", "ps", "-aq", "--filter", "label=rollwatch.bench=scale").stdout.split()
+    for i in range(0, len(ids), 200):
+        subprocess.run(["docker", "rm", "-f", *ids[i:i + 200]], capture_output=True)
+
+
+def write_config(work, n, pairs, sink_port, api_port):
+    lines = [f'[controller]\nstore = "rollwatch.db"\nlisten = "127.0.0.1:{api_port}"\n']
+    for t in range(n):
+        project, service = pairs[t % len(pairs)]
+        env = "staging" if t % 2 == 0 else "production"
+        lines.append(
+            f'[[targets]]\nenv = "{env}"\nrole = "r{t:05d}"\n'
+            f'selector = {{ compose_project = "{project}", compose_service = "{service}" }}\n'
+            f'health = {{ url = "http://127.0.0.1:{sink_port}/health?t={t}" }}\n'
+            f'executor = {{ kind = "compose", registry = "{REGISTRY}/scale", image = "{REGISTRY}/scale/sleeper" }}\n')
+    path = work / "rollwatch.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def metrics_render(api_port):
+    started = time.monotonic()
+    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=60) as r:
+        body = r.read()
+    return len(body), time.monotonic() - started
+
+
+def store_bytes(work):
+    return sum(p.stat().st_size for p in work.glob("rollwatch.db*"))
+
+
+def one(n, rollwatch, sink):
+    work = Path(tempfile.mkdtemp(prefix=f"rollwatch-scale-{n}-"))
+    remove_containers()
+    build_sleeper(work)
+    containers = max(1, n // TARGETS_PER_CONTAINER)
+    t0 = time.monotonic()
+    pairs = start_containers(work, containers)
+    print(f"  {containers} containers up in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    sink_port, api_port = free_port(), free_port()
+    config = write_config(work, n, pairs, sink_port, api_port)
+    # The engine's idle rate with these containers, to subtract from its rate under rollwatch.
+    e0 = engine_cpu()
+    time.sleep(20)
+    engine_idle = (engine_cpu() - e0) / 20
+    summary = work / "sink.json"
+    sink_p = subprocess.Popen([sink, str(sink_port), str(n), "1000", str(WINDOW_S), str(summary)])
+    log = open(work / "rollwatch.log", "w")
+    rw = subprocess.Popen([rollwatch, "--config", str(config), "run"], stdout=log, stderr=log,
+                          env={**os.environ, "RUST_LOG": "warn"})
+    try:
+        time.sleep(WARM_UP_S + 2)
+        c0, e0, s0, w0 = cpu_seconds(rw.pid), engine_cpu(), cpu_seconds(sink_p.pid), time.monotonic()
+        b0 = store_bytes(work)
+        time.sleep(WINDOW_S - 4)
+        c1, e1, s1, w1 = cpu_seconds(rw.pid), engine_cpu(), cpu_seconds(sink_p.pid), time.monotonic()
+        rss = rss_mib(rw.pid)
+        b1 = store_bytes(work)
+        size, render = metrics_render(api_port)
+        sink_p.wait(timeout=120)
+        probes = json.loads(summary.read_text())
+    finally:
+        rw.send_signal(signal.SIGTERM)
+        try:
+            rw.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            rw.kill()
+        if sink_p.poll() is None:
+            sink_p.kill()
+        remove_containers()
+    wall = w1 - w0
+    return {
+        "targets": n,
+        "containers": containers,
+        "cpu": 100 * (c1 - c0) / wall,
+        "rss": rss,
+        "engine": 100 * max(0.0, (e1 - e0) / wall - engine_idle),
+        "sink": 100 * (s1 - s0) / wall,
+        "probes_per_s": probes["probes_per_s"],
+        "missed": probes["missed"] + probes["never_probed"],
+        "jitter_p99": probes["jitter_p99_ms"],
+        "metrics_kib": size / 1024,
+        "render_ms": render * 1000,
+        "store_mib_h": (b1 - b0) / wall * 3600 / 2**20,
+    }
+
+
+def main():
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 5000, 10000]
+    sh("cargo", "build", "--release", "--quiet", "--bin", "rollwatch", "--example", "health_sink", cwd=ROOT)
+    rollwatch = str(ROOT / "target/release/rollwatch")
+    sink = str(ROOT / "target/release/examples/health_sink")
+    rows = []
+    for n in sizes:
+        print(f"scale: {n} targets", file=sys.stderr)
+        rows.append(one(n, rollwatch, sink))
+    head = ("| targets | containers | rollwatch CPU (one core) | RSS | dockerd+containerd CPU caused "
+            "| health server CPU | probes/s | missed probes | probe interval jitter p99 "
+            "| /metrics size | /metrics render | store growth |\n|" + "---|" * 12)
+    body = "\n".join(
+        f"| {r['targets']:,} | {r['containers']:,} | {r['cpu']:.1f}% | {r['rss']:.0f} MiB | {r['engine']:.1f}% "
+        f"| {r['sink']:.1f}% | {r['probes_per_s']:,.0f} | {r['missed']} | {r['jitter_p99']} ms "
+        f"| {r['metrics_kib']:,.0f} KiB | {r['render_ms']:.0f} ms | {r['store_mib_h']:.1f} MiB/h |"
+        for r in rows)
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    table = (f"\n## Scale: N targets at a 1 s interval ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
+             f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}. "
+             f"`scripts/bench scale`: release build, {WINDOW_S} s window after {WARM_UP_S} s warm-up, "
+             f"{TARGETS_PER_CONTAINER} targets per container, compose projects of {PER_PROJECT} services; "
+             "probes counted where they arrive (health_sink); engine CPU is dockerd, containerd and shims "
+             "above their idle rate with the same containers.\n\n" + head + "\n" + body + "\n")
+    print(table)
+    if os.environ.get("ROLLWATCH_BENCH_NO_APPEND"):
+        return
+    with open(ROOT / "docs/BENCHMARKS.md", "a") as f:
+        f.write(table)
+
+
+if __name__ == "__main__":
+    main()
