@@ -75,7 +75,7 @@ pub async fn follow_events(
                     tracing::info!(%endpoint, "docker event stream reconnected; reconciling all targets");
                 }
                 // Reconcile after (re)connecting: whatever happened while we were away is visible now.
-                view.invalidate();
+                view.set_events_live(true);
                 wake_all(&subscribers, "event stream (re)connected").await;
                 connected_before = true;
                 backoff = Duration::from_millis(250);
@@ -98,10 +98,12 @@ pub async fn follow_events(
                         }
                         Some(Err(e)) => {
                             tracing::warn!(%endpoint, error = %e, "docker event stream broke");
+                            view.set_events_live(false);
                             break;
                         }
                         None => {
                             tracing::warn!(%endpoint, "docker event stream ended");
+                            view.set_events_live(false);
                             break;
                         }
                     }

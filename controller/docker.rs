@@ -306,6 +306,7 @@ impl DockerClient {
             (
                 "event".to_string(),
                 [
+                    "create",
                     "start",
                     "die",
                     "stop",
@@ -314,6 +315,9 @@ impl DockerClient {
                     "health_status",
                     "restart",
                     "oom",
+                    "pause",
+                    "unpause",
+                    "rename",
                 ]
                 .iter()
                 .map(|s| s.to_string())

@@ -6,8 +6,8 @@
 use std::io::IsTerminal;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +47,48 @@ pub fn colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 }
 
 /// Every state a target can be in, so the state gauge always has all series (0 or 1).
+/// `reason` values of `rollwatch_probe_failures_total`, in [`ProbeFailure`] order.
+const PROBE_FAILURE_CLASSES: [&str; 4] = ["unreachable", "timeout", "status", "not_ok"];
+
+/// One target's per-round series, resolved once. At 1,000 targets a round each second, looking
+/// every series up by its labels (hashing env and role) was a visible share of rollwatch's CPU.
+pub struct TargetSeries {
+    state: [IntGauge; 5],
+    paused: IntGauge,
+    given_up: IntGauge,
+    unhealthy: IntGauge,
+    probe_duration: Histogram,
+    probe_failures: [IntCounter; 4],
+}
+
+impl TargetSeries {
+    /// 1 for `state`, 0 for the others.
+    pub fn set_state(&self, state: &str) {
+        for (name, gauge) in STATES.iter().zip(&self.state) {
+            gauge.set(i64::from(*name == state));
+        }
+    }
+
+    pub fn set_flags(&self, paused: bool, given_up: bool, unhealthy: bool) {
+        self.paused.set(i64::from(paused));
+        self.given_up.set(i64::from(given_up));
+        self.unhealthy.set(i64::from(unhealthy));
+    }
+
+    pub fn probe(&self, seconds: f64, failure: Option<&ProbeFailure>) {
+        self.probe_duration.observe(seconds);
+        if let Some(f) = failure {
+            let i = match f {
+                ProbeFailure::Unreachable(_) => 0,
+                ProbeFailure::Timeout => 1,
+                ProbeFailure::Status(_) => 2,
+                ProbeFailure::NotOk(_) => 3,
+            };
+            self.probe_failures[i].inc();
+        }
+    }
+}
+
 pub const STATES: [&str; 5] = [
     "unknown",
     "watching",
@@ -184,7 +226,7 @@ impl Metrics {
                     .with_label_values(&[env, role, trigger, result]);
             }
         }
-        for class in ["unreachable", "timeout", "status", "not_ok"] {
+        for class in PROBE_FAILURE_CLASSES {
             self.probe_failures.with_label_values(&[env, role, class]);
         }
     }
@@ -208,9 +250,7 @@ impl Metrics {
     ) {
         let [env, role] = label(id);
         if previous == tag {
-            if let Some(t) = tag {
-                gauge.with_label_values(&[env, role, t]).set(1);
-            }
+            // Already exported at 1 (or nothing to export): nothing to look up.
             return;
         }
         if let Some(p) = previous {
@@ -221,21 +261,17 @@ impl Metrics {
         }
     }
 
-    pub fn probe(&self, id: &TargetId, seconds: f64, failure: Option<&ProbeFailure>) {
+    /// The target's series a watcher updates every round, looked up once.
+    pub fn target_series(&self, id: &TargetId) -> TargetSeries {
         let [env, role] = label(id);
-        self.probe_duration
-            .with_label_values(&[env, role])
-            .observe(seconds);
-        if let Some(f) = failure {
-            let class = match f {
-                ProbeFailure::Unreachable(_) => "unreachable",
-                ProbeFailure::Timeout => "timeout",
-                ProbeFailure::Status(_) => "status",
-                ProbeFailure::NotOk(_) => "not_ok",
-            };
-            self.probe_failures
-                .with_label_values(&[env, role, class])
-                .inc();
+        TargetSeries {
+            state: STATES.map(|s| self.state.with_label_values(&[env, role, s])),
+            paused: self.paused.with_label_values(&[env, role]),
+            given_up: self.given_up.with_label_values(&[env, role]),
+            unhealthy: self.unhealthy.with_label_values(&[env, role]),
+            probe_duration: self.probe_duration.with_label_values(&[env, role]),
+            probe_failures: PROBE_FAILURE_CLASSES
+                .map(|c| self.probe_failures.with_label_values(&[env, role, c])),
         }
     }
 

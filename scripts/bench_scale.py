@@ -29,6 +29,7 @@ REGISTRY = "127.0.0.1:5000"
 IMAGE = f"{REGISTRY}/scale/sleeper:v1"
 WINDOW_S = 60
 WARM_UP_S = 10
+IDLE_S = 30
 PER_PROJECT = 50
 TARGETS_PER_CONTAINER = 5
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -150,10 +151,14 @@ def one(n, rollwatch, sink):
     print(f"  {containers} containers up in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     sink_port, api_port = free_port(), free_port()
     config = write_config(work, n, pairs, sink_port, api_port)
-    # The engine's idle rate with these containers, to subtract from its rate under rollwatch.
-    e0 = engine_cpu()
-    time.sleep(20)
-    engine_idle = (engine_cpu() - e0) / 20
+    # The engine's idle rate with these containers (30 s before rollwatch starts and 30 s after
+    # it stops, averaged), to subtract from its rate under rollwatch: the shims alone cost a
+    # few percent of a core at 200 containers and drift by about one.
+    def idle_rate():
+        e0 = engine_cpu()
+        time.sleep(IDLE_S)
+        return (engine_cpu() - e0) / IDLE_S
+    engine_idle = idle_rate()
     summary = work / "sink.json"
     sink_p = subprocess.Popen([sink, str(sink_port), str(n), "1000", str(WINDOW_S), str(summary)])
     log = open(work / "rollwatch.log", "w")
@@ -178,7 +183,8 @@ def one(n, rollwatch, sink):
             rw.kill()
         if sink_p.poll() is None:
             sink_p.kill()
-        remove_containers()
+    engine_idle = (engine_idle + idle_rate()) / 2
+    remove_containers()
     wall = w1 - w0
     return {
         "targets": n,
@@ -220,7 +226,7 @@ def main():
              f"`scripts/bench scale`: release build, {WINDOW_S} s window after {WARM_UP_S} s warm-up, "
              f"{TARGETS_PER_CONTAINER} targets per container, compose projects of {PER_PROJECT} services; "
              "probes counted where they arrive (health_sink); engine CPU is dockerd, containerd and shims "
-             "above their idle rate with the same containers.\n\n" + head + "\n" + body + "\n")
+             f"above their idle rate with the same containers ({IDLE_S} s before and after, averaged).\n\n" + head + "\n" + body + "\n")
     print(table)
     if os.environ.get("ROLLWATCH_BENCH_NO_APPEND"):
         return

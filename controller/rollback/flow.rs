@@ -129,14 +129,18 @@ pub struct Rollbacker {
 /// The tag a container runs, when its image reference is `<repository>:<tag>`.
 /// With several containers, the newest running one's tag (the latest deploy), as the watcher
 /// sees it.
-pub fn running_tag_of(containers: &[ContainerInfo], repository: &str) -> Option<String> {
+pub fn running_tag_of<'a, I>(containers: I, repository: &str) -> Option<String>
+where
+    I: IntoIterator<Item = &'a ContainerInfo> + Clone,
+{
     let tag_of = |c: &ContainerInfo| {
         let (repo, tag) = c.image_ref.rsplit_once(':')?;
         (repo == repository && !tag.contains('/')).then(|| tag.to_string())
     };
     let newest = |running: bool| {
         containers
-            .iter()
+            .clone()
+            .into_iter()
             .filter(|c| !running || c.state == "running")
             .filter_map(|c| tag_of(c).map(|t| (c.created, t)))
             .max_by_key(|(created, _)| *created)

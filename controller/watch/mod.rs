@@ -67,6 +67,8 @@ pub struct Watcher {
     prober: Prober,
     /// The engine's shared container listing (one per endpoint, see [`EngineView`]).
     view: Arc<EngineView>,
+    /// The image repository the target runs (`executor.image_repository`), computed once.
+    repository: String,
     state: TargetState,
     since_ms: i64,
     last_deploy_ms: Option<i64>,
@@ -77,6 +79,8 @@ pub struct Watcher {
     board: StatusBoard,
     events: broadcast::Sender<EventRecord>,
     metrics: Arc<Metrics>,
+    /// This target's per-round series, looked up once.
+    series: crate::telemetry::TargetSeries,
     webhook: Option<url::Url>,
     /// The error-metric side, when the target has a metrics source.
     feed: Option<MetricsFeed>,
@@ -126,6 +130,8 @@ impl Watcher {
             lease,
         } = shared;
         metrics.init_target(&target.id());
+        let series = metrics.target_series(&target.id());
+        let repository = target.executor.image_repository(&target.role);
         let saved_control = initial.control();
         Watcher {
             policy: target.watch.policy(),
@@ -134,6 +140,7 @@ impl Watcher {
             store,
             rollbacker,
             prober,
+            repository,
             view,
             state: initial,
             since_ms: now_ms(),
@@ -145,6 +152,7 @@ impl Watcher {
             board,
             events,
             metrics,
+            series,
             webhook,
             feed: None,
             deaths: Vec::new(),
@@ -196,27 +204,30 @@ impl Watcher {
     }
 
     async fn observe(&mut self) -> Result<Vec<ContainerView>, String> {
-        let repository = self.target.executor.image_repository(&self.target.role);
-        match self.view.containers(&self.target.selector).await {
-            Ok(list) => {
-                self.running_tag = running_tag_of(&list, &repository);
-                Ok(list
-                    .into_iter()
+        let repository = &self.repository;
+        let (running_tag, views) = self
+            .view
+            .with_containers(&self.target.selector, |list| {
+                let views = list
+                    .iter()
                     .map(|c| ContainerView {
                         tag: c
                             .image_ref
-                            .strip_prefix(&format!("{repository}:"))
+                            .strip_prefix(repository.as_str())
+                            .and_then(|rest| rest.strip_prefix(':'))
                             .map(String::from),
-                        name: c.name,
-                        state: c.state,
-                        health: c.health,
+                        name: c.name.clone(),
+                        state: c.state.clone(),
+                        health: c.health.clone(),
                         exit_code: c.exit_code,
                         created: c.created,
                     })
-                    .collect())
-            }
-            Err(e) => Err(e),
-        }
+                    .collect();
+                (running_tag_of(list.iter().copied(), repository), views)
+            })
+            .await?;
+        self.running_tag = running_tag;
+        Ok(views)
     }
 
     async fn round(&mut self, probe: bool) {
@@ -227,11 +238,8 @@ impl Watcher {
                 .prober
                 .probe(&self.target.health.url.0, self.target.health.timeout)
                 .await;
-            self.metrics.probe(
-                &self.target.id(),
-                r.latency.as_secs_f64(),
-                r.outcome.as_ref().err(),
-            );
+            self.series
+                .probe(r.latency.as_secs_f64(), r.outcome.as_ref().err());
             self.last_probe = Some(match &r.outcome {
                 Ok(()) => format!("ok in {} ms", r.latency.as_millis()),
                 Err(f) => f.to_string(),

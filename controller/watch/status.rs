@@ -151,24 +151,14 @@ impl Watcher {
 
     pub(super) fn publish(&mut self) {
         let id = self.target.id();
-        let [env, role] = [id.env.as_str(), id.role.as_str()];
-        self.metrics.set_state(&id, self.state.phase.name());
-        self.metrics
-            .paused
-            .with_label_values(&[env, role])
-            .set(i64::from(self.state.paused));
-        self.metrics
-            .given_up
-            .with_label_values(&[env, role])
-            .set(i64::from(
-                self.state.refusals >= crate::verdict::REFUSAL_LIMIT,
-            ));
+        self.series.set_state(self.state.phase.name());
         let unhealthy = matches!(self.state.phase, Phase::Stable { .. })
             && self.state.stable_failures >= self.policy.failures;
-        self.metrics
-            .unhealthy
-            .with_label_values(&[env, role])
-            .set(i64::from(unhealthy));
+        self.series.set_flags(
+            self.state.paused,
+            self.state.refusals >= crate::verdict::REFUSAL_LIMIT,
+            unhealthy,
+        );
         self.metrics.set_tag(
             &self.metrics.running_tag,
             &id,
