@@ -144,7 +144,8 @@ impl EngineView {
         let mut inner = self.inner.lock().await;
         let generation = self.generation.load(Ordering::Relaxed);
         if let Some(last) = &inner.last {
-            let max_age = if self.events_live.load(Ordering::Relaxed) {
+            // A failed listing is retried every interval whatever the event stream says.
+            let max_age = if last.result.is_ok() && self.events_live.load(Ordering::Relaxed) {
                 RECONCILE.max(self.max_age)
             } else {
                 self.max_age

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use harness::*;
 
-/// `rollwatch init --yes` over the app's containers only (other tests run beside this one).
-fn init(app: &str, out: &Path) -> (String, String) {
+/// `rollwatch init --yes` over the containers carrying `label` only (other tests run beside
+/// this one): (stdout, stderr).
+fn init(label: &str, out: &Path) -> (String, String) {
     let o = assert_cmd::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
-        .args(["init", "--yes", "--label"])
-        .arg(format!("rollwatch.test.app={app}"))
+        .args(["init", "--yes", "--label", label])
         .arg("--write")
         .arg(out)
         .timeout(Duration::from_secs(120))
@@ -71,7 +71,7 @@ fn init_writes_a_config_that_passes_the_probe_and_rolls_back_each_project() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("rollwatch.toml");
-    let (_, said) = init(&app, &config);
+    let (_, said) = init(&format!("rollwatch.test.app={app}"), &config);
     eprintln!("{said}");
     let written = std::fs::read_to_string(&config).expect("init wrote the file");
     assert!(said.contains("wrote 3 target(s)"), "{said}");
@@ -212,16 +212,7 @@ fn a_docker_run_container_gets_a_docker_target_and_what_init_cannot_tell_is_name
     let c = RunContainer::start(&app, "v1.0.0", &[], &[]);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("rollwatch.toml");
-    let o = assert_cmd::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
-        .args(["init", "--yes", "--label"])
-        .arg(format!("rollwatch.test={app}"))
-        .arg("--write")
-        .arg(&config)
-        .timeout(Duration::from_secs(120))
-        .output()
-        .expect("run rollwatch init");
-    let said = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{said}");
+    let (_, said) = init(&format!("rollwatch.test={app}"), &config);
     assert!(said.contains("1 field(s) left commented"), "{said}");
     let written = std::fs::read_to_string(&config).expect("init wrote the file");
     assert!(

@@ -75,8 +75,10 @@ impl Watcher {
         };
         // At shutdown the rollback is dropped mid-step (its child processes are killed with it);
         // the intent stays on record and the next start resumes it.
+        // Boxed: the rollback's state machine is large and rare; inline, every watcher task
+        // (one per target, allocated whole at spawn) would carry its size all the time.
         tokio::select! {
-            result = self.rollbacker.rollback(&self.target, request, on_step) => result,
+            result = Box::pin(self.rollbacker.rollback(&self.target, request, on_step)) => result,
             _ = self.shutdown.cancelled() => Err(RollbackError::Interrupted { target: self.target.id() }),
         }
     }
