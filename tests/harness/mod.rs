@@ -52,12 +52,24 @@ pub fn testbed() {
     });
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody uses right now, for a service to listen on. Taken below Linux's
+/// ephemeral range (32768–60999): a port from that range can be taken again, before the service
+/// binds it, as the local end of some other test's outgoing connection (rollwatch keeps probe
+/// connections alive), which left a demo container restarting on a taken port while another
+/// test's service answered its health URL. Each port is handed out once per test binary.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    const LOW: usize = 15_000;
+    const SPAN: usize = 17_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Test binaries run one after another: start each at its own place in the range.
+    let start = (std::process::id() as usize).wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A name no other test in this run uses: compose project, image repository and container prefix.
