@@ -51,13 +51,14 @@ struct Listing {
 struct Snapshot {
     all: Vec<ContainerInfo>,
     by_project: HashMap<String, Vec<usize>>,
-    by_service: HashMap<(String, String), Vec<usize>>,
+    /// Project, then service: looked up by `&str` without building a key every round.
+    by_service: HashMap<String, HashMap<String, Vec<usize>>>,
 }
 
 impl Snapshot {
     fn new(all: Vec<ContainerInfo>) -> Snapshot {
         let mut by_project: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut by_service: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut by_service: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         for (i, c) in all.iter().enumerate() {
             let Some(p) = &c.compose_project else {
                 continue;
@@ -65,7 +66,9 @@ impl Snapshot {
             by_project.entry(p.clone()).or_default().push(i);
             if let Some(s) = c.labels.get("com.docker.compose.service") {
                 by_service
-                    .entry((p.clone(), s.clone()))
+                    .entry(p.clone())
+                    .or_default()
+                    .entry(s.clone())
                     .or_default()
                     .push(i);
             }
@@ -80,7 +83,7 @@ impl Snapshot {
     fn matching(&self, selector: &Selector) -> Vec<&ContainerInfo> {
         let candidates: Option<&Vec<usize>> =
             match (&selector.compose_project, &selector.compose_service) {
-                (Some(p), Some(s)) => self.by_service.get(&(p.clone(), s.clone())),
+                (Some(p), Some(s)) => self.by_service.get(p).and_then(|m| m.get(s)),
                 (Some(p), None) => self.by_project.get(p),
                 (None, _) => {
                     return self

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, ExecutorConfig, TargetConfig};
+use crate::config::{Config, ExecutorConfig, MetricsConfig, TargetConfig};
 use crate::docker::{ContainerInfo, DockerClient};
 use crate::metrics::MetricsSource;
 use crate::probe::Prober;
@@ -54,8 +54,8 @@ async fn target_checks(t: &TargetConfig) -> Vec<Check> {
             .map_err(Clone::clone),
     ));
     rows.push(row("health", health(t).await));
-    if t.metrics.is_some() {
-        rows.push(row("metrics", metrics(t).await));
+    if let Some(m) = &t.metrics {
+        rows.push(row("metrics", metrics(m).await));
     }
     let repository = t.executor.image_repository(&t.role);
     rows.push(row("registry", registry(&repository).await));
@@ -120,10 +120,7 @@ async fn health(t: &TargetConfig) -> Result<String, String> {
     }
 }
 
-async fn metrics(t: &TargetConfig) -> Result<String, String> {
-    let Some(m) = &t.metrics else {
-        return Ok("not configured".into());
-    };
+async fn metrics(m: &MetricsConfig) -> Result<String, String> {
     let mut source = MetricsSource::new(m)?;
     let readings = tokio::time::timeout(m.timeout * 2, source.read())
         .await

@@ -46,7 +46,6 @@ pub fn colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-/// Every state a target can be in, so the state gauge always has all series (0 or 1).
 /// `reason` values of `rollwatch_probe_failures_total`, in [`ProbeFailure`] order.
 const PROBE_FAILURE_CLASSES: [&str; 4] = ["unreachable", "timeout", "status", "not_ok"];
 
@@ -89,6 +88,7 @@ impl TargetSeries {
     }
 }
 
+/// Every state a target can be in, so the state gauge always has all series (0 or 1).
 pub const STATES: [&str; 5] = [
     "unknown",
     "watching",
@@ -205,12 +205,12 @@ impl Metrics {
 
     /// Creates every series of a target at its zero value, so dashboards and `absent()` see it
     /// before anything happened.
-    pub fn init_target(&self, id: &TargetId) {
+    /// Returns the target's per-round series, which it created.
+    pub fn init_target(&self, id: &TargetId) -> TargetSeries {
         let [env, role] = label(id);
-        self.set_state(id, "unknown");
-        self.paused.with_label_values(&[env, role]).set(0);
-        self.unhealthy.with_label_values(&[env, role]).set(0);
-        self.given_up.with_label_values(&[env, role]).set(0);
+        let series = self.target_series(id);
+        series.set_state("unknown");
+        series.set_flags(false, false, false);
         self.task_restarts.with_label_values(&[env, role]);
         self.deploys.with_label_values(&[env, role]);
         for v in ["healthy", "regressed", "inconclusive"] {
@@ -226,18 +226,7 @@ impl Metrics {
                     .with_label_values(&[env, role, trigger, result]);
             }
         }
-        for class in PROBE_FAILURE_CLASSES {
-            self.probe_failures.with_label_values(&[env, role, class]);
-        }
-    }
-
-    pub fn set_state(&self, id: &TargetId, state: &str) {
-        let [env, role] = label(id);
-        for s in STATES {
-            self.state
-                .with_label_values(&[env, role, s])
-                .set(i64::from(s == state));
-        }
+        series
     }
 
     /// Replaces the target's info-gauge series for `gauge` with one for `tag`.
@@ -262,7 +251,7 @@ impl Metrics {
     }
 
     /// The target's series a watcher updates every round, looked up once.
-    pub fn target_series(&self, id: &TargetId) -> TargetSeries {
+    fn target_series(&self, id: &TargetId) -> TargetSeries {
         let [env, role] = label(id);
         TargetSeries {
             state: STATES.map(|s| self.state.with_label_values(&[env, role, s])),
@@ -305,8 +294,7 @@ mod tests {
             env: Env::Staging,
             role: "backend".into(),
         };
-        m.init_target(&id);
-        m.set_state(&id, "watching");
+        m.init_target(&id).set_state("watching");
         m.set_tag(&m.running_tag, &id, Some("v1.1.0"), None);
         m.set_tag(&m.running_tag, &id, Some("v1.0.0"), Some("v1.1.0"));
         let text = m.render();

@@ -92,14 +92,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         if args.yes { " --yes" } else { "" }
     );
     let text = render(docker_field, &accepted, &command);
-    let unguessed = text
-        .lines()
-        .filter(|l| l.starts_with("# ") && l.ends_with(": set it"))
-        .count()
-        + text
-            .lines()
-            .filter(|l| l.starts_with("# selector = "))
-            .count();
+    let unguessed: usize = accepted.iter().map(Accepted::unguessed).sum();
     match &args.write {
         Some(path) => {
             write_new(path, &text)?;

@@ -21,6 +21,18 @@ pub struct Accepted {
     pub tried: Vec<String>,
 }
 
+impl Accepted {
+    /// How many required fields are written commented out: the env, the health URL, the
+    /// selector of a container with no labels of its own.
+    pub fn unguessed(&self) -> usize {
+        let no_labels =
+            matches!(&self.proposal.selector, SelectorProposal::Labels(l) if l.is_empty());
+        usize::from(self.proposal.env.is_none())
+            + usize::from(self.health.is_none())
+            + usize::from(no_labels)
+    }
+}
+
 /// The whole file: header, controller table, targets.
 pub fn render(docker: Option<&str>, accepted: &[Accepted], written_by: &str) -> String {
     let mut out = String::new();
@@ -228,6 +240,7 @@ mod tests {
             health: None,
             tried: vec!["8080 (container variable PORT)".into()],
         };
+        assert_eq!(a.unguessed(), 3, "env, selector and health");
         let text = render(None, &[a], "rollwatch init --yes");
         assert!(text.contains("# selector = "), "{text}");
         assert!(

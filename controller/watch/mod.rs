@@ -129,8 +129,7 @@ impl Watcher {
             webhook,
             lease,
         } = shared;
-        metrics.init_target(&target.id());
-        let series = metrics.target_series(&target.id());
+        let series = metrics.init_target(&target.id());
         let repository = target.executor.image_repository(&target.role);
         let saved_control = initial.control();
         Watcher {
