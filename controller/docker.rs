@@ -359,16 +359,17 @@ impl DockerClient {
         Ok(out)
     }
 
+    /// One container's full configuration, within the listing deadline (a hung engine must
+    /// not hold `init` or a recreate).
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
-        self.docker
-            .inspect_container(id, None)
+        tokio::time::timeout(LIST_TIMEOUT, self.docker.inspect_container(id, None))
             .await
+            .map_err(|_| DockerError::Timeout {
+                endpoint: self.endpoint.clone(),
+                action: format!("inspecting container {id}"),
+                within: LIST_TIMEOUT,
+            })?
             .map_err(self.api_err(format!("inspecting container {id}")))
-    }
-
-    /// The endpoint as configured, for messages.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     /// The labels an image carries (its `LABEL`s); empty when the engine does not have it.

@@ -3,16 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
 
 use super::propose::{ComposeFound, Found};
 use crate::docker::{ContainerInfo, DockerClient, DockerError};
 use crate::target::Selector;
-
-/// One inspection's deadline: a hung engine must not hold `init` forever.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Running containers carrying every `labels` pair (all running containers when empty), as one
 /// [`Found`] per compose service or lone container. `read_env_files`: the compose working
@@ -43,13 +39,7 @@ pub async fn discover(
     let mut out = Vec::new();
     for ((project, service), members) in groups {
         let first = members[0];
-        let inspected = tokio::time::timeout(INSPECT_TIMEOUT, docker.inspect(&first.id))
-            .await
-            .map_err(|_| DockerError::Timeout {
-                endpoint: docker.endpoint().to_string(),
-                action: format!("inspecting container {}", first.name),
-                within: INSPECT_TIMEOUT,
-            })??;
+        let inspected = docker.inspect(&first.id).await?;
         let image_labels = docker.image_labels(&first.image_id).await?;
         let compose = (project != "~").then(|| {
             let working_dir = first.compose_working_dir.clone().map(PathBuf::from);

@@ -306,9 +306,8 @@ pub struct ComposeDeployment {
     pub port: u16,
     pub api_port: u16,
     pub project: String,
-    /// Started with `docker-compose -p <project>` and no `COMPOSE_PROJECT_NAME` in `.env`: the
-    /// directory's own default project (`<role>`) is not the running one.
-    pub project_flag: bool,
+    /// How the project got its name (`-p`, `.env`, or the directory).
+    pub naming: Naming,
 }
 
 /// How a test deployment's compose project gets its name.
@@ -371,7 +370,7 @@ impl ComposeDeployment {
             port,
             api_port: free_port(),
             project,
-            project_flag: naming == Naming::Flag,
+            naming,
         };
         std::fs::create_dir_all(d.dir()).expect("deployment dir");
         std::fs::write(
@@ -416,7 +415,7 @@ impl ComposeDeployment {
 
     pub fn compose(&self, args: &[&str]) -> Output {
         let mut full = vec!["--env-file", ".env"];
-        if self.project_flag {
+        if self.naming == Naming::Flag {
             full.splice(0..0, ["-p", self.project.as_str()]);
         }
         full.extend_from_slice(args);
