@@ -374,13 +374,19 @@ fn target_path(
     parse_target(state, &env, &role)
 }
 
+/// Rendered on a blocking thread: at 10,000 targets it takes long enough to delay the probes
+/// sharing an async worker.
 async fn metrics(State(state): State<ApiState>) -> Response {
+    let metrics = state.metrics.clone();
+    let Ok(text) = tokio::task::spawn_blocking(move || metrics.render()).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
 }

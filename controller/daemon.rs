@@ -30,8 +30,6 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
-    #[error("cannot register metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source} (set controller.listen to a free address)")]
     Listen {
         addr: std::net::SocketAddr,
@@ -63,7 +61,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (events, _) = broadcast::channel(1024);
     let board: StatusBoard = Arc::new(RwLock::new(BTreeMap::new()));
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::new());
     let shared = Shared {
         store: store.clone(),
         rollbacker: rollbacker.clone(),
@@ -253,11 +251,7 @@ async fn supervise(
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         tracing::error!(target_id = %id, panic = %what, "watcher task panicked; restarting it in 1 s");
-        shared
-            .metrics
-            .task_restarts
-            .with_label_values(&[id.env.as_str(), id.role.as_str()])
-            .inc();
+        shared.metrics.target(&id).restarted();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -124,6 +124,7 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
         },
     );
     assert_eq!(rollbacks[0]["metric"]["env"], "staging");
+    promtool_accepts_the_exposition(d.api_port);
     let running = prom.query("rollwatch_running_tag_info");
     assert_eq!(running.len(), 1, "one running-tag series: {running:?}");
     assert_eq!(running[0]["metric"]["tag"], "v1.0.0");
@@ -158,6 +159,39 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
                 name == "RollwatchRollbackPerformed" && labels["role"] == "backend"
             })
         },
+    );
+}
+
+/// Our own renderer writes `/metrics`: promtool's linter (format, HELP/TYPE, naming) must pass on
+/// a real scrape taken after a rollback, when the rare histograms exist too.
+fn promtool_accepts_the_exposition(api_port: u16) {
+    let (200, body) = http_get(api_port, "/metrics").expect("scrape rollwatch") else {
+        panic!("/metrics did not answer 200");
+    };
+    assert!(
+        body.contains("rollwatch_rollback_duration_seconds_bucket{"),
+        "{body}"
+    );
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -14,17 +14,11 @@ impl Watcher {
                 .await;
             return;
         }
-        let [env, role] = [id.env.as_str(), id.role.as_str()];
-        self.metrics
-            .verdicts
-            .with_label_values(&[env, role, "regressed"])
-            .inc();
-        if let Phase::Watching { since_ms, .. } = &self.state.phase {
-            self.metrics
-                .detection
-                .with_label_values(&[env, role])
-                .observe((now_ms() - since_ms) as f64 / 1000.0);
-        }
+        let detection = match &self.state.phase {
+            Phase::Watching { since_ms, .. } => Some((now_ms() - since_ms) as f64 / 1000.0),
+            _ => None,
+        };
+        self.series.regressed(detection);
         self.emit(
             "regressed",
             Some(from_tag.clone()),
@@ -91,35 +85,27 @@ impl Watcher {
         result: Result<RollbackRecord, RollbackError>,
     ) {
         let id = self.target.id();
-        let [env, role] = [id.env.as_str(), id.role.as_str()];
         let outcome = match &result {
             Err(RollbackError::Interrupted { .. }) => {
                 tracing::warn!(target_id = %id, "rollback interrupted by shutdown; resumed at the next start");
                 return;
             }
-            Ok(rec) if rec.state == RollbackState::DryRun => "dry_run",
-            Ok(_) => "succeeded",
-            Err(e) if e.changed_something() => "failed",
-            Err(_) => "refused",
+            Ok(rec) if rec.state == RollbackState::DryRun => RollbackResult::DryRun,
+            Ok(_) => RollbackResult::Succeeded,
+            Err(e) if e.changed_something() => RollbackResult::Failed,
+            Err(_) => RollbackResult::Refused,
         };
-        self.metrics
-            .rollbacks
-            .with_label_values(&[env, role, trigger.as_str(), outcome])
-            .inc();
-        self.notify(outcome, &result).await;
-        if outcome != "dry_run" && outcome != "refused" {
-            if let Ok(rec) = &result {
-                let took = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
-                self.metrics
-                    .rollback_duration
-                    .with_label_values(&[env, role, trigger.as_str()])
-                    .observe(took as f64 / 1000.0);
+        let ran = matches!(outcome, RollbackResult::Succeeded | RollbackResult::Failed);
+        let took = match &result {
+            Ok(rec) if ran => {
+                let ms = rec.finished_at_ms.unwrap_or(rec.started_at_ms) - rec.started_at_ms;
+                Some(ms as f64 / 1000.0)
             }
-            self.metrics
-                .last_rollback
-                .with_label_values(&[env, role])
-                .set(now_ms() as f64 / 1000.0);
-        }
+            _ => None,
+        };
+        let finished_at = ran.then(|| now_ms() as f64 / 1000.0);
+        self.series.rollback(trigger, outcome, took, finished_at);
+        self.notify(outcome.as_str(), &result).await;
         let result = result.map_err(|e| match e {
             e if e.changed_something() => {
                 let tag = match &e {

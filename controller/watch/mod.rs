@@ -28,7 +28,7 @@ use crate::store::{
 };
 use crate::tag::Tag;
 use crate::target::TargetId;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RollbackResult, Source, TargetSeries};
 use crate::verdict::{
     decide, ContainerView, Control, Decision, Input, Observation, Phase, Policy, TargetState,
 };
@@ -78,18 +78,14 @@ pub struct Watcher {
     docker_reachable: bool,
     board: StatusBoard,
     events: broadcast::Sender<EventRecord>,
-    metrics: Arc<Metrics>,
-    /// This target's per-round series, looked up once.
-    series: crate::telemetry::TargetSeries,
+    /// This target's exported series.
+    series: Arc<TargetSeries>,
     webhook: Option<url::Url>,
     /// The error-metric side, when the target has a metrics source.
     feed: Option<MetricsFeed>,
     lease: Arc<dyn crate::lease::Lease>,
     /// `die` events since the last round.
     deaths: Vec<crate::detect::Death>,
-    /// Tags currently exported in the info gauges, to replace their series on change.
-    shown_running: Option<String>,
-    shown_known_good: Option<String>,
     /// The guard rails as last written to the store; written again whenever they change.
     saved_control: Control,
     /// Cancels a rollback in flight at shutdown (its intent stays for the next start).
@@ -129,7 +125,7 @@ impl Watcher {
             webhook,
             lease,
         } = shared;
-        let series = metrics.init_target(&target.id());
+        let series = metrics.target(&target.id());
         let repository = target.executor.image_repository(&target.role);
         let saved_control = initial.control();
         Watcher {
@@ -150,14 +146,11 @@ impl Watcher {
             docker_reachable: true,
             board,
             events,
-            metrics,
             series,
             webhook,
             feed: None,
             deaths: Vec::new(),
             lease,
-            shown_running: None,
-            shown_known_good: None,
             saved_control,
             shutdown: CancellationToken::new(),
         }
@@ -250,16 +243,9 @@ impl Watcher {
         let reachable = containers.is_ok();
         if reachable != self.docker_reachable {
             self.docker_reachable = reachable;
-            let [env, role] = [self.target.env.as_str(), self.target.role.as_str()];
-            self.metrics
-                .source_up
-                .with_label_values(&[env, role, "docker"])
-                .set(i64::from(reachable));
+            self.series.source_up(Source::Docker, reachable);
             if !reachable {
-                self.metrics
-                    .verdicts
-                    .with_label_values(&[env, role, "inconclusive"])
-                    .inc();
+                self.series.inconclusive();
             }
             let msg = if reachable {
                 "docker reachable again".to_string()
@@ -273,18 +259,15 @@ impl Watcher {
         } else {
             None
         };
-        let repository = format!(
-            "{}:",
-            self.target.executor.image_repository(&self.target.role)
-        );
+        let repository = self.repository.as_str();
         let deaths = std::mem::take(&mut self.deaths)
             .into_iter()
             .map(|d| {
-                (
-                    d.container,
-                    d.image.strip_prefix(&repository).map(String::from),
-                    d.exit_code,
-                )
+                let tag = d
+                    .image
+                    .strip_prefix(repository)
+                    .and_then(|r| r.strip_prefix(':'));
+                (d.container, tag.map(String::from), d.exit_code)
             })
             .collect();
         let obs = Observation {
@@ -355,12 +338,8 @@ impl Watcher {
             feed.unsaved = 0;
         }
         let id = self.target.id();
-        let [env, role] = [id.env.as_str(), id.role.as_str()];
         if let Some((up, why)) = round.transition {
-            self.metrics
-                .source_up
-                .with_label_values(&[env, role, "metrics"])
-                .set(i64::from(up));
+            self.series.source_up(Source::Metrics, up);
             if up {
                 self.emit(
                     "metrics_source_up",
@@ -369,10 +348,7 @@ impl Watcher {
                 )
                 .await;
             } else {
-                self.metrics
-                    .verdicts
-                    .with_label_values(&[env, role, "inconclusive"])
-                    .inc();
+                self.series.inconclusive();
                 let why = why.unwrap_or_default();
                 self.emit(
                     "metrics_source_down",
@@ -399,10 +375,7 @@ impl Watcher {
                     f.watch.start_candidate();
                     f.last = None;
                 }
-                self.metrics
-                    .deploys
-                    .with_label_values(&[id.env.as_str(), id.role.as_str()])
-                    .inc();
+                self.series.deployed();
                 let ci = self
                     .store
                     .deploy_of(id.clone(), tag.clone())
@@ -430,10 +403,7 @@ impl Watcher {
                 .await;
             }
             Decision::Promote { tag } => {
-                self.metrics
-                    .verdicts
-                    .with_label_values(&[id.env.as_str(), id.role.as_str(), "healthy"])
-                    .inc();
+                self.series.healthy();
                 let image = format!(
                     "{}:{tag}",
                     self.target.executor.image_repository(&self.target.role)

@@ -159,20 +159,8 @@ impl Watcher {
             self.state.refusals >= crate::verdict::REFUSAL_LIMIT,
             unhealthy,
         );
-        self.metrics.set_tag(
-            &self.metrics.running_tag,
-            &id,
-            self.running_tag.as_deref(),
-            self.shown_running.as_deref(),
-        );
-        self.shown_running = self.running_tag.clone();
-        self.metrics.set_tag(
-            &self.metrics.known_good_tag,
-            &id,
-            self.known_good.as_deref(),
-            self.shown_known_good.as_deref(),
-        );
-        self.shown_known_good = self.known_good.clone();
+        self.series.set_running_tag(self.running_tag.as_deref());
+        self.series.set_known_good_tag(self.known_good.as_deref());
         let detail = match &self.state.phase {
             Phase::Watching {
                 since_ms,
