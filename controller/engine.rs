@@ -38,7 +38,13 @@ pub struct EngineView {
 struct Inner {
     client: Option<DockerClient>,
     last: Option<Listing>,
+    /// Successful listings so far, to number them.
+    listings: u64,
 }
+
+/// The listing a reader last saw ([`EngineView::with_containers`]); none at first.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ListingId(Option<u64>);
 
 struct Listing {
     at: Instant,
@@ -49,6 +55,8 @@ struct Listing {
 /// One listing, indexed by compose project and service: most selectors name both, and scanning
 /// every container for every target (1,000 targets × 200 containers a second) showed in profiles.
 struct Snapshot {
+    /// Which listing this is (counted per view), so a reader can tell it has seen it already.
+    id: u64,
     all: Vec<ContainerInfo>,
     by_project: HashMap<String, Vec<usize>>,
     /// Project, then service: looked up by `&str` without building a key every round.
@@ -56,7 +64,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn new(all: Vec<ContainerInfo>) -> Snapshot {
+    fn new(id: u64, all: Vec<ContainerInfo>) -> Snapshot {
         let mut by_project: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_service: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         for (i, c) in all.iter().enumerate() {
@@ -74,6 +82,7 @@ impl Snapshot {
             }
         }
         Snapshot {
+            id,
             all,
             by_project,
             by_service,
@@ -122,14 +131,20 @@ impl EngineView {
     }
 
     /// `read` applied to the containers matching `selector` (running or not, by name), borrowed
-    /// from the shared listing: a round copies only what it keeps.
+    /// from the shared listing, or `None` when the listing is the one the caller read last
+    /// (`seen`, updated here): between container events a round copies nothing.
     pub async fn with_containers<R>(
         &self,
         selector: &Selector,
+        seen: &mut ListingId,
         read: impl FnOnce(&[&ContainerInfo]) -> R,
-    ) -> Result<R, String> {
+    ) -> Result<Option<R>, String> {
         let snapshot = self.snapshot().await?;
-        Ok(read(&snapshot.matching(selector)))
+        if seen.0 == Some(snapshot.id) {
+            return Ok(None);
+        }
+        seen.0 = Some(snapshot.id);
+        Ok(Some(read(&snapshot.matching(selector))))
     }
 
     /// The event stream (re)connected (`true`) or broke (`false`). Either way the next ask lists.
@@ -177,7 +192,10 @@ impl EngineView {
             return Err("not connected".into());
         };
         match client.containers(&Selector::default(), true).await {
-            Ok(list) => Ok(Arc::new(Snapshot::new(list))),
+            Ok(list) => {
+                inner.listings += 1;
+                Ok(Arc::new(Snapshot::new(inner.listings, list)))
+            }
             Err(e) => {
                 // Reconnect next time: the engine may have restarted on another socket state.
                 inner.client = None;

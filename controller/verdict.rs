@@ -5,6 +5,8 @@
 //! [`Control`] part. Level-triggered, like a kube reconciler: safe to call again after any event,
 //! tick, reconnect or restart. No I/O, no clocks here.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::analysis::MetricVerdict;
@@ -243,7 +245,7 @@ fn stopped_on_purpose(exit_code: Option<i64>) -> bool {
 pub struct Observation {
     pub now_ms: i64,
     /// `Err` when Docker could not be asked: evidence missing, never a reason to act.
-    pub containers: Result<Vec<ContainerView>, String>,
+    pub containers: Result<Arc<[ContainerView]>, String>,
     /// `None` when no probe ran this round.
     pub probe: Option<Result<(), ProbeFailure>>,
     /// The error-metric judgement of the candidate, when the target has a metrics source.
@@ -663,7 +665,7 @@ mod tests {
     ) -> Observation {
         Observation {
             now_ms,
-            containers: Ok(containers),
+            containers: Ok(containers.into()),
             probe,
             metrics: None,
             deaths: Vec::new(),

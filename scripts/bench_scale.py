@@ -27,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = "127.0.0.1:5000"
 IMAGE = f"{REGISTRY}/scale/sleeper:v1"
-WINDOW_S = 60
-WARM_UP_S = 10
+# Overridable to look for drift over longer runs (the table states what was used).
+WINDOW_S = int(os.environ.get("ROLLWATCH_BENCH_WINDOW_S", "60"))
+WARM_UP_S = int(os.environ.get("ROLLWATCH_BENCH_WARM_UP_S", "10"))
 IDLE_S = 30
 SHIM_MIB = 13
 PER_PROJECT = 50
@@ -179,7 +180,15 @@ def one(n, rollwatch, sink):
         time.sleep(WARM_UP_S + 2)
         c0, e0, s0, w0 = cpu_seconds(rw.pid), engine_cpu(), cpu_seconds(sink_p.pid), time.monotonic()
         b0 = store_bytes(work)
-        time.sleep(WINDOW_S - 4)
+        # CPU and RSS every 10 s on stderr, to see drift within the window.
+        left, last, t_last = WINDOW_S - 4, c0, w0
+        while left > 0:
+            time.sleep(min(10, left))
+            left -= 10
+            c, t = cpu_seconds(rw.pid), time.monotonic()
+            print(f"  t={t - w0:4.0f} s  cpu {100 * (c - last) / (t - t_last):5.1f}%  "
+                  f"rss {rss_mib(rw.pid):4.0f} MiB", file=sys.stderr)
+            last, t_last = c, t
         c1, e1, s1, w1 = cpu_seconds(rw.pid), engine_cpu(), cpu_seconds(sink_p.pid), time.monotonic()
         rss = rss_mib(rw.pid)
         b1 = store_bytes(work)
@@ -215,9 +224,16 @@ def one(n, rollwatch, sink):
 
 def main():
     sizes = [int(a) for a in sys.argv[1:]] or [1000, 5000, 10000]
-    sh("cargo", "build", "--release", "--quiet", "--bin", "rollwatch", "--example", "health_sink", cwd=ROOT)
-    rollwatch = str(ROOT / "target/release/rollwatch")
+    # Another build can be measured the same way (an A/B on this noisy machine): then nothing
+    # is built, and the health server is the one next to it if there is one.
+    rollwatch = os.environ.get("ROLLWATCH_BENCH_BIN")
     sink = str(ROOT / "target/release/examples/health_sink")
+    if rollwatch:
+        beside = Path(rollwatch).parent / "health_sink"
+        sink = str(beside) if beside.exists() else sink
+    else:
+        sh("cargo", "build", "--release", "--quiet", "--bin", "rollwatch", "--example", "health_sink", cwd=ROOT)
+        rollwatch = str(ROOT / "target/release/rollwatch")
     rows = []
     for n in sizes:
         print(f"scale: {n} targets", file=sys.stderr)

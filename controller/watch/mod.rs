@@ -3,6 +3,7 @@
 //! decisions out — record a deploy, promote a tag, or roll back through the [`Rollbacker`]. Being
 //! one sequential task is what guarantees at most one rollback in flight per target.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -19,9 +20,9 @@ pub use status::{StatusBoard, TargetStatus};
 use crate::analysis::{Evidence, MetricVerdict, Population};
 use crate::config::TargetConfig;
 use crate::detect::Wake;
-use crate::engine::EngineView;
+use crate::engine::{EngineView, ListingId};
 use crate::metrics::MetricsFeed;
-use crate::probe::Prober;
+use crate::probe::{HealthProbe, Prober};
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 use crate::store::{
     now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store, Trigger,
@@ -60,15 +61,22 @@ pub const COMMAND_QUEUE: usize = 16;
 
 pub struct Watcher {
     target: TargetConfig,
+    /// `target.id()` and its display form (the status board's key), built once.
+    id: TargetId,
+    board_key: String,
     policy: Policy,
     dry_run: bool,
     store: Store,
     rollbacker: Arc<Rollbacker>,
-    prober: Prober,
+    /// The target's own keep-alive connection to its health URL.
+    health: HealthProbe,
     /// The engine's shared container listing (one per endpoint, see [`EngineView`]).
     view: Arc<EngineView>,
     /// The image repository the target runs (`executor.image_repository`), computed once.
     repository: String,
+    /// The engine listing `views` and `running_tag` were read from: unchanged, nothing is copied.
+    listing: ListingId,
+    views: Arc<[ContainerView]>,
     state: TargetState,
     since_ms: i64,
     last_deploy_ms: Option<i64>,
@@ -125,16 +133,22 @@ impl Watcher {
             webhook,
             lease,
         } = shared;
-        let series = metrics.target(&target.id());
+        let id = target.id();
+        let series = metrics.target(&id);
         let repository = target.executor.image_repository(&target.role);
+        let health = HealthProbe::new(&target.health.url.0, target.health.timeout, prober);
         let saved_control = initial.control();
         Watcher {
+            board_key: id.to_string(),
+            id,
+            listing: ListingId::default(),
+            views: Arc::from([]),
             policy: target.watch.policy(),
             target,
             dry_run,
             store,
             rollbacker,
-            prober,
+            health,
             repository,
             view,
             state: initial,
@@ -166,7 +180,7 @@ impl Watcher {
     ) {
         self.shutdown = shutdown.clone();
         let interval = self.target.watch.interval;
-        let first = tokio::time::Instant::now() + phase_offset(&self.target.id(), interval);
+        let first = tokio::time::Instant::now() + phase_offset(&self.id, interval);
         let mut tick = tokio::time::interval_at(first, interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if let Some(m) = &self.target.metrics {
@@ -181,9 +195,13 @@ impl Watcher {
         self.load_baseline().await;
         self.refresh_known_good().await;
         self.publish();
+        // Built once: 1,000 watchers re-creating it every iteration all took the token's lock.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                biased;
+                _ = &mut cancelled => break,
                 _ = tick.tick() => self.round(true).await,
                 Some(w) = wakes.recv() => {
                     tracing::debug!(target_id = %self.target.id(), reason = %w.reason, "woken");
@@ -195,11 +213,12 @@ impl Watcher {
         }
     }
 
-    async fn observe(&mut self) -> Result<Vec<ContainerView>, String> {
+    /// The target's containers, copied from the engine's listing only when that listing changed.
+    async fn observe(&mut self) -> Result<Arc<[ContainerView]>, String> {
         let repository = &self.repository;
-        let (running_tag, views) = self
+        let fresh = self
             .view
-            .with_containers(&self.target.selector, |list| {
+            .with_containers(&self.target.selector, &mut self.listing, |list| {
                 let views = list
                     .iter()
                     .map(|c| ContainerView {
@@ -214,28 +233,31 @@ impl Watcher {
                         exit_code: c.exit_code,
                         created: c.created,
                     })
-                    .collect();
+                    .collect::<Arc<[ContainerView]>>();
                 (running_tag_of(list.iter().copied(), repository), views)
             })
             .await?;
-        self.running_tag = running_tag;
-        Ok(views)
+        if let Some((running_tag, views)) = fresh {
+            self.running_tag = running_tag;
+            self.views = views;
+        }
+        Ok(self.views.clone())
     }
 
     async fn round(&mut self, probe: bool) {
         crate::rollback::fault_panic_once("watcher-round");
         let containers = self.observe().await;
         let probe = if probe && containers.is_ok() {
-            let r = self
-                .prober
-                .probe(&self.target.health.url.0, self.target.health.timeout)
-                .await;
+            let r = self.health.probe().await;
             self.series
                 .probe(r.latency.as_secs_f64(), r.outcome.as_ref().err());
-            self.last_probe = Some(match &r.outcome {
-                Ok(()) => format!("ok in {} ms", r.latency.as_millis()),
-                Err(f) => f.to_string(),
-            });
+            // Written into the same buffer every round (it is copied to the status board).
+            let last = self.last_probe.get_or_insert_with(String::new);
+            last.clear();
+            let _ = match &r.outcome {
+                Ok(()) => write!(last, "ok in {} ms", r.latency.as_millis()),
+                Err(f) => write!(last, "{f}"),
+            };
             Some(r.outcome)
         } else {
             None

@@ -150,7 +150,6 @@ impl Watcher {
     }
 
     pub(super) fn publish(&mut self) {
-        let id = self.target.id();
         self.series.set_state(self.state.phase.name());
         let unhealthy = matches!(self.state.phase, Phase::Stable { .. })
             && self.state.stable_failures >= self.policy.failures;
@@ -182,20 +181,37 @@ impl Watcher {
             }
             _ => None,
         };
-        let status = TargetStatus {
-            target: id.clone(),
-            state: self.state.phase.name().to_string(),
-            running_tag: self.running_tag.clone(),
-            known_good_tag: self.known_good.clone(),
-            since_ms: self.since_ms,
-            last_deploy_ms: self.last_deploy_ms,
-            paused: self.state.paused,
-            dry_run: self.dry_run,
-            docker_reachable: self.docker_reachable,
-            last_probe: self.last_probe.clone(),
-            detail,
-        };
         let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
-        board.insert(id.to_string(), status);
+        // Looked up by reference first: `entry()` would need a new key string every round.
+        if !board.contains_key(&self.board_key) {
+            let fresh = TargetStatus {
+                target: self.id.clone(),
+                state: String::new(),
+                running_tag: None,
+                known_good_tag: None,
+                since_ms: 0,
+                last_deploy_ms: None,
+                paused: false,
+                dry_run: self.dry_run,
+                docker_reachable: true,
+                last_probe: None,
+                detail: None,
+            };
+            board.insert(self.board_key.clone(), fresh);
+        }
+        let Some(status) = board.get_mut(&self.board_key) else {
+            return;
+        };
+        // Field by field into the entry, reusing its strings' buffers: this runs every round.
+        status.state.clear();
+        status.state.push_str(self.state.phase.name());
+        status.running_tag.clone_from(&self.running_tag);
+        status.known_good_tag.clone_from(&self.known_good);
+        status.since_ms = self.since_ms;
+        status.last_deploy_ms = self.last_deploy_ms;
+        status.paused = self.state.paused;
+        status.docker_reachable = self.docker_reachable;
+        status.last_probe.clone_from(&self.last_probe);
+        status.detail = detail;
     }
 }

@@ -1,10 +1,15 @@
 //! Health probes: one GET of a target's `/health` URL, judged by the rule in DESIGN.md — a pass is a
 //! 2xx answer within the timeout whose JSON `status` field, if the body has one, equals `"ok"`.
-//! The judgement is a pure function; the HTTP edge is [`Prober`].
+//! The judgement is a pure function; the HTTP edges are [`Prober`] (shared, reqwest) and
+//! [`HealthProbe`] (one keep-alive connection per target).
 
 use std::time::{Duration, Instant};
 
 use url::Url;
+
+mod conn;
+
+pub use conn::HealthProbe;
 
 /// Why a probe failed, kept small and bounded so it can become a metric label later.
 #[derive(Debug, Clone, PartialEq, Eq)]
