@@ -392,14 +392,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 async fn targets(State(state): State<ApiState>) -> Response {
-    let list: Vec<_> = state
-        .board
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect();
-    Json(list).into_response()
+    Json(state.board.all()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -693,9 +686,8 @@ async fn alertmanager(
     let now = now_ms();
     let recent: HashMap<TargetId, bool> = state
         .board
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
+        .all()
+        .iter()
         .map(|s| {
             (
                 s.target.clone(),

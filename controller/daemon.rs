@@ -2,9 +2,9 @@
 //! endpoint and the API server together, resumes rollbacks a crash left unfinished, and stops
 //! everything on one cancellation token (Ctrl-C, SIGTERM, or the demo finishing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -60,7 +60,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.fallback_tags.clone(),
     ));
     let (events, _) = broadcast::channel(1024);
-    let board: StatusBoard = Arc::new(RwLock::new(BTreeMap::new()));
+    let board = StatusBoard::default();
     let metrics = Arc::new(Metrics::new());
     let shared = Shared {
         store: store.clone(),

@@ -1,43 +1,31 @@
-//! A target's own keep-alive HTTP/1.1 connection to its `http://` health URL, driven inside the
+//! A target's own keep-alive HTTP/1.1 connection to its `http://` health URL, used from the
 //! watcher's task. Through the shared [`Prober`] each probe went through reqwest's pool, its
-//! layers and a separate connection task; at 1,000 targets a second that path was a third of
-//! rollwatch's CPU (profiled). Here one request is written and one response read on a
-//! connection only this target uses. `https://` URLs, and answers that redirect, still go
-//! through the [`Prober`], so the verdict on an endpoint does not depend on which path probed it.
+//! layers and a separate connection task: at 1,000 targets a second that path was a third of
+//! rollwatch's CPU, and hyper's connection API over a per-target socket still ~30% (profiled).
+//! Here one prepared request is written and one answer read ([`super::http1`]) on a connection
+//! only this target uses. `https://` URLs, and answers that redirect, still go through the
+//! [`Prober`], so the verdict on an endpoint does not depend on which path probed it.
 
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::{header, Request, Uri};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use url::Url;
 
+use super::http1::{self, Answer, WireError};
 use super::{judge, ProbeFailure, ProbeResult, Prober};
 
-/// Bodies beyond this are not read: the answer is judged on its status and the connection
-/// dropped (a health body is a few hundred bytes; an unbounded read is a memory risk).
-const MAX_BODY: usize = 64 * 1024;
-
-type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Empty<Bytes>>>>;
-
+/// An open connection and its read buffer, kept between probes.
 struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
-    /// Polled only while a probe is in flight; between probes the socket just sits idle.
-    driver: Driver,
+    stream: TcpStream,
+    buf: Vec<u8>,
 }
 
 /// Where a plain-HTTP health URL points, parsed once.
 struct Plain {
     /// `host:port` to connect to (resolved on each connect).
     addr: String,
-    /// The `Host` header.
-    host: String,
-    /// Path and query, the request target.
-    target: Uri,
+    /// The whole request, written as is every probe.
+    request: Vec<u8>,
 }
 
 /// One target's health probe.
@@ -47,14 +35,6 @@ pub struct HealthProbe {
     plain: Option<Plain>,
     conn: Option<Conn>,
     fallback: Prober,
-}
-
-/// Why one exchange failed, before it becomes a [`ProbeFailure`].
-enum Failed {
-    /// Nothing came back on the connection: on a reused one, the server may have closed it
-    /// while it sat idle, so one more try on a fresh connection is owed.
-    NoAnswer(String),
-    Other(ProbeFailure),
 }
 
 impl HealthProbe {
@@ -74,11 +54,11 @@ impl HealthProbe {
         }
         let started = Instant::now();
         let outcome = match tokio::time::timeout(self.timeout, self.exchange()).await {
-            Ok(Ok((status, _))) if (300..400).contains(&status) => {
+            Ok(Ok(answer)) if (300..400).contains(&answer.status) => {
                 // Redirects are followed the way the shared client follows them.
                 return self.fallback.probe(&self.url, self.timeout).await;
             }
-            Ok(Ok((status, body))) => judge(status, &body),
+            Ok(Ok(answer)) => judge(answer.status, &answer.body),
             Ok(Err(failure)) => Err(failure),
             Err(_) => Err(ProbeFailure::Timeout),
         };
@@ -92,108 +72,51 @@ impl HealthProbe {
         }
     }
 
-    async fn exchange(&mut self) -> Result<(u16, Bytes), ProbeFailure> {
-        let reused = self.conn.as_ref().is_some_and(|c| !c.sender.is_closed());
+    /// One exchange, and one more on a fresh connection if a reused one did not answer at all.
+    async fn exchange(&mut self) -> Result<Answer, ProbeFailure> {
+        let reused = self.conn.is_some();
         match self.once().await {
-            Err(Failed::NoAnswer(_)) if reused => {
+            Err(WireError::NoAnswer(_)) if reused => {
                 self.conn = None;
-                self.once().await.map_err(Failed::into_failure)
+                self.once().await.map_err(into_failure)
             }
-            other => other.map_err(Failed::into_failure),
+            other => other.map_err(into_failure),
         }
     }
 
-    /// One request on the current connection (opened first if there is none).
-    async fn once(&mut self) -> Result<(u16, Bytes), Failed> {
+    /// One request on the current connection (opened first if there is none); the connection
+    /// is kept only when the answer ended cleanly and the server did not ask to close it.
+    async fn once(&mut self) -> Result<Answer, WireError> {
         let Some(plain) = &self.plain else {
-            return Err(Failed::Other(ProbeFailure::Unreachable(
-                "not an http URL".into(),
-            )));
+            return Err(WireError::Broken("not an http URL".into()));
         };
-        if self.conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
-            self.conn = Some(connect(&plain.addr).await?);
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => connect(&plain.addr).await?,
+        };
+        let answer = http1::exchange(&mut conn.stream, &mut conn.buf, &plain.request).await?;
+        if answer.reusable {
+            self.conn = Some(conn);
         }
-        let Some(Conn { sender, driver }) = self.conn.as_mut() else {
-            return Err(Failed::NoAnswer("no connection".into()));
-        };
-        let request = Request::get(plain.target.clone())
-            .header(header::HOST, plain.host.as_str())
-            .header(
-                header::USER_AGENT,
-                concat!("rollwatch/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new())
-            .map_err(|e| Failed::Other(ProbeFailure::Unreachable(e.to_string())))?;
-        let (result, reusable) = {
-            let answer = async {
-                sender.ready().await.map_err(no_answer)?;
-                let response = sender.send_request(request).await.map_err(no_answer)?;
-                let status = response.status().as_u16();
-                let (body, complete) = read_body(response.into_body()).await?;
-                Ok((status, body, complete))
-            };
-            tokio::pin!(answer);
-            let ended = tokio::select! {
-                biased;
-                r = &mut answer => Ok(r),
-                r = driver => Err(match r {
-                    Ok(()) => "connection closed".to_string(),
-                    Err(e) => innermost(&e),
-                }),
-            };
-            match ended {
-                Ok(r) => (r, true),
-                // The server may hang up right after answering: what it sent still counts. The
-                // driver is gone, so the answer completes (or fails) without waiting.
-                Err(why) => (answer.await.map_err(|_| Failed::NoAnswer(why)), false),
-            }
-        };
-        if !reusable || !matches!(result, Ok((_, _, true))) {
-            self.conn = None;
-        }
-        result.map(|(status, body, _)| (status, body))
+        Ok(answer)
     }
 }
 
-/// The body up to [`MAX_BODY`], and whether it was read whole.
-async fn read_body(mut body: hyper::body::Incoming) -> Result<(Bytes, bool), Failed> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Failed::Other(ProbeFailure::Unreachable(innermost(&e))))?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > MAX_BODY {
-                return Ok((Bytes::from(out), false));
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok((Bytes::from(out), true))
-}
-
-async fn connect(addr: &str) -> Result<Conn, Failed> {
+async fn connect(addr: &str) -> Result<Conn, WireError> {
+    // Not `NoAnswer`: a refused connect is the service's answer, not a stale connection.
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| Failed::Other(ProbeFailure::Unreachable(innermost(&e))))?;
+        .map_err(|e| WireError::Broken(innermost(&e)))?;
     let _ = stream.set_nodelay(true);
-    let (sender, driver) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| Failed::Other(ProbeFailure::Unreachable(innermost(&e))))?;
     Ok(Conn {
-        sender,
-        driver: Box::pin(driver),
+        stream,
+        buf: Vec::new(),
     })
 }
 
-fn no_answer(e: hyper::Error) -> Failed {
-    Failed::NoAnswer(innermost(&e))
-}
-
-impl Failed {
-    fn into_failure(self) -> ProbeFailure {
-        match self {
-            Failed::NoAnswer(why) => ProbeFailure::Unreachable(why),
-            Failed::Other(f) => f,
-        }
+fn into_failure(e: WireError) -> ProbeFailure {
+    match e {
+        WireError::NoAnswer(why) | WireError::Broken(why) => ProbeFailure::Unreachable(why),
     }
 }
 
@@ -224,8 +147,7 @@ fn plain(url: &Url) -> Option<Plain> {
     Some(Plain {
         // `host_str` keeps IPv6 brackets, which is the form `connect` parses.
         addr: format!("{host}:{port}"),
-        host: host_header,
-        target: target.parse().ok()?,
+        request: http1::request(&target, &host_header),
     })
 }
 
@@ -404,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_body_is_judged_on_its_status_and_the_connection_dropped() {
         let (port, accepted) = serve(|_| {
-            let body = "x".repeat(MAX_BODY + 1000);
+            let body = "x".repeat(http1::MAX_BODY + 1000);
             (
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -427,13 +349,17 @@ mod tests {
     #[test]
     fn only_plain_http_urls_get_their_own_connection() {
         let p = plain(&Url::parse("http://svc.local:8080/health?deep=1").unwrap()).unwrap();
-        assert_eq!(
-            (p.addr.as_str(), p.host.as_str()),
-            ("svc.local:8080", "svc.local:8080")
+        assert_eq!(p.addr, "svc.local:8080");
+        let request = String::from_utf8(p.request).unwrap();
+        assert!(
+            request.starts_with("GET /health?deep=1 HTTP/1.1\r\nHost: svc.local:8080\r\n"),
+            "{request}"
         );
-        assert_eq!(p.target, "/health?deep=1");
         let p = plain(&Url::parse("http://[::1]/h").unwrap()).unwrap();
-        assert_eq!((p.addr.as_str(), p.host.as_str()), ("[::1]:80", "[::1]"));
+        assert_eq!(p.addr, "[::1]:80");
+        assert!(String::from_utf8(p.request)
+            .unwrap()
+            .contains("Host: [::1]\r\n"));
         assert!(plain(&Url::parse("https://svc/health").unwrap()).is_none());
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 mod conn;
+mod http1;
 
 pub use conn::HealthProbe;
 

@@ -15,7 +15,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-pub use status::{StatusBoard, TargetStatus};
+pub use status::{StatusBoard, StatusSlot, TargetStatus};
 
 use crate::analysis::{Evidence, MetricVerdict, Population};
 use crate::config::TargetConfig;
@@ -61,9 +61,8 @@ pub const COMMAND_QUEUE: usize = 16;
 
 pub struct Watcher {
     target: TargetConfig,
-    /// `target.id()` and its display form (the status board's key), built once.
+    /// `target.id()`, built once.
     id: TargetId,
-    board_key: String,
     policy: Policy,
     dry_run: bool,
     store: Store,
@@ -84,7 +83,8 @@ pub struct Watcher {
     known_good: Option<String>,
     last_probe: Option<String>,
     docker_reachable: bool,
-    board: StatusBoard,
+    /// This target's entry on the status board.
+    status: StatusSlot,
     events: broadcast::Sender<EventRecord>,
     /// This target's exported series.
     series: Arc<TargetSeries>,
@@ -138,8 +138,20 @@ impl Watcher {
         let repository = target.executor.image_repository(&target.role);
         let health = HealthProbe::new(&target.health.url.0, target.health.timeout, prober);
         let saved_control = initial.control();
+        let status = board.slot(&id, || TargetStatus {
+            target: id.clone(),
+            state: String::new(),
+            running_tag: None,
+            known_good_tag: None,
+            since_ms: 0,
+            last_deploy_ms: None,
+            paused: false,
+            dry_run,
+            docker_reachable: true,
+            last_probe: None,
+            detail: None,
+        });
         Watcher {
-            board_key: id.to_string(),
             id,
             listing: ListingId::default(),
             views: Arc::from([]),
@@ -158,7 +170,7 @@ impl Watcher {
             known_good: None,
             last_probe: None,
             docker_reachable: true,
-            board,
+            status,
             events,
             series,
             webhook,

@@ -2,7 +2,7 @@
 //! `GET /api/v1/targets`, the metric gauges, and the known-good bookkeeping they show.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 
@@ -25,8 +25,36 @@ pub struct TargetStatus {
     pub detail: Option<String>,
 }
 
-/// Shared, read-mostly view of every target for the API.
-pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
+/// Every target's status for the API. Each watcher owns its slot and writes it every round
+/// without a lookup in the map (at 1,000 targets a second, the key comparisons showed in
+/// profiles); readers copy all slots.
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    slots: Arc<RwLock<BTreeMap<String, Arc<Mutex<TargetStatus>>>>>,
+}
+
+impl StatusBoard {
+    /// The target's slot, created with `fresh` on first use; a restarted watcher gets its old one.
+    pub fn slot(&self, id: &TargetId, fresh: impl FnOnce() -> TargetStatus) -> StatusSlot {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(fresh())))
+            .clone()
+    }
+
+    /// Every target's status, ordered by `env/role`.
+    pub fn all(&self) -> Vec<TargetStatus> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .values()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+}
+
+/// One target's entry on the [`StatusBoard`].
+pub type StatusSlot = Arc<Mutex<TargetStatus>>;
 
 impl Watcher {
     /// What the metrics said about the candidate, for promotion and status messages.
@@ -181,27 +209,7 @@ impl Watcher {
             }
             _ => None,
         };
-        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
-        // Looked up by reference first: `entry()` would need a new key string every round.
-        if !board.contains_key(&self.board_key) {
-            let fresh = TargetStatus {
-                target: self.id.clone(),
-                state: String::new(),
-                running_tag: None,
-                known_good_tag: None,
-                since_ms: 0,
-                last_deploy_ms: None,
-                paused: false,
-                dry_run: self.dry_run,
-                docker_reachable: true,
-                last_probe: None,
-                detail: None,
-            };
-            board.insert(self.board_key.clone(), fresh);
-        }
-        let Some(status) = board.get_mut(&self.board_key) else {
-            return;
-        };
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         // Field by field into the entry, reusing its strings' buffers: this runs every round.
         status.state.clear();
         status.state.push_str(self.state.phase.name());
