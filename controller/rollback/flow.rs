@@ -112,7 +112,11 @@ async fn fault_point(name: &str) {
 /// caller in this process panics there, like a bug would.
 pub(crate) fn fault_panic_once(name: &str) {
     static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if std::env::var("ROLLWATCH_FAULT_POINT").is_ok_and(|v| v == name)
+    // Read once: every watcher passes a fault point every round, and `env::var` takes the
+    // environment's lock and allocates.
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("ROLLWATCH_FAULT_POINT").ok());
+    if point.as_deref() == Some(name)
         && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
         panic!("fault point {name} reached");

@@ -518,9 +518,15 @@ impl Watcher {
     }
 }
 
-/// Where in its interval a target probes: spread by a hash of its id, so 1,000 targets started
-/// together do not all probe (and ask the engine) in the same millisecond. Stable across
-/// restarts, unlike a random offset, so a target's probe times are predictable.
+/// Targets whose offsets fall in the same slot start their rounds together: the runtime wakes
+/// once per slot and runs them back to back, instead of parking and waking a worker thread
+/// for every target (at 1,000 targets a second, a tenth of rollwatch's CPU was thread switches).
+const SLOTS_PER_INTERVAL: u64 = 50;
+
+/// Where in its interval a target probes: spread by a hash of its id over
+/// [`SLOTS_PER_INTERVAL`] slots, so 1,000 targets started together do not all probe (and ask
+/// the engine) at once. Stable across restarts, unlike a random offset, so a target's probe
+/// times are predictable.
 fn phase_offset(id: &TargetId, interval: std::time::Duration) -> std::time::Duration {
     // FNV-1a: small, and spreads short similar strings (`staging/r0001`, `staging/r0002`).
     let hash = id
@@ -529,8 +535,8 @@ fn phase_offset(id: &TargetId, interval: std::time::Duration) -> std::time::Dura
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
-    let nanos = interval.as_nanos().max(1) as u64;
-    std::time::Duration::from_nanos(hash % nanos)
+    let slot = interval / SLOTS_PER_INTERVAL as u32;
+    slot * (hash % SLOTS_PER_INTERVAL) as u32
 }
 
 /// One line for the history when the guard rails change without another event.

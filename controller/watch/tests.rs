@@ -4,9 +4,10 @@ use super::phase_offset;
 use crate::target::{Env, TargetId};
 
 #[test]
-fn targets_probe_spread_over_their_interval() {
+fn targets_probe_spread_over_their_interval_in_slots() {
     let interval = Duration::from_secs(1);
-    let mut buckets = [0usize; 10];
+    let slot = Duration::from_millis(20);
+    let mut slots = [0usize; 50];
     for i in 0..1000 {
         let id = TargetId {
             env: Env::Staging,
@@ -14,11 +15,10 @@ fn targets_probe_spread_over_their_interval() {
         };
         let offset = phase_offset(&id, interval);
         assert!(offset < interval);
-        buckets[(offset.as_millis() / 100) as usize] += 1;
+        assert_eq!(offset.as_nanos() % slot.as_nanos(), 0, "{offset:?} starts a slot");
+        slots[(offset.as_millis() / 20) as usize] += 1;
     }
-    // 1,000 targets over ten 100 ms slices: each slice holds about 100, none is crowded.
-    assert!(
-        buckets.iter().all(|&n| (50..=150).contains(&n)),
-        "{buckets:?}"
-    );
+    // 1,000 targets over fifty 20 ms slots: about 20 each, none empty or crowded.
+    assert!(slots.iter().all(|&n| (5..=40).contains(&n)), "{slots:?}");
 }
+
