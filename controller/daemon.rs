@@ -62,8 +62,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (events, _) = broadcast::channel(1024);
     let board = StatusBoard::default();
     let metrics = Arc::new(Metrics::new());
+    let (baselines, baseline_writer) =
+        crate::store::BaselineWriter::start(store.clone(), shutdown.clone());
     let shared = Shared {
         store: store.clone(),
+        baselines,
         rollbacker: rollbacker.clone(),
         prober: prober.clone(),
         board: board.clone(),
@@ -165,7 +168,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tracing::error!(error = %e, "cannot resume unfinished rollbacks; the store is not usable");
             shutdown.cancel();
         }
-        let mut tasks = vec![api];
+        let mut tasks = vec![api, baseline_writer];
         if !shutdown.is_cancelled() {
             for (t, wakes, commands) in watchers {
                 let initial = states.remove(&t.id()).unwrap_or_default();

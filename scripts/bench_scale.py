@@ -222,7 +222,82 @@ def one(n, rollwatch, sink):
     }
 
 
+def side_by_side(n, builds, sink):
+    """Every build in `builds` ([(name, binary)]) watches the same N targets at the same time,
+    each probing its own health server: their CPU and RSS come from one window on one machine
+    state, the only fair comparison on a machine whose speed drifts by 3x within an hour."""
+    work = Path(tempfile.mkdtemp(prefix=f"rollwatch-ab-{n}-"))
+    remove_containers()
+    build_sleeper(work)
+    containers = max(1, min(n // TARGETS_PER_CONTAINER, max_containers()))
+    pairs = start_containers(work, containers)
+    procs = []
+    try:
+        for name, binary in builds:
+            d = work / name
+            d.mkdir()
+            sink_port, api_port = free_port(), free_port()
+            config = write_config(d, n, pairs, sink_port, api_port)
+            sink_p = subprocess.Popen([sink, str(sink_port), str(n), "1000", str(WINDOW_S),
+                                       str(d / "sink.json")])
+            log = open(d / "rollwatch.log", "w")
+            rw = subprocess.Popen([binary, "--config", str(config), "run"], cwd=d, stdout=log,
+                                  stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+            procs.append((name, rw, sink_p, d))
+        time.sleep(WARM_UP_S + 2)
+        start = [(cpu_seconds(rw.pid), cpu_seconds(sk.pid)) for _, rw, sk, _ in procs]
+        w0 = time.monotonic()
+        time.sleep(WINDOW_S - 4)
+        wall = time.monotonic() - w0
+        rows = []
+        for (name, rw, sk, d), (c0, s0) in zip(procs, start):
+            rows.append((name, 100 * (cpu_seconds(rw.pid) - c0) / wall, rss_mib(rw.pid),
+                         100 * (cpu_seconds(sk.pid) - s0) / wall, d))
+        for _, _, sk, _ in procs:
+            sk.wait(timeout=120)
+    finally:
+        for _, rw, sk, _ in procs:
+            rw.send_signal(signal.SIGTERM)
+            try:
+                rw.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                rw.kill()
+            if sk.poll() is None:
+                sk.kill()
+        remove_containers()
+    out = []
+    for name, cpu, rss, sink_cpu, d in rows:
+        probes = json.loads((d / "sink.json").read_text())
+        out.append(f"| {name} | {n:,} | {containers} | {cpu:.1f}% | {rss:.0f} MiB | {sink_cpu:.1f}% "
+                   f"| {probes['probes_per_s']:,.0f} | {probes['missed'] + probes['never_probed']} "
+                   f"| {probes['jitter_p99_ms']} ms |")
+    return out
+
+
+def main_side_by_side(baseline, sizes, sink):
+    sh("cargo", "build", "--release", "--quiet", "--bin", "rollwatch", "--example", "health_sink", cwd=ROOT)
+    builds = [("baseline", baseline), ("this build", str(ROOT / "target/release/rollwatch"))]
+    rows = []
+    for n in sizes:
+        print(f"side by side: {n} targets", file=sys.stderr)
+        rows += side_by_side(n, builds, sink)
+    table = (f"\n## Scale, side by side: {baseline} and this build ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
+             f"Machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}. "
+             f"`scripts/bench scale-ab`: both builds watch the same targets in the same {WINDOW_S} s "
+             "window (after a warm-up), each probing its own health server.\n\n"
+             "| build | targets | containers | rollwatch CPU (one core) | RSS | health server CPU "
+             "| probes/s | missed probes | probe interval jitter p99 |\n|" + "---|" * 9 + "\n"
+             + "\n".join(rows) + "\n")
+    print(table)
+    if not os.environ.get("ROLLWATCH_BENCH_NO_APPEND"):
+        with open(ROOT / "docs/BENCHMARKS.md", "a") as f:
+            f.write(table)
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--side-by-side":
+        sink = str(ROOT / "target/release/examples/health_sink")
+        return main_side_by_side(sys.argv[2], [int(a) for a in sys.argv[3:]] or [1000], sink)
     sizes = [int(a) for a in sys.argv[1:]] or [1000, 5000, 10000]
     # Another build can be measured the same way (an A/B on this noisy machine): then nothing
     # is built, and the health server is the one next to it if there is one.

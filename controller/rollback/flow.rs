@@ -116,9 +116,7 @@ pub(crate) fn fault_panic_once(name: &str) {
     // environment's lock and allocates.
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let point = POINT.get_or_init(|| std::env::var("ROLLWATCH_FAULT_POINT").ok());
-    if point.as_deref() == Some(name)
-        && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst)
-    {
+    if point.as_deref() == Some(name) && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         panic!("fault point {name} reached");
     }
 }

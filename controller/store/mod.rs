@@ -3,7 +3,10 @@
 //! `synchronous=FULL`, so a `kill -9` loses nothing that was acknowledged. All SQLite calls run on
 //! tokio's blocking pool, never on the async runtime.
 
+mod batch;
 mod schema;
+
+pub use batch::BaselineWriter;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -641,19 +644,22 @@ impl Store {
         .await
     }
 
-    /// Saves the metric baseline measured on `tag` (JSON), replacing the previous one.
-    pub async fn save_baseline(
+    /// Saves metric baselines (target, tag measured on, JSON), each replacing the target's
+    /// previous one, in one transaction: one sync to disk for the whole batch.
+    pub async fn save_baselines(
         &self,
-        target: TargetId,
-        tag: String,
-        evidence: String,
+        batch: Vec<(TargetId, String, String)>,
     ) -> Result<(), StoreError> {
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO baselines (env, role, tag, evidence, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (env, role) DO UPDATE SET tag = excluded.tag, evidence = excluded.evidence, at_ms = excluded.at_ms",
-                params![target.env.as_str(), target.role, tag, evidence, now_ms()],
-            )?;
+            let tx = c.unchecked_transaction()?;
+            for (target, tag, evidence) in batch {
+                tx.execute(
+                    "INSERT INTO baselines (env, role, tag, evidence, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (env, role) DO UPDATE SET tag = excluded.tag, evidence = excluded.evidence, at_ms = excluded.at_ms",
+                    params![target.env.as_str(), target.role, tag, evidence, now_ms()],
+                )?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

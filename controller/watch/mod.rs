@@ -25,7 +25,8 @@ use crate::metrics::MetricsFeed;
 use crate::probe::{HealthProbe, Prober};
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 use crate::store::{
-    now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store, Trigger,
+    now_ms, BaselineWriter, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store,
+    Trigger,
 };
 use crate::tag::Tag;
 use crate::target::TargetId;
@@ -66,6 +67,7 @@ pub struct Watcher {
     policy: Policy,
     dry_run: bool,
     store: Store,
+    baselines: BaselineWriter,
     rollbacker: Arc<Rollbacker>,
     /// The target's own keep-alive connection to its health URL.
     health: HealthProbe,
@@ -104,6 +106,8 @@ pub struct Watcher {
 #[derive(Clone)]
 pub struct Shared {
     pub store: Store,
+    /// Metric baselines go through it, written in batches (see [`BaselineWriter`]).
+    pub baselines: BaselineWriter,
     pub rollbacker: Arc<Rollbacker>,
     pub prober: Prober,
     pub board: StatusBoard,
@@ -125,6 +129,7 @@ impl Watcher {
     ) -> Watcher {
         let Shared {
             store,
+            baselines,
             rollbacker,
             prober,
             board,
@@ -159,6 +164,7 @@ impl Watcher {
             target,
             dry_run,
             store,
+            baselines,
             rollbacker,
             health,
             repository,
@@ -393,9 +399,7 @@ impl Watcher {
             }
         }
         if let (Some(json), Phase::Stable { tag }) = (save, &self.state.phase) {
-            if let Err(e) = self.store.save_baseline(id, tag.clone(), json).await {
-                tracing::warn!(error = %e, "cannot save the metric baseline");
-            }
+            self.baselines.save(id, tag.clone(), json);
         }
         round.verdict
     }
