@@ -74,6 +74,11 @@ impl HealthProbe {
 
     /// One exchange, and one more on a fresh connection if a reused one did not answer at all.
     async fn exchange(&mut self) -> Result<Answer, ProbeFailure> {
+        // An idle connection with bytes waiting (an unsolicited 408, a stale duplicate answer)
+        // or already closed is not reused: its next bytes would be read as this probe's answer.
+        if self.conn.as_ref().is_some_and(|c| !idle_and_clean(&c.stream)) {
+            self.conn = None;
+        }
         let reused = self.conn.is_some();
         match self.once().await {
             Err(WireError::NoAnswer(_)) if reused => {
@@ -114,6 +119,14 @@ async fn connect(addr: &str) -> Result<Conn, WireError> {
     })
 }
 
+/// True while nothing is readable on an idle connection (no data, no EOF, no error).
+fn idle_and_clean(stream: &TcpStream) -> bool {
+    let mut one = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut one);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream.poll_peek(&mut cx, &mut buf).is_pending()
+}
+
 fn into_failure(e: WireError) -> ProbeFailure {
     match e {
         WireError::NoAnswer(why) | WireError::Broken(why) => ProbeFailure::Unreachable(why),
@@ -131,7 +144,8 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The connection details of an `http://` URL; `None` for anything else (it uses the fallback).
 fn plain(url: &Url) -> Option<Plain> {
-    if url.scheme() != "http" {
+    // Credentials in the URL: reqwest sends them as Basic auth; leave those to it.
+    if url.scheme() != "http" || !url.username().is_empty() || url.password().is_some() {
         return None;
     }
     let host = url.host_str()?;

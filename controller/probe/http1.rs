@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 /// prefix does not parse, so a 2xx passes on its status) and the connection is dropped.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 100; // hyper's default
 
 pub(super) struct Answer {
     pub status: u16,
@@ -49,11 +49,13 @@ pub(super) async fn exchange(
         .write_all(request)
         .await
         .map_err(|e| WireError::NoAnswer(e.to_string()))?;
+    let mut interim = false;
     let head = loop {
         if let Some(head) = parse_head(buf)? {
             buf.drain(..head.len);
             // An interim answer (100 Continue, 103 Early Hints): the real one follows.
             if (100..200).contains(&head.status) {
+                interim = true;
                 continue;
             }
             break head;
@@ -61,7 +63,8 @@ pub(super) async fn exchange(
         if buf.len() > MAX_HEAD {
             return Err(WireError::Broken("answer head larger than 16 KiB".into()));
         }
-        read_more(stream, buf, "before the answer head ended").await?;
+        let first = buf.is_empty() && !interim;
+        read_more(stream, buf, "before the answer head ended", first).await?;
     };
     let (body, complete) = match head.framing {
         Framing::Empty => (Vec::new(), true),
@@ -140,9 +143,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
 }
 
 /// Reads more of the answer into `buf`; the server closing here breaks the answer off.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, what: &str) -> Result<(), WireError> {
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    what: &str,
+    first: bool,
+) -> Result<(), WireError> {
     buf.reserve(4096);
-    let first = buf.is_empty();
     match stream.read_buf(buf).await {
         Ok(0) if first => Err(WireError::NoAnswer("connection closed".into())),
         Ok(0) => Err(WireError::Broken(format!("connection closed {what}"))),
@@ -160,7 +167,7 @@ async fn read_length(
 ) -> Result<(Vec<u8>, bool), WireError> {
     let want = n.min(MAX_BODY);
     while buf.len() < want {
-        read_more(stream, buf, "inside the body").await?;
+        read_more(stream, buf, "inside the body", false).await?;
     }
     let body = buf.drain(..want).collect();
     Ok((body, want == n))
@@ -192,7 +199,7 @@ async fn read_chunked(
                 return Ok((body, true));
             }
             Progress::Overflow => return Ok((body, false)),
-            Progress::NeedMore => read_more(stream, buf, "inside a chunked body").await?,
+            Progress::NeedMore => read_more(stream, buf, "inside a chunked body", false).await?,
         }
     }
 }
@@ -230,7 +237,7 @@ fn dechunk(buf: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> Result<Progress, S
                 }
             }
         }
-        if out.len() + size > MAX_BODY {
+        if size > MAX_BODY - out.len() {
             let room = MAX_BODY - out.len();
             let data = &rest[eol + 2..];
             out.extend_from_slice(&data[..room.min(data.len())]);
