@@ -244,7 +244,8 @@ async fn supervise(
             shared.clone(),
             view.clone(),
         );
-        let run = watcher.run(&mut wakes, &mut commands, shutdown.clone());
+        // Boxed: inline, this task would hold the watcher twice (before and inside `run`).
+        let run = Box::pin(watcher.run(&mut wakes, &mut commands, shutdown.clone()));
         let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
             return;
         };

@@ -7,15 +7,18 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A health body is a few hundred bytes; past this it is judged on what was read (a JSON
-/// prefix does not parse, so a 2xx passes on its status) and the connection is dropped.
+/// A health body is a few hundred bytes; past this the connection is dropped and the probe
+/// handed to the shared client, which reads the body whole.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 100; // hyper's default
+/// hyper's limit too.
+const MAX_HEADERS: usize = 100;
 
 pub(super) struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The body was read to its end (not cut at [`MAX_BODY`]).
+    pub whole: bool,
     /// The connection is at a clean message boundary and the server did not ask to close it.
     pub reusable: bool,
 }
@@ -75,6 +78,7 @@ pub(super) async fn exchange(
     Ok(Answer {
         status: head.status,
         body,
+        whole: complete,
         reusable: complete && head.keep_alive && buf.is_empty(),
     })
 }
@@ -113,15 +117,18 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
             te = true;
             chunked = tokens().next_back().is_some_and(|t| t == "chunked");
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.trim().parse().map_err(|_| {
-                WireError::Broken(format!("invalid Content-Length {:?}", value.trim()))
-            })?;
-            if length.is_some_and(|l| l != n) {
-                return Err(WireError::Broken(
-                    "conflicting Content-Length headers".into(),
-                ));
+            // A list of equal values (`2, 2`) is one length, as hyper reads it.
+            for v in value.split(',') {
+                let n: usize = v.trim().parse().map_err(|_| {
+                    WireError::Broken(format!("invalid Content-Length {:?}", value.trim()))
+                })?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(WireError::Broken(
+                        "conflicting Content-Length values".into(),
+                    ));
+                }
+                length = Some(n);
             }
-            length = Some(n);
         } else if h.name.eq_ignore_ascii_case("connection") {
             close |= tokens().any(|t| t == "close");
             keep |= tokens().any(|t| t == "keep-alive");
@@ -149,7 +156,7 @@ async fn read_more(
     what: &str,
     first: bool,
 ) -> Result<(), WireError> {
-    buf.reserve(4096);
+    buf.reserve(1024);
     match stream.read_buf(buf).await {
         Ok(0) if first => Err(WireError::NoAnswer("connection closed".into())),
         Ok(0) => Err(WireError::Broken(format!("connection closed {what}"))),
@@ -175,7 +182,7 @@ async fn read_length(
 
 async fn read_to_close(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, WireError> {
     while buf.len() < MAX_BODY {
-        buf.reserve(4096);
+        buf.reserve(1024);
         match stream.read_buf(buf).await {
             Ok(0) => break,
             Ok(_) => {}

@@ -393,8 +393,18 @@ mod tests {
         let _c = m.target(&id(Env::Production, "idle"));
         a.probe(0.003, None);
         a.probe(7.0, Some(&ProbeFailure::Timeout));
-        a.rollback(Trigger::Alert, RollbackResult::Succeeded, Some(4.0), Some(1_700_000_000.5));
-        a.rollback(Trigger::Health, RollbackResult::Failed, Some(400.0), Some(1_700_000_100.0));
+        a.rollback(
+            Trigger::Alert,
+            RollbackResult::Succeeded,
+            Some(4.0),
+            Some(1_700_000_000.5),
+        );
+        a.rollback(
+            Trigger::Health,
+            RollbackResult::Failed,
+            Some(400.0),
+            Some(1_700_000_100.0),
+        );
         a.regressed(Some(2.5));
         a.source_up(crate::telemetry::Source::Metrics, false);
         a.set_running_tag(Some("v1.2.3"));
