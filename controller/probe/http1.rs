@@ -342,7 +342,7 @@ mod tests {
     }
 
     #[test]
-    fn review_huge_chunk_size_after_data_is_an_error_not_a_panic() {
+    fn huge_chunk_size_after_data_is_an_error_not_a_panic() {
         // 20 bytes of data, then a 16-digit chunk size 2^64-20: out.len() + size wraps.
         let mut wire = b"14\r\n01234567890123456789\r\n".to_vec();
         wire.extend_from_slice(b"ffffffffffffffec\r\nabc");

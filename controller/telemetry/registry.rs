@@ -384,35 +384,4 @@ mod tests {
             .count();
         assert_eq!(per_target, 20 + 3 + 5 + 4 + 9 + 7);
     }
-
-    #[test]
-    fn review_render_for_promtool() {
-        let m = Metrics::new();
-        let a = m.target(&id(Env::Staging, "backend"));
-        let b = m.target(&id(Env::Production, "we\"ird\\role\nx"));
-        let _c = m.target(&id(Env::Production, "idle"));
-        a.probe(0.003, None);
-        a.probe(7.0, Some(&ProbeFailure::Timeout));
-        a.rollback(
-            Trigger::Alert,
-            RollbackResult::Succeeded,
-            Some(4.0),
-            Some(1_700_000_000.5),
-        );
-        a.rollback(
-            Trigger::Health,
-            RollbackResult::Failed,
-            Some(400.0),
-            Some(1_700_000_100.0),
-        );
-        a.regressed(Some(2.5));
-        a.source_up(crate::telemetry::Source::Metrics, false);
-        a.set_running_tag(Some("v1.2.3"));
-        b.set_known_good_tag(Some("v1.0.0"));
-        b.set_state("regressed");
-        b.restarted();
-        let path = std::env::var("REVIEW_METRICS_OUT").unwrap_or("/tmp/review_metrics.prom".into());
-        std::fs::write(path, m.render()).unwrap();
-        std::fs::write("/tmp/review_metrics_empty.prom", Metrics::new().render()).unwrap();
-    }
 }
