@@ -153,6 +153,17 @@ def store_bytes(work):
     return sum(p.stat().st_size for p in work.glob("rollwatch.db*"))
 
 
+def stop(rw, sink_p):
+    """rollwatch gets SIGTERM and 15 s to stop (then SIGKILL); the health server is killed."""
+    rw.send_signal(signal.SIGTERM)
+    try:
+        rw.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        rw.kill()
+    if sink_p.poll() is None:
+        sink_p.kill()
+
+
 def one(n, rollwatch, sink):
     work = Path(tempfile.mkdtemp(prefix=f"rollwatch-scale-{n}-"))
     remove_containers()
@@ -196,13 +207,7 @@ def one(n, rollwatch, sink):
         sink_p.wait(timeout=120)
         probes = json.loads(summary.read_text())
     finally:
-        rw.send_signal(signal.SIGTERM)
-        try:
-            rw.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            rw.kill()
-        if sink_p.poll() is None:
-            sink_p.kill()
+        stop(rw, sink_p)
     engine_idle = (engine_idle + idle_rate()) / 2
     remove_containers()
     wall = w1 - w0
@@ -257,13 +262,7 @@ def side_by_side(n, builds, sink):
             sk.wait(timeout=120)
     finally:
         for _, rw, sk, _ in procs:
-            rw.send_signal(signal.SIGTERM)
-            try:
-                rw.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                rw.kill()
-            if sk.poll() is None:
-                sk.kill()
+            stop(rw, sk)
         remove_containers()
     out = []
     for name, cpu, rss, sink_cpu, d in rows:

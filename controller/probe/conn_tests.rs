@@ -14,39 +14,12 @@ type Answer = fn(&str) -> (String, bool);
 
 /// Serves `answer` on a fresh loopback port; returns the port and the connections accepted.
 async fn serve(answer: Answer) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut head = Vec::new();
-                loop {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let text = String::from_utf8_lossy(&head[..end]).to_string();
-                    head.drain(..end + 4);
-                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
-                    let (response, close) = answer(&path);
-                    if socket.write_all(response.as_bytes()).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, accepted)
+    serve_with(move |head, _| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        let (response, close) = answer(path);
+        (vec![(0, response.into_bytes())], close)
+    })
+    .await
 }
 
 fn probe_for(port: u16, path: &str, timeout_ms: u64) -> HealthProbe {
@@ -215,9 +188,11 @@ fn only_plain_http_urls_get_their_own_connection() {
 
 // Cases where a hand-written client could judge differently from reqwest (the old path).
 
-/// Each request head (whole text) and its overall number -> writes (delay ms, bytes), then
-/// whether to close; after the writes, `after` writes (delay, bytes) while idle.
+/// What the server writes for one request: (delay ms, bytes) in order.
 type Plan = Vec<(u64, Vec<u8>)>;
+
+/// Serves `f(request head, request number)` = (writes, close after them) on a fresh loopback
+/// port; returns the port and the connections accepted.
 async fn serve_with<F>(f: F) -> (u16, Arc<AtomicUsize>)
 where
     F: Fn(&str, usize) -> (Plan, bool) + Send + Sync + 'static,
