@@ -28,3 +28,13 @@ pub mod target;
 pub mod telemetry;
 pub mod verdict;
 pub mod watch;
+
+/// The innermost cause of an error ("Connection refused"): what a person needs to read, where
+/// the outer layers only say which client call failed.
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(inner) = cur.source() {
+        cur = inner;
+    }
+    cur.to_string()
+}

@@ -154,7 +154,7 @@ impl RegistryClient {
                 .await
                 .map_err(|e| RegistryError::Unreachable {
                     host: host.to_string(),
-                    message: root_cause(&e),
+                    message: crate::root_cause(&e),
                 })?;
             let status = resp.status().as_u16();
             if status == 404 {
@@ -203,7 +203,7 @@ impl RegistryClient {
             )
             .send()
             .await
-            .map_err(|e| RegistryError::Unreachable { host: host.to_string(), message: root_cause(&e) })?;
+            .map_err(|e| RegistryError::Unreachable { host: host.to_string(), message: crate::root_cause(&e) })?;
         match resp.status().as_u16() {
             200..=299 => Ok(true),
             404 => Ok(false),
@@ -215,14 +215,6 @@ impl RegistryClient {
             }),
         }
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(inner) = cur.source() {
-        cur = inner;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -503,13 +503,9 @@ fn classify(url: &str, timeout: Duration, e: reqwest::Error) -> SourceError {
             timeout,
         };
     }
-    let mut cur: &dyn std::error::Error = &e;
-    while let Some(inner) = cur.source() {
-        cur = inner;
-    }
     SourceError::Unreachable {
         url: url.to_string(),
-        message: cur.to_string(),
+        message: crate::root_cause(&e),
     }
 }
 

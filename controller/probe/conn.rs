@@ -119,7 +119,7 @@ async fn connect(addr: &str) -> Result<Conn, WireError> {
     // Not `NoAnswer`: a refused connect is the service's answer, not a stale connection.
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| WireError::Broken(innermost(&e)))?;
+        .map_err(|e| WireError::Broken(crate::root_cause(&e)))?;
     let _ = stream.set_nodelay(true);
     Ok(Conn {
         stream,
@@ -139,15 +139,6 @@ fn into_failure(e: WireError) -> ProbeFailure {
     match e {
         WireError::NoAnswer(why) | WireError::Broken(why) => ProbeFailure::Unreachable(why),
     }
-}
-
-/// The innermost cause ("Connection refused") is what a person needs to read.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut source = e;
-    while let Some(inner) = source.source() {
-        source = inner;
-    }
-    source.to_string()
 }
 
 /// The connection details of an `http://` URL; `None` for anything else (it uses the fallback).

@@ -133,12 +133,7 @@ fn classify(e: reqwest::Error) -> ProbeFailure {
     if e.is_timeout() {
         ProbeFailure::Timeout
     } else {
-        // The innermost cause ("Connection refused") is what a person needs to read.
-        let mut source: &dyn std::error::Error = &e;
-        while let Some(inner) = source.source() {
-            source = inner;
-        }
-        ProbeFailure::Unreachable(source.to_string())
+        ProbeFailure::Unreachable(crate::root_cause(&e))
     }
 }
 

@@ -86,17 +86,9 @@ fn push_extra(out: &mut String, mut comma: bool, extra: Extra) {
 }
 
 /// `k1="v1",k2="v2"` with the values escaped, for labels fixed for a series' whole life.
-pub(super) fn label_pairs(pairs: &[(&str, &str)]) -> String {
+pub(super) fn label_pairs(pairs: Extra) -> String {
     let mut out = String::new();
-    for (i, (key, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(key);
-        out.push_str("=\"");
-        escape_into(&mut out, value);
-        out.push('"');
-    }
+    push_extra(&mut out, false, pairs);
     out
 }
 

@@ -6,7 +6,7 @@ use crate::verdict::{automation_blocked, RollbackEnd};
 
 impl Watcher {
     pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
-        let id = self.target.id();
+        let id = self.id.clone();
         if !self.lease.is_leader() {
             let why = format!("not the leader ({})", self.lease.describe());
             let result = Err(RollbackEnd::NotLeader { why });
@@ -48,7 +48,7 @@ impl Watcher {
         &mut self,
         request: RollbackRequest,
     ) -> Result<RollbackRecord, RollbackError> {
-        let id = self.target.id();
+        let id = self.id.clone();
         let events = self.events.clone();
         // Steps are printed live by `rollwatch demo` through the event channel.
         let on_step = move |s: &crate::store::StepRecord| {
@@ -73,7 +73,7 @@ impl Watcher {
         // (one per target, allocated whole at spawn) would carry its size all the time.
         tokio::select! {
             result = Box::pin(self.rollbacker.rollback(&self.target, request, on_step)) => result,
-            _ = self.shutdown.cancelled() => Err(RollbackError::Interrupted { target: self.target.id() }),
+            _ = self.shutdown.cancelled() => Err(RollbackError::Interrupted { target: self.id.clone() }),
         }
     }
 
@@ -84,7 +84,7 @@ impl Watcher {
         trigger: Trigger,
         result: Result<RollbackRecord, RollbackError>,
     ) {
-        let id = self.target.id();
+        let id = self.id.clone();
         let outcome = match &result {
             Err(RollbackError::Interrupted { .. }) => {
                 tracing::warn!(target_id = %id, "rollback interrupted by shutdown; resumed at the next start");
@@ -177,7 +177,7 @@ impl Watcher {
                 .await;
             }
             (Err(_), RollbackEnd::Failed { tag, error }) => {
-                tracing::error!(target_id = %self.target.id(), %error, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
+                tracing::error!(target_id = %self.id, %error, "ROLLBACK FAILED: automatic action stopped for this target until `rollwatch resume`");
                 self.emit(
                     "rollback_failed",
                     Some(tag),
@@ -241,7 +241,7 @@ impl Watcher {
                 error,
                 refusals,
             } => {
-                tracing::error!(target_id = %self.target.id(), %tag, "automatic rollback given up after {refusals} refusals: {error}");
+                tracing::error!(target_id = %self.id, %tag, "automatic rollback given up after {refusals} refusals: {error}");
                 let msg = format!(
                     "automatic rollback of {tag} given up after {refusals} refusals (last: {error}); nothing was changed: roll back by hand (`rollwatch rollback`) or deploy a fix"
                 );
@@ -259,7 +259,7 @@ impl Watcher {
         result: &Result<RollbackRecord, RollbackError>,
     ) {
         let Some(url) = &self.webhook else { return };
-        let id = self.target.id();
+        let id = self.id.clone();
         let incident = match result {
             Ok(rec) => self
                 .store
@@ -356,7 +356,7 @@ impl Watcher {
                     d.commit_sha.as_deref().unwrap_or("-"),
                     d.pipeline_url.as_deref().unwrap_or("-")
                 );
-                if let Err(e) = self.store.register_deploy(self.target.id(), d).await {
+                if let Err(e) = self.store.register_deploy(self.id.clone(), d).await {
                     tracing::error!(error = %e, "cannot record CI deploy");
                     let _ = done.send(Err(format!("cannot record the deploy: {e}")));
                     return;
@@ -384,7 +384,7 @@ impl Watcher {
                     }
                     if let Err(e) = self
                         .store
-                        .mark_bad(self.target.id(), from.clone(), reason.clone())
+                        .mark_bad(self.id.clone(), from.clone(), reason.clone())
                         .await
                     {
                         tracing::error!(error = %e, "cannot record bad tag");

@@ -205,7 +205,7 @@ impl Watcher {
             match MetricsFeed::new(m) {
                 Ok(f) => self.feed = Some(f.with_grace(self.target.watch.grace)),
                 Err(e) => {
-                    tracing::error!(target_id = %self.target.id(), error = %e, "metrics source unusable; judging on /health only")
+                    tracing::error!(target_id = %self.id, error = %e, "metrics source unusable; judging on /health only")
                 }
             }
         }
@@ -222,7 +222,7 @@ impl Watcher {
                 _ = &mut cancelled => break,
                 _ = tick.tick() => Box::pin(self.round(true)).await,
                 Some(w) = wakes.recv() => {
-                    tracing::debug!(target_id = %self.target.id(), reason = %w.reason, "woken");
+                    tracing::debug!(target_id = %self.id, reason = %w.reason, "woken");
                     self.deaths.extend(w.death);
                     Box::pin(self.round(false)).await;
                 }
@@ -352,7 +352,7 @@ impl Watcher {
             return;
         }
         let message = describe_control(&control);
-        let id = self.target.id();
+        let id = self.id.clone();
         match self
             .store
             .record_event_with_control(id, "control", None, message, Some(control.clone()))
@@ -383,7 +383,6 @@ impl Watcher {
         if save.is_some() {
             feed.unsaved = 0;
         }
-        let id = self.target.id();
         if let Some((up, why)) = round.transition {
             self.series.source_up(Source::Metrics, up);
             if up {
@@ -405,13 +404,13 @@ impl Watcher {
             }
         }
         if let (Some(json), Phase::Stable { tag }) = (save, &self.state.phase) {
-            self.baselines.save(id, tag.clone(), json);
+            self.baselines.save(self.id.clone(), tag.clone(), json);
         }
         round.verdict
     }
 
     async fn act(&mut self, decision: Decision) {
-        let id = self.target.id();
+        let id = self.id.clone();
         match decision {
             Decision::DeploySeen { tag, previous } => {
                 self.last_deploy_ms = Some(now_ms());

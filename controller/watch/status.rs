@@ -84,12 +84,12 @@ impl Watcher {
         };
         let known = self
             .store
-            .known_good_tags(self.target.id())
+            .known_good_tags(self.id.clone())
             .await
             .unwrap_or_default();
         let bad = self
             .store
-            .is_bad(self.target.id(), running.clone())
+            .is_bad(self.id.clone(), running.clone())
             .await
             .unwrap_or(true);
         let known_good = !bad && known.iter().any(|(t, _, _)| *t == running);
@@ -106,10 +106,10 @@ impl Watcher {
         let (Some(feed), Phase::Stable { tag }) = (self.feed.as_mut(), &self.state.phase) else {
             return;
         };
-        if let Ok(Some(json)) = self.store.baseline(self.target.id(), tag.clone()).await {
+        if let Ok(Some(json)) = self.store.baseline(self.id.clone(), tag.clone()).await {
             match serde_json::from_str::<Evidence>(&json) {
                 Ok(e) => {
-                    tracing::info!(target_id = %self.target.id(), requests = e.requests(), "metric baseline restored");
+                    tracing::info!(target_id = %self.id, requests = e.requests(), "metric baseline restored");
                     feed.watch.baseline = e;
                 }
                 Err(e) => {
@@ -123,7 +123,7 @@ impl Watcher {
     /// bad), else the newest known-good that is not bad: never a tag marked bad, because the
     /// rollback itself skips those and status must not promise what rollwatch will not do.
     pub(super) async fn refresh_known_good(&mut self) {
-        let id = self.target.id();
+        let id = self.id.clone();
         let pick = match self
             .store
             .last_known_good(id.clone(), self.running_tag.clone())
@@ -141,7 +141,7 @@ impl Watcher {
     /// Records and broadcasts an event. The guard rails, when they changed since last written,
     /// go into the store in the same transaction.
     pub(super) async fn emit(&mut self, kind: &str, tag: Option<String>, message: String) {
-        let id = self.target.id();
+        let id = self.id.clone();
         let loud = matches!(
             kind,
             "rollback_failed" | "regressed" | "rollback" | "unhealthy"
