@@ -171,10 +171,13 @@ pub fn replay(trace: &Trace, settings: &Settings) -> Replay {
             }
             beside |= k == 0;
         }
+        // The deploy's first row is the candidate's first round, as live: the new container's
+        // start event wakes the watcher before that container has served the requests the row
+        // counts, so the watcher's round there already judges the candidate, and the start-up
+        // grace runs from it. (Booking that round nowhere started the grace one round late, and
+        // the replay's verdict came a block after the live one: seen in CI, 4 live intervals
+        // against 3 replayed.)
         let (population, side) = match deploy_t {
-            // The interval that ends at the deploy's first row mixed both versions; live, the
-            // watcher books that round nowhere because it has not decided on the deploy yet.
-            Some(d) if d == t => (Population::Neither, Side::Candidate { beside }),
             Some(_) => (Population::Candidate, Side::Candidate { beside }),
             None => (Population::Baseline, Side::Baseline),
         };
@@ -314,9 +317,9 @@ mod tests {
                 trigger: Trigger::ErrorRatio,
                 evidence,
             } => {
-                // 50 req/s; the deploy's own round mixed both versions and counts for nobody;
-                // then four 2-interval blocks carry the e-process over 1/alpha.
-                assert_eq!((*t, *after_deploy), (38.0, 8.0), "{evidence}");
+                // 50 req/s; without a grace the deploy's own round is the candidate's first
+                // interval; four 2-interval blocks carry the e-process over 1/alpha.
+                assert_eq!((*t, *after_deploy), (37.0, 7.0), "{evidence}");
                 assert!(
                     evidence.contains("known-good version before the deploy"),
                     "{evidence}"
@@ -324,12 +327,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.steps.len(), 39);
+        assert_eq!(r.steps.len(), 38);
         assert!(r.rows_after > 0);
-        // The deploy's own round is booked nowhere and judges nothing; the next one waits.
-        assert!(r.steps[30].verdict.is_none());
+        // The deploy's own round already judges: it waits for more requests.
         assert!(matches!(
-            r.steps[31].verdict,
+            r.steps[30].verdict,
             Some(MetricVerdict::Waiting(_))
         ));
         assert!(r.steps[..30]
@@ -457,10 +459,11 @@ mod tests {
             &r.steps[31].verdict,
             Some(MetricVerdict::Inconclusive(why)) if why.contains("line 33")
         ));
-        // None booked at 30 (the deploy's mixed interval), 31 (failed) nor 32 (re-anchor):
-        // later than the same trace without the failed read (t=38); blocks are 2 intervals.
+        // Booked at 30 (the deploy's round), none at 31 (failed) nor 32 (re-anchor): two
+        // intervals later than the same trace without the failed read (t=37); blocks are 2
+        // intervals.
         match r.outcome {
-            Outcome::Regressed { t, .. } => assert_eq!(t, 40.0),
+            Outcome::Regressed { t, .. } => assert_eq!(t, 39.0),
             other => panic!("{other:?}"),
         }
     }
