@@ -30,16 +30,31 @@ pub struct EngineView {
     generation: AtomicU64,
     /// The endpoint's event stream is connected, so every change bumps `generation`.
     events_live: AtomicBool,
+    /// The last listing. Every round of every target reads it, so it sits behind a plain lock
+    /// held only to clone an `Arc`, never across a call to the engine.
+    last: std::sync::Mutex<Option<Listing>>,
     /// Held while listing, so concurrent askers wait for one listing instead of each making one.
-    inner: Mutex<Inner>,
+    lister: Arc<Mutex<Lister>>,
+    /// The connected client, for the rarer calls a watcher makes itself (image digests).
+    client: std::sync::Mutex<Option<DockerClient>>,
 }
 
 #[derive(Default)]
-struct Inner {
+struct Lister {
     client: Option<DockerClient>,
-    last: Option<Listing>,
     /// Successful listings so far, to number them.
     listings: u64,
+}
+
+/// What the last listing is worth to a reader now.
+enum Freshness {
+    /// Use it: nothing changed since, or it failed less than an interval ago.
+    Fresh(Result<Arc<Snapshot>, String>),
+    /// Nothing changed since (the event stream says so), it is only older than [`RECONCILE`]:
+    /// use it while one background listing reconciles.
+    Aged(Arc<Snapshot>),
+    /// An event changed the engine, or there is no listing: wait for a new one.
+    Stale,
 }
 
 /// The listing a reader last saw ([`EngineView::with_containers`]); none at first.
@@ -121,7 +136,9 @@ impl EngineView {
             max_age,
             generation: AtomicU64::new(0),
             events_live: AtomicBool::new(false),
-            inner: Mutex::new(Inner::default()),
+            last: std::sync::Mutex::new(None),
+            lister: Arc::new(Mutex::new(Lister::default())),
+            client: std::sync::Mutex::new(None),
         })
     }
 
@@ -134,7 +151,7 @@ impl EngineView {
     /// from the shared listing, or `None` when the listing is the one the caller read last
     /// (`seen`, updated here): between container events a round copies nothing.
     pub async fn with_containers<R>(
-        &self,
+        self: &Arc<Self>,
         selector: &Selector,
         seen: &mut ListingId,
         read: impl FnOnce(&[&ContainerInfo]) -> R,
@@ -154,26 +171,69 @@ impl EngineView {
     }
 
     /// A connected client, for the rarer calls a watcher makes itself (image digests).
-    pub async fn client(&self) -> Option<DockerClient> {
-        self.inner.lock().await.client.clone()
+    pub fn client(&self) -> Option<DockerClient> {
+        lock(&self.client).clone()
     }
 
-    async fn snapshot(&self) -> Result<Arc<Snapshot>, String> {
-        let mut inner = self.inner.lock().await;
-        let generation = self.generation.load(Ordering::Relaxed);
-        if let Some(last) = &inner.last {
-            // A failed listing is retried every interval whatever the event stream says.
-            let max_age = if last.result.is_ok() && self.events_live.load(Ordering::Relaxed) {
-                RECONCILE.max(self.max_age)
-            } else {
-                self.max_age
-            };
-            if last.generation == generation && last.at.elapsed() < max_age {
-                return last.result.clone();
+    /// The listing to read: the last one when it is still good, else a new one. Only a change
+    /// the engine announced (or a failure, or no listing yet) makes the asker wait; the
+    /// reconciling listing runs beside the rounds, so a slow engine (seen: `docker rm` of the
+    /// bench's containers hung for minutes) delays no probe.
+    async fn snapshot(self: &Arc<Self>) -> Result<Arc<Snapshot>, String> {
+        match self.freshness() {
+            Freshness::Fresh(result) => return result,
+            Freshness::Aged(snapshot) => {
+                self.reconcile_in_background();
+                return Ok(snapshot);
             }
+            Freshness::Stale => {}
         }
-        let result = self.list(&mut inner).await;
-        inner.last = Some(Listing {
+        let mut lister = self.lister.lock().await;
+        // Another asker may have listed while this one waited for the lock.
+        if let Freshness::Fresh(result) = self.freshness() {
+            return result;
+        }
+        self.list(&mut lister).await
+    }
+
+    fn freshness(&self) -> Freshness {
+        let last = lock(&self.last);
+        let Some(last) = last.as_ref() else {
+            return Freshness::Stale;
+        };
+        if last.generation != self.generation.load(Ordering::Relaxed) {
+            return Freshness::Stale;
+        }
+        let age = last.at.elapsed();
+        match &last.result {
+            // A failed listing is retried every interval whatever the event stream says.
+            Err(_) if age >= self.max_age => Freshness::Stale,
+            Ok(_) if !self.events_live.load(Ordering::Relaxed) && age >= self.max_age => {
+                Freshness::Stale
+            }
+            Ok(s) if age >= RECONCILE.max(self.max_age) => Freshness::Aged(s.clone()),
+            result => Freshness::Fresh(result.clone()),
+        }
+    }
+
+    /// One listing in a task of its own, unless one is running already.
+    fn reconcile_in_background(self: &Arc<Self>) {
+        let Ok(mut lister) = self.lister.clone().try_lock_owned() else {
+            return;
+        };
+        let view = self.clone();
+        tokio::spawn(async move {
+            if !matches!(view.freshness(), Freshness::Fresh(_)) {
+                let _ = view.list(&mut lister).await;
+            }
+        });
+    }
+
+    async fn list(&self, lister: &mut Lister) -> Result<Arc<Snapshot>, String> {
+        // Read before listing: an event during the listing leaves it stale, as it should.
+        let generation = self.generation.load(Ordering::Relaxed);
+        let result = self.list_now(lister).await;
+        *lock(&self.last) = Some(Listing {
             at: Instant::now(),
             generation,
             result: result.clone(),
@@ -181,26 +241,38 @@ impl EngineView {
         result
     }
 
-    async fn list(&self, inner: &mut Inner) -> Result<Arc<Snapshot>, String> {
-        if inner.client.is_none() {
+    async fn list_now(&self, lister: &mut Lister) -> Result<Arc<Snapshot>, String> {
+        if lister.client.is_none() {
             let client = DockerClient::connect(&self.endpoint)
                 .await
                 .map_err(|e| e.to_string())?;
-            inner.client = Some(client);
+            *lock(&self.client) = Some(client.clone());
+            lister.client = Some(client);
         }
-        let Some(client) = &inner.client else {
+        let Some(client) = &lister.client else {
             return Err("not connected".into());
         };
         match client.containers(&Selector::default(), true).await {
             Ok(list) => {
-                inner.listings += 1;
-                Ok(Arc::new(Snapshot::new(inner.listings, list)))
+                lister.listings += 1;
+                Ok(Arc::new(Snapshot::new(lister.listings, list)))
             }
             Err(e) => {
                 // Reconnect next time: the engine may have restarted on another socket state.
-                inner.client = None;
+                lister.client = None;
+                *lock(&self.client) = None;
                 Err(e.to_string())
             }
         }
     }
 }
+
+/// A lock only ever held to read or swap a value: a panic while holding it cannot leave that
+/// value half-written, so a poisoned lock is still good.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

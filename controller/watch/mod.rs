@@ -451,7 +451,7 @@ impl Watcher {
                     "{}:{tag}",
                     self.target.executor.image_repository(&self.target.role)
                 );
-                let digest = match self.view.client().await {
+                let digest = match self.view.client() {
                     Some(d) => d.image_digest(&image).await.ok().flatten(),
                     None => None,
                 };
