@@ -135,6 +135,12 @@ enum Command {
 /// at once each park a thread on the store's mutex: 500 threads and their malloc arenas stayed
 /// in rollwatch's RSS.
 const BLOCKING_THREADS: usize = 16;
+/// One thread runs every task. The work is waiting on sockets, and with two workers each
+/// wake-up of a parked thread cost more than the work it woke for: 1,000 targets at 1 s took
+/// 3.8% of a core with two workers and 2.4% with one, and 10,000 still had no missed probe
+/// (`scripts/bench scale-ab`, docs/BENCHMARKS.md). Blocking work (the store, `/metrics`
+/// rendering) runs on the blocking threads, not on this one.
+const WORKER_THREADS: usize = 1;
 
 /// Refusals: the input was wrong and nothing was changed (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +156,12 @@ pub fn main() -> ExitCode {
         "info"
     };
     init_logging(cli.log_format, level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Tokio's own variable still chooses, for a host where one thread is not enough.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(WORKER_THREADS);
+    }
+    let runtime = match builder
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
