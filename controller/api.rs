@@ -66,7 +66,7 @@ const ROLLBACK_WAIT: Duration = Duration::from_secs(600);
 const ORDER_TIMEOUT: Duration = Duration::from_secs(660);
 /// How long pause, resume and a CI deploy wait for the watcher to store the change before
 /// answering 202: a watcher in the middle of a rollback takes the order when that rollback ends.
-const COMMAND_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// Told to clients whose order met a full queue (seconds).
 const RETRY_AFTER_SECS: u64 = 5;
 /// An alert order the watcher dropped unanswered within this gives its episode back.
@@ -116,6 +116,17 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
+impl ApiError {
+    /// The status and the refusal in words, for the status page.
+    pub(crate) fn describe(&self) -> (StatusCode, String) {
+        let words: Vec<&str> = ["error", "why"]
+            .iter()
+            .filter_map(|k| self.body.get(*k).and_then(|v| v.as_str()))
+            .collect();
+        (self.status, words.join(": "))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(self.body)).into_response();
@@ -158,7 +169,11 @@ fn shutting_down() -> ApiError {
 }
 
 /// Puts an order in the target's queue without waiting for room.
-fn enqueue(target: &TargetId, tx: &mpsc::Sender<Command>, cmd: Command) -> Result<(), ApiError> {
+pub(crate) fn enqueue(
+    target: &TargetId,
+    tx: &mpsc::Sender<Command>,
+    cmd: Command,
+) -> Result<(), ApiError> {
     match tx.try_send(cmd) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(_)) => Err(busy(target)),
@@ -185,7 +200,7 @@ impl TokenDigest {
     }
 }
 
-fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.token else {
         return Err(reject(
             StatusCode::UNAUTHORIZED,
@@ -340,7 +355,7 @@ fn content_type(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())
 }
 
-fn parse_target(
+pub(crate) fn parse_target(
     state: &ApiState,
     env: &str,
     role: &str,
@@ -443,7 +458,7 @@ async fn events(
     Ok(json_or_500(
         state
             .store
-            .events(target, q.after, q.limit.unwrap_or(100).min(1000))
+            .events(target, q.after, None, q.limit.unwrap_or(100).min(1000))
             .await,
     ))
 }

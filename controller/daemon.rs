@@ -62,11 +62,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (events, _) = broadcast::channel(1024);
     let board = StatusBoard::default();
     let metrics = Arc::new(Metrics::new());
-    let (baselines, baseline_writer) =
-        crate::store::BaselineWriter::start(store.clone(), shutdown.clone());
+    let (writer, writer_task) = crate::store::StoreWriter::start(store.clone(), shutdown.clone());
     let shared = Shared {
         store: store.clone(),
-        baselines,
+        writer,
         rollbacker: rollbacker.clone(),
         prober: prober.clone(),
         board: board.clone(),
@@ -154,7 +153,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let limits = crate::server::Limits::for_descriptors(crate::server::raise_descriptor_limit());
     let api = tokio::spawn(crate::server::serve(
         listener,
-        api::router(api_state),
+        api::router(api_state.clone()).merge(crate::ui::router(
+            api_state,
+            events.clone(),
+            shutdown.clone(),
+        )),
         limits,
         shutdown.clone(),
     ));
@@ -168,7 +171,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tracing::error!(error = %e, "cannot resume unfinished rollbacks; the store is not usable");
             shutdown.cancel();
         }
-        let mut tasks = vec![api, baseline_writer];
+        let mut tasks = vec![api, writer_task];
         if !shutdown.is_cancelled() {
             for (t, wakes, commands) in watchers {
                 let initial = states.remove(&t.id()).unwrap_or_default();

@@ -99,7 +99,7 @@ async fn main() {
     }
     server.abort();
     let summary = match shared.lock() {
-        Ok(a) => summarize(&a.seen, interval_ms, seconds),
+        Ok(a) => summarize(&a.seen, interval_ms, seconds, a.from_ms.unwrap_or(0)),
         Err(_) => "{}".into(),
     };
     if let Err(e) = std::fs::write(&out, summary) {
@@ -109,8 +109,11 @@ async fn main() {
 }
 
 /// probes/s, targets never probed, missed probes (gaps longer than 1.5 intervals count the
-/// intervals they skipped), and the p99 of |gap − interval| in ms.
-fn summarize(seen: &[Vec<u32>], interval_ms: u32, seconds: u32) -> String {
+/// intervals they skipped), and the p99 of |gap − interval| in ms; and the missed probes by
+/// 5 s of the window in which their gap began, to tell a start-up tail or one stall from a
+/// steady loss.
+fn summarize(seen: &[Vec<u32>], interval_ms: u32, seconds: u32, from_ms: u32) -> String {
+    let mut by_5s = vec![0u64; (seconds / 5 + 1) as usize];
     let total: usize = seen.iter().map(Vec::len).sum();
     let never = seen.iter().filter(|v| v.is_empty()).count();
     let mut missed = 0u64;
@@ -120,7 +123,12 @@ fn summarize(seen: &[Vec<u32>], interval_ms: u32, seconds: u32) -> String {
             let gap = w[1].saturating_sub(w[0]);
             deviations.push(gap.abs_diff(interval_ms));
             if gap * 2 > interval_ms * 3 {
-                missed += u64::from((gap + interval_ms / 2) / interval_ms - 1);
+                let n = u64::from((gap + interval_ms / 2) / interval_ms - 1);
+                missed += n;
+                let bucket = (w[0].saturating_sub(from_ms) / 5000) as usize;
+                if let Some(b) = by_5s.get_mut(bucket) {
+                    *b += n;
+                }
             }
         }
     }
@@ -132,10 +140,11 @@ fn summarize(seen: &[Vec<u32>], interval_ms: u32, seconds: u32) -> String {
             .unwrap_or(0)
     };
     format!(
-        r#"{{"probes": {total}, "probes_per_s": {:.1}, "never_probed": {never}, "missed": {missed}, "jitter_p50_ms": {}, "jitter_p99_ms": {}, "jitter_max_ms": {}}}"#,
+        r#"{{"probes": {total}, "probes_per_s": {:.1}, "never_probed": {never}, "missed": {missed}, "jitter_p50_ms": {}, "jitter_p99_ms": {}, "jitter_max_ms": {}, "missed_by_5s": {:?}}}"#,
         total as f64 / f64::from(seconds.max(1)),
         p(0.5),
         p(0.99),
-        deviations.last().copied().unwrap_or(0)
+        deviations.last().copied().unwrap_or(0),
+        by_5s
     )
 }

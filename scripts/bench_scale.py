@@ -206,6 +206,7 @@ def one(n, rollwatch, sink):
         size, render = metrics_render(api_port)
         sink_p.wait(timeout=120)
         probes = json.loads(summary.read_text())
+        print(f"  missed probes by 5 s of the window: {probes.get('missed_by_5s')}", file=sys.stderr)
     finally:
         stop(rw, sink_p)
     engine_idle = (engine_idle + idle_rate()) / 2

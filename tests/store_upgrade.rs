@@ -49,7 +49,7 @@ async fn an_unversioned_store_migrates_with_everything_intact() {
         .collect();
     assert_eq!(known, ["v1.1.0 sha256:bbbb", "v1.0.0 sha256:aaaa"]);
     let events = store
-        .events(Some(target()), None, 10)
+        .events(Some(target()), None, None, 10)
         .await
         .expect("events");
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();

@@ -288,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => return Err(Refused("give both <env> and <role>, or neither".into()).into()),
             };
             let store = Store::open(&config.controller.store)?;
-            let events = store.events(target.clone(), None, limit).await?;
+            let events = store.events(target.clone(), None, None, limit).await?;
             print_events(&events)?;
             outln!()?;
             let records = store.rollbacks(target, limit).await?;

@@ -4,9 +4,11 @@
 //! tokio's blocking pool, never on the async runtime.
 
 mod batch;
+mod samples;
 mod schema;
 
-pub use batch::BaselineWriter;
+pub use batch::StoreWriter;
+pub use samples::{Sample, MAX_SAMPLES_PER_WINDOW, WINDOWS_KEPT};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -478,6 +480,7 @@ impl Store {
         &self,
         target: Option<TargetId>,
         after: Option<i64>,
+        before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         self.with(move |c| {
@@ -488,26 +491,27 @@ impl Store {
             let mut stmt = c.prepare(
                 "SELECT id, at_ms, env, role, kind, tag, message FROM events
                  WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
+                   AND id < ?5
                  ORDER BY id DESC LIMIT ?4",
             )?;
-            let rows =
-                stmt.query_map(params![env, role, after.unwrap_or(0), limit as i64], |r| {
-                    let env: String = r.get(2)?;
-                    Ok((
-                        env,
-                        EventRecord {
-                            id: r.get(0)?,
-                            at_ms: r.get(1)?,
-                            target: TargetId {
-                                env: Env::Staging,
-                                role: r.get(3)?,
-                            },
-                            kind: r.get(4)?,
-                            tag: r.get(5)?,
-                            message: r.get(6)?,
+            let (after, before) = (after.unwrap_or(0), before.unwrap_or(i64::MAX));
+            let rows = stmt.query_map(params![env, role, after, limit as i64, before], |r| {
+                let env: String = r.get(2)?;
+                Ok((
+                    env,
+                    EventRecord {
+                        id: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        target: TargetId {
+                            env: Env::Staging,
+                            role: r.get(3)?,
                         },
-                    ))
-                })?;
+                        kind: r.get(4)?,
+                        tag: r.get(5)?,
+                        message: r.get(6)?,
+                    },
+                ))
+            })?;
             rows.map(|row| {
                 let (env, mut e) = row?;
                 e.target.env =

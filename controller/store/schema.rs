@@ -18,13 +18,39 @@ struct Step {
     apply: fn(&rusqlite::Transaction) -> rusqlite::Result<()>,
 }
 
-const STEPS: &[Step] = &[Step {
-    version: 1,
-    apply: v1_base_tables,
-}];
+const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        apply: v1_base_tables,
+    },
+    Step {
+        version: 2,
+        apply: v2_samples,
+    },
+];
 
 /// The version a store is at once opened by this build.
-pub const CURRENT: i64 = 1;
+pub const CURRENT: i64 = 2;
+
+/// Version 2: what each round of a watch window saw, for the status page's evidence charts.
+fn v2_samples(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS samples (
+            env TEXT NOT NULL,
+            role TEXT NOT NULL,
+            window_ms INTEGER NOT NULL,
+            tag TEXT NOT NULL,
+            at_ms INTEGER NOT NULL,
+            latency_ms INTEGER,
+            probe_ok INTEGER,
+            cand_requests REAL,
+            cand_errors REAL,
+            base_requests REAL,
+            base_errors REAL
+        );
+        CREATE INDEX IF NOT EXISTS samples_by_window ON samples (env, role, window_ms, at_ms);",
+    )
+}
 
 const BASE: &str = "
 CREATE TABLE IF NOT EXISTS rollbacks (

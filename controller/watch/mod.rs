@@ -15,7 +15,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-pub use status::{StatusBoard, StatusSlot, TargetStatus};
+pub use status::{StatusBoard, StatusSlot, TargetStatus, WindowProgress};
 
 use crate::analysis::{Evidence, MetricVerdict, Population};
 use crate::config::TargetConfig;
@@ -25,8 +25,8 @@ use crate::metrics::MetricsFeed;
 use crate::probe::{HealthProbe, Prober};
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 use crate::store::{
-    now_ms, BaselineWriter, DeployRecord, EventRecord, RollbackRecord, RollbackState, Store,
-    Trigger,
+    now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Sample, Store, StoreWriter,
+    Trigger, MAX_SAMPLES_PER_WINDOW,
 };
 use crate::tag::Tag;
 use crate::target::TargetId;
@@ -67,7 +67,7 @@ pub struct Watcher {
     policy: Policy,
     dry_run: bool,
     store: Store,
-    baselines: BaselineWriter,
+    writer: StoreWriter,
     rollbacker: Arc<Rollbacker>,
     /// The target's own keep-alive connection to its health URL.
     health: HealthProbe,
@@ -98,6 +98,8 @@ pub struct Watcher {
     deaths: Vec<crate::detect::Death>,
     /// The guard rails as last written to the store; written again whenever they change.
     saved_control: Control,
+    /// The watch window being sampled (its `since_ms`) and its rounds sampled so far.
+    window_rounds: (i64, u32),
     /// Cancels a rollback in flight at shutdown (its intent stays for the next start).
     shutdown: CancellationToken,
 }
@@ -106,8 +108,8 @@ pub struct Watcher {
 #[derive(Clone)]
 pub struct Shared {
     pub store: Store,
-    /// Metric baselines go through it, written in batches (see [`BaselineWriter`]).
-    pub baselines: BaselineWriter,
+    /// Metric baselines and watch-window samples go through it, written in batches (see [`StoreWriter`]).
+    pub writer: StoreWriter,
     pub rollbacker: Arc<Rollbacker>,
     pub prober: Prober,
     pub board: StatusBoard,
@@ -129,7 +131,7 @@ impl Watcher {
     ) -> Watcher {
         let Shared {
             store,
-            baselines,
+            writer,
             rollbacker,
             prober,
             board,
@@ -155,6 +157,9 @@ impl Watcher {
             docker_reachable: true,
             last_probe: None,
             detail: None,
+            halted: false,
+            window: None,
+            metrics_up: None,
         });
         Watcher {
             id,
@@ -164,7 +169,7 @@ impl Watcher {
             target,
             dry_run,
             store,
-            baselines,
+            writer,
             rollbacker,
             health,
             repository,
@@ -184,6 +189,7 @@ impl Watcher {
             deaths: Vec::new(),
             lease,
             saved_control,
+            window_rounds: (0, 0),
             shutdown: CancellationToken::new(),
         }
     }
@@ -271,8 +277,10 @@ impl Watcher {
     async fn round(&mut self, probe: bool) {
         crate::rollback::fault_panic_once("watcher-round");
         let containers = self.observe().await;
+        let mut latency_ms = None;
         let probe = if probe && containers.is_ok() {
             let r = self.health.probe().await;
+            latency_ms = Some(i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX));
             self.series
                 .probe(r.latency.as_secs_f64(), r.outcome.as_ref().err());
             // Written into the same buffer every round (it is copied to the status board).
@@ -305,6 +313,7 @@ impl Watcher {
         } else {
             None
         };
+        self.record_sample(latency_ms, probe.as_ref().map(|p| p.is_ok()));
         let repository = self.repository.as_str();
         let deaths = std::mem::take(&mut self.deaths)
             .into_iter()
@@ -404,7 +413,7 @@ impl Watcher {
             }
         }
         if let (Some(json), Phase::Stable { tag }) = (save, &self.state.phase) {
-            self.baselines.save(self.id.clone(), tag.clone(), json);
+            self.writer.save(self.id.clone(), tag.clone(), json);
         }
         round.verdict
     }

@@ -23,6 +23,23 @@ pub struct TargetStatus {
     pub docker_reachable: bool,
     pub last_probe: Option<String>,
     pub detail: Option<String>,
+    /// Automatic rollbacks of the running deploy were refused until rollwatch gave up on it.
+    pub halted: bool,
+    /// The watch window in progress.
+    pub window: Option<WindowProgress>,
+    /// Whether the error-metrics source answered its last read; `None` without one.
+    pub metrics_up: Option<bool>,
+}
+
+/// How far a watch window has come, for the status page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowProgress {
+    pub since_ms: i64,
+    pub bake_ms: i64,
+    pub failures: u32,
+    pub failures_limit: u32,
+    /// The metric evidence so far, in words; `None` without a metrics source.
+    pub metrics: Option<String>,
 }
 
 /// Every target's status for the API. Each watcher owns its slot and writes it every round
@@ -57,6 +74,40 @@ impl StatusBoard {
 pub type StatusSlot = Arc<Mutex<TargetStatus>>;
 
 impl Watcher {
+    /// Keeps this round of a watch window for the status page's evidence chart (see
+    /// [`crate::store::Sample`]); nothing outside a window, nothing past its bound.
+    pub(super) fn record_sample(&mut self, latency_ms: Option<i64>, probe_ok: Option<bool>) {
+        let Phase::Watching { tag, since_ms, .. } = &self.state.phase else {
+            return;
+        };
+        let (window, rounds) = &mut self.window_rounds;
+        if *window != *since_ms {
+            (*window, *rounds) = (*since_ms, 0);
+        }
+        if *rounds >= MAX_SAMPLES_PER_WINDOW {
+            return;
+        }
+        *rounds += 1;
+        let counts = |e: &Evidence| (e.requests(), e.errors());
+        let (candidate, baseline) = match &self.feed {
+            Some(f) => (
+                Some(counts(&f.watch.candidate)),
+                Some(counts(&f.watch.baseline)),
+            ),
+            None => (None, None),
+        };
+        self.writer.sample(Sample {
+            target: self.id.clone(),
+            window_ms: *since_ms,
+            tag: tag.clone(),
+            at_ms: now_ms(),
+            latency_ms,
+            probe_ok,
+            candidate,
+            baseline,
+        });
+    }
+
     /// What the metrics said about the candidate, for promotion and status messages.
     pub(super) fn metric_note(&self) -> String {
         match self.feed.as_ref().and_then(|f| f.last.as_ref()) {
@@ -221,5 +272,22 @@ impl Watcher {
         status.docker_reachable = self.docker_reachable;
         status.last_probe.clone_from(&self.last_probe);
         status.detail = detail;
+        status.halted = self.state.refusals >= crate::verdict::REFUSAL_LIMIT;
+        status.metrics_up = self.feed.as_ref().map(|f| f.is_up());
+        status.window = match &self.state.phase {
+            Phase::Watching {
+                since_ms, failures, ..
+            } => Some(WindowProgress {
+                since_ms: *since_ms,
+                bake_ms: i64::try_from(self.target.watch.bake.as_millis()).unwrap_or(i64::MAX),
+                failures: *failures,
+                failures_limit: self.policy.failures,
+                metrics: self.feed.as_ref().map(|_| {
+                    let note = self.metric_note();
+                    note.trim_start_matches("; ").to_string()
+                }),
+            }),
+            _ => None,
+        };
     }
 }

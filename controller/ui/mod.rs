@@ -1,0 +1,575 @@
+//! The status page `rollwatch run` serves on `controller.listen`: the targets, their timeline,
+//! evidence charts and incidents, server-rendered HTML that is complete without JavaScript and
+//! kept live by Server-Sent Events from the watchers' event broadcast.
+//!
+//! Reads follow the API's rule (`api_reads_need_token`), accepting the session cookie as well as
+//! the bearer token. Actions accept only the session cookie plus the session's CSRF token, so a
+//! page on another site can neither read nor act through a logged-in browser.
+
+mod chart;
+mod html;
+mod live;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api::{self, ApiState};
+use crate::store::{now_ms, EventRecord, Trigger};
+use crate::tag::Tag;
+use crate::target::{Env, TargetId};
+use crate::watch::Command;
+use html::Frame;
+use session::Sessions;
+
+/// A page is rendered within this, whatever the store does.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pages rendered at once; more wait (they read the store, as the API's reads do).
+const PAGE_CONCURRENCY: usize = 16;
+/// A login or an action form is a few short fields.
+const FORM_LIMIT: usize = 16 * 1024;
+/// How long a rollback ordered from the page is waited for before the page answers "running".
+const ROLLBACK_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+pub struct UiState {
+    api: ApiState,
+    sessions: Arc<Sessions>,
+    events: broadcast::Sender<EventRecord>,
+    shutdown: CancellationToken,
+}
+
+pub fn router(
+    api: ApiState,
+    events: broadcast::Sender<EventRecord>,
+    shutdown: CancellationToken,
+) -> Router {
+    let state = UiState {
+        api,
+        sessions: Arc::new(Sessions::default()),
+        events,
+        shutdown,
+    };
+    let pages = Router::new()
+        .route("/", get(home))
+        .route("/ui/targets/{env}/{role}", get(target_page))
+        .route("/ui/incidents/{id}", get(incident_page))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/targets/{env}/{role}/{action}", post(action))
+        .route("/ui/assets/app.css", get(css))
+        .route("/ui/assets/app.js", get(js))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(GlobalConcurrencyLimitLayer::new(PAGE_CONCURRENCY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            PAGE_TIMEOUT,
+        ));
+    // The live stream lasts as long as the page is open: outside the timeout and the limit.
+    let live = Router::new().route("/ui/stream", get(live::stream));
+    pages.merge(live).with_state(state)
+}
+
+/// Who is looking: their session id and its CSRF token when logged in.
+struct Viewer {
+    session: Option<String>,
+    csrf: Option<String>,
+    /// May read the pages (reads are open, or a session or the bearer token says so).
+    may_read: bool,
+}
+
+fn viewer(state: &UiState, headers: &HeaderMap) -> Viewer {
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(session::from_cookie_header)
+        .map(String::from);
+    let csrf = session.as_deref().and_then(|s| state.sessions.csrf(s));
+    let session = session.filter(|_| csrf.is_some());
+    let may_read = !state.api.reads_need_token
+        || csrf.is_some()
+        || api::authorized(&state.api, headers).is_ok();
+    Viewer {
+        session,
+        csrf,
+        may_read,
+    }
+}
+
+impl UiState {
+    fn frame<'a>(&self, title: &'a str, viewer: &'a Viewer) -> Frame<'a> {
+        let notice = viewer
+            .session
+            .as_deref()
+            .and_then(|s| self.sessions.take_notice(s));
+        Frame {
+            title,
+            stream: None,
+            csrf: viewer.csrf.as_deref(),
+            can_login: self.api.token.is_some(),
+            notice,
+        }
+    }
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A page that only says what was wrong (and, for a stranger, offers the login form).
+fn refusal(state: &UiState, viewer: &Viewer, status: StatusCode, why: &str) -> Response {
+    let frame = state.frame("Not done", viewer);
+    let login = if status == StatusCode::UNAUTHORIZED && state.api.token.is_some() {
+        pages::login_form(None)
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<p class=\"notice failed\" role=\"alert\" id=\"refusal\">{}</p>{login}",
+        html::esc(why)
+    );
+    html(status, html::page(&frame, &body))
+}
+
+fn must_read(state: &UiState, viewer: &Viewer) -> Result<(), Response> {
+    if viewer.may_read {
+        return Ok(());
+    }
+    Err(refusal(
+        state,
+        viewer,
+        StatusCode::UNAUTHORIZED,
+        "This controller shows its status only to people with its API token: log in.",
+    ))
+}
+
+fn store_failed(state: &UiState, viewer: &Viewer, e: impl std::fmt::Display) -> Response {
+    refusal(
+        state,
+        viewer,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("cannot read the store: {e}"),
+    )
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    before: Option<i64>,
+}
+
+async fn home(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let viewer = viewer(&state, &headers);
+    if let Err(r) = must_read(&state, &viewer) {
+        return r;
+    }
+    let before = q.ok().and_then(|Query(q)| q.before);
+    let events = match state
+        .api
+        .store
+        .events(None, None, before, pages::TIMELINE_PAGE)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => return store_failed(&state, &viewer, e),
+    };
+    let statuses = state.api.board.all();
+    let title = format!("{} targets", statuses.len());
+    let mut frame = state.frame(&title, &viewer);
+    frame.stream = Some(live::stream_url(None, events.first().map(|e| e.id)));
+    let body = format!(
+        "{}{}",
+        pages::targets_table(&pages::target_rows(&statuses, now_ms())),
+        pages::timeline(&events, "/?")
+    );
+    html(StatusCode::OK, html::page(&frame, &body))
+}
+
+/// The `{env}/{role}` of a page's path, when that target is configured.
+fn known_target(state: &UiState, env: &str, role: &str) -> Option<TargetId> {
+    let id = TargetId {
+        env: Env::parse(env)?,
+        role: role.to_string(),
+    };
+    state.api.commands.contains_key(&id).then_some(id)
+}
+
+async fn target_page(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    Path((env, role)): Path<(String, String)>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let viewer = viewer(&state, &headers);
+    if let Err(r) = must_read(&state, &viewer) {
+        return r;
+    }
+    let Some(id) = known_target(&state, &env, &role) else {
+        let why = format!("no target {env}/{role} is configured");
+        return refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
+    };
+    let before = q.ok().and_then(|Query(q)| q.before);
+    let store = &state.api.store;
+    let read = async {
+        let events = store
+            .events(Some(id.clone()), None, before, pages::TIMELINE_PAGE)
+            .await?;
+        let rollbacks = store.rollbacks(Some(id.clone()), 20).await?;
+        let tags = store.known_good_tags(id.clone()).await?;
+        let window = store.window_at(id.clone(), now_ms()).await?;
+        let samples = match window {
+            Some(w) => store.samples(id.clone(), w).await?,
+            None => Vec::new(),
+        };
+        let marks = live::marks(store, &id, window).await?;
+        Ok::<_, crate::store::StoreError>((events, rollbacks, tags, samples, marks))
+    };
+    let (events, rollbacks, tags, samples, marks) = match read.await {
+        Ok(r) => r,
+        Err(e) => return store_failed(&state, &viewer, e),
+    };
+    let statuses: Vec<_> = state
+        .api
+        .board
+        .all()
+        .into_iter()
+        .filter(|s| s.target == id)
+        .collect();
+    let paused = statuses.iter().any(|s| s.paused);
+    let tags: Vec<String> = tags.into_iter().map(|(t, _, _)| t).collect();
+    let title = id.to_string();
+    let mut frame = state.frame(&title, &viewer);
+    frame.stream = Some(live::stream_url(Some(&id), events.first().map(|e| e.id)));
+    let body = format!(
+        "{}{}{}{}{}",
+        pages::targets_table(&pages::target_rows(&statuses, now_ms())),
+        pages::actions(&id, viewer.csrf.as_deref(), paused, &tags),
+        pages::evidence(&samples, &marks),
+        pages::rollback_list(&rollbacks),
+        pages::timeline(&events, &format!("/ui/targets/{env}/{}?", html::esc(&role))),
+    );
+    html(StatusCode::OK, html::page(&frame, &body))
+}
+
+async fn incident_page(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = viewer(&state, &headers);
+    if let Err(r) = must_read(&state, &viewer) {
+        return r;
+    }
+    let not_found = |why: String| refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
+    let Ok(id) = id.parse::<i64>() else {
+        return not_found(format!("{id:?} is not an incident number"));
+    };
+    let store = &state.api.store;
+    let record = match store.rollback(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(format!("no incident #{id}")),
+        Err(e) => return store_failed(&state, &viewer, e),
+    };
+    let read = async {
+        let deploy = match &record.from_tag {
+            Some(tag) => store.deploy_of(record.target.clone(), tag.clone()).await?,
+            None => None,
+        };
+        let window = store
+            .window_at(record.target.clone(), record.started_at_ms)
+            .await?;
+        let samples = match window {
+            Some(w) => store.samples(record.target.clone(), w).await?,
+            None => Vec::new(),
+        };
+        let marks = live::marks(store, &record.target, window).await?;
+        Ok::<_, crate::store::StoreError>((deploy, samples, marks))
+    };
+    let (deploy, samples, marks) = match read.await {
+        Ok(r) => r,
+        Err(e) => return store_failed(&state, &viewer, e),
+    };
+    let title = format!("Incident #{id}: {}", record.target);
+    let frame = state.frame(&title, &viewer);
+    let chart = pages::evidence(&samples, &marks);
+    let body = pages::incident(&record, deploy.as_ref(), &chart);
+    html(StatusCode::OK, html::page(&frame, &body))
+}
+
+async fn login_page(State(state): State<UiState>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&state, &headers);
+    if state.api.token.is_none() {
+        let why = "No API token is configured on this controller, so nobody can log in; set controller.api_token_file to enable the page's actions.";
+        return refusal(&state, &viewer, StatusCode::NOT_FOUND, why);
+    }
+    let frame = state.frame("Log in", &viewer);
+    html(StatusCode::OK, html::page(&frame, &pages::login_form(None)))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let viewer = viewer(&state, &headers);
+    let Some(expected) = &state.api.token else {
+        return refusal(
+            &state,
+            &viewer,
+            StatusCode::NOT_FOUND,
+            "No API token is configured on this controller, so nobody can log in.",
+        );
+    };
+    let token = match form {
+        Ok(Form(f)) => f.token,
+        Err(e) => return refusal(&state, &viewer, StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    if !expected.matches(&token) {
+        let frame = state.frame("Log in", &viewer);
+        let body = pages::login_form(Some("That is not this controller's API token."));
+        return html(StatusCode::UNAUTHORIZED, html::page(&frame, &body));
+    }
+    match state.sessions.create() {
+        Ok((id, _)) => (
+            [(header::SET_COOKIE, session::set_cookie(Some(&id)))],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        Err(e) => refusal(
+            &state,
+            &viewer,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &e.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    csrf: Option<String>,
+    confirm: Option<String>,
+    tag: Option<String>,
+}
+
+async fn logout(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Response {
+    let viewer = viewer(&state, &headers);
+    if let Err(r) = check_form(&state, &viewer, &form, false) {
+        return r;
+    }
+    if let Some(s) = &viewer.session {
+        state.sessions.end(s);
+    }
+    (
+        [(header::SET_COOKIE, session::set_cookie(None))],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+/// A posted form is acted on only from a live session, with that session's CSRF token (and,
+/// for actions, the confirmation box ticked); otherwise the refusal says which was missing.
+fn check_form(
+    state: &UiState,
+    viewer: &Viewer,
+    form: &Result<Form<ActionForm>, FormRejection>,
+    needs_confirm: bool,
+) -> Result<(), Response> {
+    let refuse = |status, why: &str| Err(refusal(state, viewer, status, why));
+    let Some(expected) = viewer.csrf.as_deref() else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Not logged in (or the session expired): log in and try again. Nothing was changed.",
+        );
+    };
+    let f = match form {
+        Ok(Form(f)) => f,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    if !f
+        .csrf
+        .as_deref()
+        .is_some_and(|g| session::csrf_matches(expected, g))
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "The form's CSRF token is missing or not this session's: reload the page and try again. Nothing was changed.",
+        );
+    }
+    if needs_confirm && f.confirm.as_deref() != Some("yes") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Tick the confirmation box to act. Nothing was changed.",
+        );
+    }
+    Ok(())
+}
+
+async fn action(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    Path((env, role, action)): Path<(String, String, String)>,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Response {
+    let viewer = viewer(&state, &headers);
+    if let Err(r) = check_form(&state, &viewer, &form, true) {
+        return r;
+    }
+    let (id, tx) = match api::parse_target(&state.api, &env, &role) {
+        Ok(t) => t,
+        Err(e) => return refusal(&state, &viewer, e.describe().0, &e.describe().1),
+    };
+    let tag = form.ok().and_then(|Form(f)| f.tag);
+    let outcome = match action.as_str() {
+        "pause" => simple(&id, &tx, |done| Command::Pause { done }, "paused").await,
+        "resume" => simple(&id, &tx, |done| Command::Resume { done }, "resumed").await,
+        "rollback" => rollback(&id, &tx, tag).await,
+        other => {
+            let why = format!("no action {other:?}: pause, resume or rollback");
+            return refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
+        }
+    };
+    let back = format!("/ui/targets/{}/{}", id.env.as_str(), urlencode(&id.role));
+    match (outcome, &viewer.session) {
+        (Ok(text), Some(s)) => {
+            state.sessions.set_notice(s, text, false);
+            Redirect::to(&back).into_response()
+        }
+        (Err((status, text)), Some(s)) if status == StatusCode::CONFLICT => {
+            state.sessions.set_notice(s, text, true);
+            Redirect::to(&back).into_response()
+        }
+        (Err((status, text)), _) => refusal(&state, &viewer, status, &text),
+        (Ok(text), None) => refusal(&state, &viewer, StatusCode::OK, &text),
+    }
+}
+
+type Outcome = Result<String, (StatusCode, String)>;
+
+async fn simple(
+    id: &TargetId,
+    tx: &tokio::sync::mpsc::Sender<Command>,
+    cmd: fn(oneshot::Sender<()>) -> Command,
+    word: &str,
+) -> Outcome {
+    let (done, stored) = oneshot::channel();
+    api::enqueue(id, tx, cmd(done)).map_err(|e| e.describe())?;
+    match tokio::time::timeout(api::COMMAND_WAIT, stored).await {
+        Ok(Ok(())) => Ok(format!("{id} is {word}.")),
+        Ok(Err(_)) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is shutting down".into(),
+        )),
+        Err(_) => Ok(format!(
+            "Queued: a rollback of {id} is in flight; {id} will be {word} when it ends."
+        )),
+    }
+}
+
+async fn rollback(
+    id: &TargetId,
+    tx: &tokio::sync::mpsc::Sender<Command>,
+    tag: Option<String>,
+) -> Outcome {
+    let tag = tag
+        .filter(|t| !t.is_empty())
+        .map(|t| Tag::parse(&t))
+        .transpose()
+        .map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("{e}. Nothing was changed."),
+            )
+        })?;
+    let (reply, answer) = oneshot::channel();
+    let cmd = Command::Rollback {
+        tag,
+        trigger: Trigger::Manual,
+        reason: "manual rollback from the status page".into(),
+        reply,
+    };
+    api::enqueue(id, tx, cmd).map_err(|e| e.describe())?;
+    match tokio::time::timeout(ROLLBACK_WAIT, answer).await {
+        Ok(Ok(Ok(r))) => Ok(format!(
+            "{id} rolled back to {} ({}); incident #{}.",
+            r.to_tag,
+            r.state.as_str(),
+            r.id
+        )),
+        Ok(Ok(Err(e))) => Err((StatusCode::CONFLICT, format!("Rollback refused: {e}"))),
+        Ok(Err(_)) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller stopped before answering".into(),
+        )),
+        Err(_) => Ok(format!(
+            "The rollback of {id} is still running; the timeline shows when it ends."
+        )),
+    }
+}
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/app.css"))
+}
+
+async fn js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/app.js"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
