@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::browser::Browser;
+use harness::browser::{Browser, Seen};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -46,16 +46,16 @@ document.getElementById('form').addEventListener('submit', async (e) => {
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
-struct Seen {
+struct Request {
     method: String,
     path: String,
     cookie: Option<String>,
     body: String,
 }
 
-/// Serves PAGE, APP_JS and POST /echo on a loopback port, one request per connection, and
+/// Serves PAGE, APP_JS and POST /echo (after 250 ms) on a loopback port, one request per connection, and
 /// notes every request. The accept thread ends with the test binary.
-fn serve() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+fn serve() -> (u16, Arc<Mutex<Vec<Request>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let port = listener.local_addr().expect("local addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -71,7 +71,7 @@ fn serve() -> (u16, Arc<Mutex<Vec<Seen>>>) {
     (port, seen)
 }
 
-fn answer(conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+fn answer(conn: TcpStream, log: &Mutex<Vec<Request>>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut head = String::new();
@@ -109,10 +109,14 @@ fn answer(conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
         // No CSP: the page's own policy would refuse other hosts before the driver could.
         ("GET", "/open") => ("200 OK", "text/html", "", "<p id=\"open\">open</p>".into()),
         ("GET", "/app.js") => ("200 OK", "text/javascript", "", APP_JS.to_string()),
-        ("POST", "/echo") => ("200 OK", "text/plain", "", format!("got {body}")),
+        ("POST", "/echo") => {
+            // Late enough that a wait begun after the click sees the page change.
+            std::thread::sleep(Duration::from_millis(250));
+            ("200 OK", "text/plain", "", format!("got {body}"))
+        }
         _ => ("404 Not Found", "text/plain", "", "not found".to_string()),
     };
-    log.lock().expect("request log").push(Seen {
+    log.lock().expect("request log").push(Request {
         method,
         path,
         cookie,
@@ -125,6 +129,23 @@ fn answer(conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
          {extra}Connection: close\r\n\r\n{content}",
         content.len()
     )
+}
+
+/// The driver re-checks on every DOM change: when the change came after the wait began, it
+/// reports the moment the page's script made it. The row comes 300 ms after its click and the
+/// echo 250 ms after its, time enough for the wait to begin first, unless the machine stalls.
+fn assert_seen_at(seen: Seen, changed_at: i64, what: &str) {
+    if seen.already {
+        assert!(
+            seen.at_ms >= changed_at,
+            "{what} at {changed_at}, seen {seen:?}"
+        );
+    } else {
+        assert!(
+            (changed_at..changed_at + 50).contains(&seen.at_ms),
+            "{what} at {changed_at}, wait reported {seen:?}"
+        );
+    }
 }
 
 /// A time the page's script noted in `window[name]` (epoch ms).
@@ -153,8 +174,8 @@ fn driver_sees_timings_cookies_requests_and_screenshots() {
     // A row appears 300 ms after the click: wait_for reports when, by the same clock.
     assert_eq!(b.count(".row").expect("count"), 0);
     b.click("#add").expect("click");
-    let at = b
-        .wait_for(".row", Duration::from_secs(5))
+    let row = b
+        .wait_for_state_seen(".row", "visible", Duration::from_secs(5))
         .expect("row appears");
     let (clicked, added) = (
         page_ms(&mut b, "__clicked_at"),
@@ -164,11 +185,7 @@ fn driver_sees_timings_cookies_requests_and_screenshots() {
         added >= clicked + 300,
         "the page's timer: {clicked} -> {added}"
     );
-    // The driver re-checks on each DOM change: it sees the row when the script adds it.
-    assert!(
-        (added..added + 50).contains(&at),
-        "row added at {added}, wait_for reported {at}"
-    );
+    assert_seen_at(row, added, "row added");
     assert_eq!(b.count(".row").expect("count"), 1);
     let err = b
         .wait_for(".never", Duration::from_millis(300))
@@ -182,16 +199,16 @@ fn driver_sees_timings_cookies_requests_and_screenshots() {
     b.fill("#name", "hello").expect("fill");
     b.click("#send").expect("click send");
     let done = b
-        .wait_for_function(
+        .wait_for_function_seen(
             "document.getElementById('out').textContent === 'got hello'",
             Duration::from_secs(5),
         )
         .expect("echo shown");
-    let shown = page_ms(&mut b, "__shown_at");
-    assert!(
-        (shown..shown + 50).contains(&done),
-        "echo shown at {shown}, wait_for_function reported {done}"
-    );
+    assert_seen_at(done, page_ms(&mut b, "__shown_at"), "echo shown");
+    let title = b
+        .wait_for_state_seen("#title", "visible", Duration::from_secs(1))
+        .expect("title");
+    assert!(title.already, "the title was there before the wait");
     assert_eq!(b.text("#out").expect("text"), "got hello");
     assert_eq!(
         b.eval("window.__marker").expect("marker again"),

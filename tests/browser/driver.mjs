@@ -11,9 +11,10 @@
 // Commands (every one takes an optional timeout_ms, default 10000):
 //   goto {url, wait_until?}          -> {status, url}          (loopback URLs only)
 //   eval {js}                        -> the expression's JSON value (promises awaited)
-//   wait_for {selector, state?}      -> null, at_ms            (CSS selector, first match;
+//   wait_for {selector, state?}      -> null, at_ms, already   (CSS selector, first match;
 //                                                                state attached|detached|visible|hidden)
-//   wait_for_function {js}           -> the truthy value, at_ms (js is an expression)
+//   wait_for_function {js}           -> the truthy value, at_ms, already (js is an expression)
+//     already: the condition held when the wait began; at_ms is then that moment
 //   click {selector}                 -> null, at_ms            (after the click was dispatched)
 //   fill {selector, value}           -> null
 //   text {selector}                  -> innerText
@@ -91,7 +92,8 @@ page.on('console', (m) => {
 });
 
 // Waits inside the page until `check` (a function body) returns something truthy, and answers
-// {v, t}: its value and the page's Date.now() at that moment. The page re-checks on every DOM
+// {v, t, already}: its value and the page's Date.now() at that moment; `already` when it held at
+// the first check, so `t` is when the wait began, later than the change itself. The page re-checks on every DOM
 // mutation, so `t` is the moment a script changed the page, not the next poll; a 20 ms timer
 // catches what no mutation shows (layout, timers, globals). Playwright's own waits poll at
 // intervals growing to 500 ms, too coarse to time the page's updates; and its waitForFunction
@@ -112,10 +114,12 @@ async function waitInPage(check, timeout, what) {
         clearTimeout(timer);
         resolve(r);
       };
+      let first = true;
       const tick = () => {
         let v;
         try { v = check(); } catch (e) { finish({ error: String((e && e.message) || e) }); return; }
-        if (v) finish({ v, t: Date.now() });
+        if (v) finish({ v, t: Date.now(), already: first });
+        first = false;
       };
       tick();
       if (done) return;
@@ -170,13 +174,13 @@ const handlers = {
       const visible = (e) => { if (!e) return false; const r = e.getBoundingClientRect();
         return r.width > 0 && r.height > 0 && getComputedStyle(e).visibility !== 'hidden'; };
       return ${test};`;
-    const { t } = await waitInPage(check, timeout, `${c.selector} ${state}`);
-    return { value: null, at_ms: t };
+    const { t, already } = await waitInPage(check, timeout, `${c.selector} ${state}`);
+    return { value: null, at_ms: t, already };
   },
   async wait_for_function(c, timeout) {
     const js = need(c, 'js');
-    const { v, t } = await waitInPage(`return (${js});`, timeout, js);
-    return { value: v, at_ms: t };
+    const { v, t, already } = await waitInPage(`return (${js});`, timeout, js);
+    return { value: v, at_ms: t, already };
   },
   async click(c, timeout) {
     await page.locator(need(c, 'selector')).click({ timeout });
@@ -274,8 +278,9 @@ lines.on('line', (line) => {
       return;
     }
     try {
-      const { value, at_ms } = await run(c);
-      send({ id: c.id ?? null, ok: true, value, ...(at_ms === undefined ? {} : { at_ms }) });
+      const { value, at_ms, already } = await run(c);
+      const extra = { ...(at_ms === undefined ? {} : { at_ms }), ...(already === undefined ? {} : { already }) };
+      send({ id: c.id ?? null, ok: true, value, ...extra });
       if (c.cmd === 'close') await shutdown(0);
     } catch (e) {
       send({ id: c.id ?? null, ok: false, error: String(e && e.message ? e.message : e) });

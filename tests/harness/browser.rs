@@ -26,6 +26,17 @@ const SLACK: Duration = Duration::from_secs(5);
 pub struct Reply {
     pub value: Value,
     pub at_ms: Option<i64>,
+    /// A wait's condition already held when the wait began: `at_ms` is then that moment, an
+    /// upper bound of when it became true.
+    pub already: bool,
+}
+
+/// When a wait's condition held, by the page's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub at_ms: i64,
+    /// It held at the first check: `at_ms` is when the wait began, not when it became true.
+    pub already: bool,
 }
 
 /// A cookie as the browser holds it, flags included.
@@ -187,6 +198,7 @@ impl Browser {
                 return Ok(Reply {
                     value: answer["value"].clone(),
                     at_ms: answer["at_ms"].as_i64(),
+                    already: answer["already"] == json!(true),
                 });
             }
             let error = answer["error"].as_str().unwrap_or("no error message");
@@ -202,6 +214,11 @@ impl Browser {
         reply
             .at_ms
             .ok_or_else(|| format!("{cmd}: answer without at_ms"))
+    }
+
+    fn seen(cmd: &str, reply: Reply) -> Result<Seen, String> {
+        let already = reply.already;
+        Self::at_ms(cmd, reply).map(|at_ms| Seen { at_ms, already })
     }
 
     fn typed<T: serde::de::DeserializeOwned>(cmd: &str, v: Value) -> Result<T, String> {
@@ -224,7 +241,7 @@ impl Browser {
 
     /// Waits until the first element the CSS `selector` matches is visible; returns when, by the
     /// page's clock: the page re-checks on every DOM change, so this is the moment its script
-    /// showed the element, not the next poll.
+    /// showed the element, not the next poll (unless it was visible already: see `Seen`).
     pub fn wait_for(&mut self, selector: &str, timeout: Duration) -> Result<i64, String> {
         self.wait_for_state(selector, "visible", timeout)
     }
@@ -236,16 +253,32 @@ impl Browser {
         state: &str,
         timeout: Duration,
     ) -> Result<i64, String> {
+        self.wait_for_state_seen(selector, state, timeout)
+            .map(|s| s.at_ms)
+    }
+
+    /// `wait_for_state`, telling also whether the state held before the wait began.
+    pub fn wait_for_state_seen(
+        &mut self,
+        selector: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<Seen, String> {
         let args = json!({ "selector": selector, "state": state });
         let reply = self.command("wait_for", args, timeout)?;
-        Self::at_ms("wait_for", reply)
+        Self::seen("wait_for", reply)
     }
 
     /// Waits until the expression `js` is truthy; returns when, by the page's clock: checked on
     /// every DOM change, and every 20 ms for what changes no DOM.
     pub fn wait_for_function(&mut self, js: &str, timeout: Duration) -> Result<i64, String> {
+        self.wait_for_function_seen(js, timeout).map(|s| s.at_ms)
+    }
+
+    /// `wait_for_function`, telling also whether `js` was true before the wait began.
+    pub fn wait_for_function_seen(&mut self, js: &str, timeout: Duration) -> Result<Seen, String> {
         let reply = self.command("wait_for_function", json!({ "js": js }), timeout)?;
-        Self::at_ms("wait_for_function", reply)
+        Self::seen("wait_for_function", reply)
     }
 
     /// Clicks the one element `selector` matches (more than one is an error); returns when.
