@@ -99,7 +99,8 @@ pub struct Timings {
 
 /// Runs the scenario `runs` times; with `runs > 1` it prints quantiles and, when `bench` names a
 /// file, appends a table there.
-pub async fn run(runs: usize, bench: Option<PathBuf>) -> anyhow::Result<()> {
+/// `serve_for`: how long the controller (and its status page) keeps running after the rollback.
+pub async fn run(runs: usize, bench: Option<PathBuf>, serve_for: Duration) -> anyhow::Result<()> {
     let docker_ok = std::process::Command::new("docker")
         .args(["info"])
         .output()
@@ -123,7 +124,7 @@ pub async fn run(runs: usize, bench: Option<PathBuf>) -> anyhow::Result<()> {
             .replace("{app_port}", &app_port.to_string())
             .replace("{dir}", &dir.display().to_string());
         let config = Config::parse(&text, Path::new("<embedded demo config>"), &root)?;
-        let result = scenario(config, &dir, app_port).await;
+        let result = scenario(config, &dir, app_port, serve_for).await;
         remove_demo_containers();
         all.push(result?);
     }
@@ -166,7 +167,12 @@ fn report(all: &[Timings], bench: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<Timings> {
+async fn scenario(
+    config: Config,
+    dir: &Path,
+    app_port: u16,
+    serve_for: Duration,
+) -> anyhow::Result<Timings> {
     let t0 = Instant::now();
     let say = move |msg: String| tell!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
     say(format!(
@@ -179,6 +185,7 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<T
     let running = crate::daemon::start(config.clone(), shutdown.clone()).await?;
     let mut events = running.events.subscribe();
     say(format!("rollwatch watching staging/backend (probe every 1s, 2 failures = regressed, bake 3s); API on {}", running.addr));
+    say(format!("status page: http://{}/", running.addr));
 
     let mut fault_at: Option<Instant> = None;
     let mut regressed_at = None;
@@ -209,6 +216,17 @@ async fn scenario(config: Config, dir: &Path, app_port: u16) -> anyhow::Result<T
         }
     })
     .await;
+    if outcome.as_ref().is_ok_and(|r| r.is_ok()) && !serve_for.is_zero() {
+        say(format!(
+            "the status page stays up for {}: http://{}/ (Ctrl-C ends it)",
+            humantime::format_duration(serve_for),
+            running.addr
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(serve_for) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     shutdown.cancel();
     let _ = running.done.await;
     let healthy_at = outcome.context("the demo did not finish within 120 s")??;

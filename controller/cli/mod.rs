@@ -56,6 +56,10 @@ enum Command {
         /// With --runs: append the result table to this file (docs/BENCHMARKS.md).
         #[arg(long)]
         bench_file: Option<PathBuf>,
+        /// Keep the controller and its status page running this long after the rollback
+        /// (e.g. `5m`), to look around; Ctrl-C ends it sooner.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        serve_for: std::time::Duration,
     },
     /// Targets as the running controller sees them: env, role, running tag, known-good tag, state.
     Status,
@@ -205,8 +209,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config_path)?;
             run_controller(config).await
         }
-        Command::Demo { runs, bench_file } => {
-            demo::run(runs, bench_file).await?;
+        Command::Demo {
+            runs,
+            bench_file,
+            serve_for,
+        } => {
+            demo::run(runs, bench_file, serve_for).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {

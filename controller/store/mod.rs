@@ -8,7 +8,7 @@ mod samples;
 mod schema;
 
 pub use batch::StoreWriter;
-pub use samples::{Sample, MAX_SAMPLES_PER_WINDOW, WINDOWS_KEPT};
+pub use samples::{Sample, MAX_SAMPLES_PER_WINDOW, POINTS_PER_BAKE, WINDOWS_KEPT};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

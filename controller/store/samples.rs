@@ -1,8 +1,10 @@
-//! What each round of a watch window saw — the probe's latency and outcome, and the cumulative
-//! error counts of the candidate and its baseline — kept so the status page can draw the
-//! window's evidence after the fact. Bounded twice: a window keeps at most
-//! [`MAX_SAMPLES_PER_WINDOW`] rounds (the watcher stops there) and a target its newest
-//! [`WINDOWS_KEPT`] windows (older ones are deleted when a newer one is written).
+//! What a watch window saw — probe latency and failures, and the cumulative error counts of the
+//! candidate and its baseline — kept so the status page can draw the window's evidence after
+//! the fact. Only windows of a deploy rollwatch saw happen are sampled (not the probation of
+//! what already ran when it started: at 10,000 targets that wrote 4.2 GB an hour). Bounded
+//! three times: a sample sums the rounds of about 1/[`POINTS_PER_BAKE`] of the bake, a window
+//! keeps at most [`MAX_SAMPLES_PER_WINDOW`], and a target its newest [`WINDOWS_KEPT`] windows
+//! (older ones are deleted when a newer one is written).
 
 use rusqlite::params;
 use serde::Serialize;
@@ -10,13 +12,16 @@ use serde::Serialize;
 use super::{Store, StoreError};
 use crate::target::TargetId;
 
-/// Rounds kept per window: 15 minutes at a 1 s interval, three times the default bake.
-pub const MAX_SAMPLES_PER_WINDOW: u32 = 900;
+/// Samples per bake: a sample sums `bake / interval / POINTS_PER_BAKE` rounds (at least one).
+pub const POINTS_PER_BAKE: u64 = 120;
+/// Samples kept per window, for windows that outlast their bake (a paused rollback).
+pub const MAX_SAMPLES_PER_WINDOW: u32 = 240;
 /// Windows kept per target.
-pub const WINDOWS_KEPT: i64 = 20;
+pub const WINDOWS_KEPT: i64 = 10;
 
-/// One round of a watch window. Counts are cumulative within the window (`None` without an
-/// error-metrics source); the probe fields are `None` on a round that did not probe.
+/// A few rounds of a watch window. Error counts are cumulative within the window as of its
+/// last round (`None` without an error-metrics source); `latency_ms` is the slowest passed
+/// probe of those rounds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
     pub target: TargetId,
@@ -25,7 +30,8 @@ pub struct Sample {
     pub tag: String,
     pub at_ms: i64,
     pub latency_ms: Option<i64>,
-    pub probe_ok: Option<bool>,
+    pub probes: u32,
+    pub failures: u32,
     pub candidate: Option<(f64, f64)>,
     pub baseline: Option<(f64, f64)>,
 }
@@ -38,9 +44,9 @@ impl Store {
             let tx = c.unchecked_transaction()?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO samples (env, role, window_ms, tag, at_ms, latency_ms, probe_ok,
-                        cand_requests, cand_errors, base_requests, base_errors)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO samples (env, role, window_ms, tag, at_ms, latency_ms, probes,
+                        failures, cand_requests, cand_errors, base_requests, base_errors)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
                 for s in &samples {
                     insert.execute(params![
@@ -50,7 +56,8 @@ impl Store {
                         s.tag,
                         s.at_ms,
                         s.latency_ms,
-                        s.probe_ok,
+                        s.probes,
+                        s.failures,
                         s.candidate.map(|c| c.0),
                         s.candidate.map(|c| c.1),
                         s.baseline.map(|b| b.0),
@@ -96,7 +103,7 @@ impl Store {
     ) -> Result<Vec<Sample>, StoreError> {
         self.with(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT tag, at_ms, latency_ms, probe_ok, cand_requests, cand_errors,
+                "SELECT tag, at_ms, latency_ms, probes, failures, cand_requests, cand_errors,
                         base_requests, base_errors
                  FROM samples WHERE env = ?1 AND role = ?2 AND window_ms = ?3 ORDER BY at_ms",
             )?;
@@ -109,9 +116,10 @@ impl Store {
                         tag: r.get(0)?,
                         at_ms: r.get(1)?,
                         latency_ms: r.get(2)?,
-                        probe_ok: r.get(3)?,
-                        candidate: pair(r.get(4)?, r.get(5)?),
-                        baseline: pair(r.get(6)?, r.get(7)?),
+                        probes: r.get(3)?,
+                        failures: r.get(4)?,
+                        candidate: pair(r.get(5)?, r.get(6)?),
+                        baseline: pair(r.get(7)?, r.get(8)?),
                     })
                 })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -135,7 +143,8 @@ mod tests {
             tag: "v2".into(),
             at_ms,
             latency_ms: Some(3),
-            probe_ok: Some(true),
+            probes: 2,
+            failures: 0,
             candidate: Some((10.0, 1.0)),
             baseline: None,
         }

@@ -36,7 +36,7 @@ pub fn evidence(samples: &[Sample], marks: &[Mark]) -> String {
         .max(t0 + 1000);
     let x = |t: i64| LEFT + (WIDTH - LEFT - RIGHT) * (t - t0) as f64 / (t1 - t0) as f64;
     let height = TOP + 2.0 * PANEL + GAP + 28.0;
-    let failed = samples.iter().filter(|s| s.probe_ok == Some(false)).count();
+    let failed: u32 = samples.iter().map(|s| s.failures).sum();
     let mut svg = format!(
         "<svg class=\"evidence\" viewBox=\"0 0 {WIDTH} {height}\" width=\"100%\" role=\"img\" \
 aria-label=\"Evidence of the watch window of {tag}: {n} rounds, {failed} failed probes\" \
@@ -79,7 +79,6 @@ fn latency_panel(svg: &mut String, samples: &[Sample], x: &impl Fn(i64) -> f64) 
     frame(svg, top, "probe latency", &format!("{max:.0} ms"));
     let points: Vec<String> = samples
         .iter()
-        .filter(|s| s.probe_ok == Some(true))
         .filter_map(|s| {
             s.latency_ms
                 .map(|l| format!("{:.1},{:.1}", x(s.at_ms), y(l)))
@@ -90,12 +89,14 @@ fn latency_panel(svg: &mut String, samples: &[Sample], x: &impl Fn(i64) -> f64) 
         "<polyline class=\"latency\" fill=\"none\" points=\"{}\"/>",
         points.join(" ")
     );
-    for s in samples.iter().filter(|s| s.probe_ok == Some(false)) {
+    for s in samples.iter().filter(|s| s.failures > 0) {
         let _ = write!(
             svg,
-            "<circle class=\"failure\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\"><title>failed probe</title></circle>",
+            "<circle class=\"failure\" data-failures=\"{n}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\"><title>{n} of {p} probes failed</title></circle>",
             x(s.at_ms),
-            top + 6.0
+            top + 6.0,
+            n = s.failures,
+            p = s.probes,
         );
     }
 }
@@ -170,7 +171,7 @@ mod tests {
     use super::*;
     use crate::target::{Env, TargetId};
 
-    fn round(at_ms: i64, ok: bool, cand: (f64, f64)) -> Sample {
+    fn round(at_ms: i64, failures: u32, cand: (f64, f64)) -> Sample {
         Sample {
             target: TargetId {
                 env: Env::Staging,
@@ -180,7 +181,8 @@ mod tests {
             tag: "v<2>".into(),
             at_ms,
             latency_ms: Some(4),
-            probe_ok: Some(ok),
+            probes: 2,
+            failures,
             candidate: Some(cand),
             baseline: Some((1000.0, 1.0)),
         }
@@ -189,9 +191,9 @@ mod tests {
     #[test]
     fn failures_and_the_verdict_are_marked_and_values_escaped() {
         let rounds = [
-            round(2_000, true, (50.0, 0.0)),
-            round(3_000, false, (100.0, 40.0)),
-            round(4_000, false, (150.0, 80.0)),
+            round(2_000, 0, (50.0, 0.0)),
+            round(3_000, 1, (100.0, 40.0)),
+            round(4_000, 2, (150.0, 80.0)),
         ];
         let mark = Mark {
             at_ms: 4_100,
@@ -200,6 +202,7 @@ mod tests {
         let svg = evidence(&rounds, &[mark]);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{svg}");
         assert_eq!(svg.matches("class=\"failure\"").count(), 2);
+        assert!(svg.contains("data-failed=\"3\""), "{svg}");
         assert!(svg.contains("data-verdict=\"regressed\""));
         assert!(svg.contains("v&lt;2&gt;") && !svg.contains("v<2>"));
         assert!(svg.contains("class=\"candidate\"") && svg.contains("class=\"baseline\""));

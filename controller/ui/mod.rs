@@ -126,12 +126,20 @@ impl UiState {
     }
 }
 
+/// Scripts, styles and connections only from this controller; no framing, no forms elsewhere:
+/// an injected tag in an event message could run nothing even if escaping ever failed.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 fn html(status: StatusCode, body: String) -> Response {
     (
         status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "same-origin"),
         ],
         body,
     )
@@ -153,13 +161,14 @@ fn refusal(state: &UiState, viewer: &Viewer, status: StatusCode, why: &str) -> R
     html(status, html::page(&frame, &body))
 }
 
-fn must_read(state: &UiState, viewer: &Viewer) -> Result<(), Response> {
+/// Why a request is refused: the status and the sentence shown.
+struct Refused(StatusCode, &'static str);
+
+fn must_read(viewer: &Viewer) -> Result<(), Refused> {
     if viewer.may_read {
         return Ok(());
     }
-    Err(refusal(
-        state,
-        viewer,
+    Err(Refused(
         StatusCode::UNAUTHORIZED,
         "This controller shows its status only to people with its API token: log in.",
     ))
@@ -185,8 +194,8 @@ async fn home(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     let viewer = viewer(&state, &headers);
-    if let Err(r) = must_read(&state, &viewer) {
-        return r;
+    if let Err(Refused(status, why)) = must_read(&viewer) {
+        return refusal(&state, &viewer, status, why);
     }
     let before = q.ok().and_then(|Query(q)| q.before);
     let events = match state
@@ -226,8 +235,8 @@ async fn target_page(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     let viewer = viewer(&state, &headers);
-    if let Err(r) = must_read(&state, &viewer) {
-        return r;
+    if let Err(Refused(status, why)) = must_read(&viewer) {
+        return refusal(&state, &viewer, status, why);
     }
     let Some(id) = known_target(&state, &env, &role) else {
         let why = format!("no target {env}/{role} is configured");
@@ -282,8 +291,8 @@ async fn incident_page(
     Path(id): Path<String>,
 ) -> Response {
     let viewer = viewer(&state, &headers);
-    if let Err(r) = must_read(&state, &viewer) {
-        return r;
+    if let Err(Refused(status, why)) = must_read(&viewer) {
+        return refusal(&state, &viewer, status, why);
     }
     let not_found = |why: String| refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
     let Ok(id) = id.parse::<i64>() else {
@@ -387,8 +396,8 @@ async fn logout(
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
     let viewer = viewer(&state, &headers);
-    if let Err(r) = check_form(&state, &viewer, &form, false) {
-        return r;
+    if let Err(Refused(status, why)) = check_form(&viewer, &form, false) {
+        return refusal(&state, &viewer, status, why);
     }
     if let Some(s) = &viewer.session {
         state.sessions.end(s);
@@ -403,37 +412,31 @@ async fn logout(
 /// A posted form is acted on only from a live session, with that session's CSRF token (and,
 /// for actions, the confirmation box ticked); otherwise the refusal says which was missing.
 fn check_form(
-    state: &UiState,
     viewer: &Viewer,
     form: &Result<Form<ActionForm>, FormRejection>,
     needs_confirm: bool,
-) -> Result<(), Response> {
-    let refuse = |status, why: &str| Err(refusal(state, viewer, status, why));
+) -> Result<(), Refused> {
     let Some(expected) = viewer.csrf.as_deref() else {
-        return refuse(
+        return Err(Refused(
             StatusCode::UNAUTHORIZED,
             "Not logged in (or the session expired): log in and try again. Nothing was changed.",
-        );
+        ));
     };
-    let f = match form {
-        Ok(Form(f)) => f,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.body_text()),
-    };
-    if !f
-        .csrf
-        .as_deref()
+    let posted = form.as_ref().ok().map(|Form(f)| f);
+    if !posted
+        .and_then(|f| f.csrf.as_deref())
         .is_some_and(|g| session::csrf_matches(expected, g))
     {
-        return refuse(
+        return Err(Refused(
             StatusCode::FORBIDDEN,
             "The form's CSRF token is missing or not this session's: reload the page and try again. Nothing was changed.",
-        );
+        ));
     }
-    if needs_confirm && f.confirm.as_deref() != Some("yes") {
-        return refuse(
+    if needs_confirm && posted.and_then(|f| f.confirm.as_deref()) != Some("yes") {
+        return Err(Refused(
             StatusCode::BAD_REQUEST,
             "Tick the confirmation box to act. Nothing was changed.",
-        );
+        ));
     }
     Ok(())
 }
@@ -445,8 +448,8 @@ async fn action(
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
     let viewer = viewer(&state, &headers);
-    if let Err(r) = check_form(&state, &viewer, &form, true) {
-        return r;
+    if let Err(Refused(status, why)) = check_form(&viewer, &form, true) {
+        return refusal(&state, &viewer, status, why);
     }
     let (id, tx) = match api::parse_target(&state.api, &env, &role) {
         Ok(t) => t,

@@ -11,6 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 mod actions;
+mod sampler;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -26,7 +27,7 @@ use crate::probe::{HealthProbe, Prober};
 use crate::rollback::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 use crate::store::{
     now_ms, DeployRecord, EventRecord, RollbackRecord, RollbackState, Sample, Store, StoreWriter,
-    Trigger, MAX_SAMPLES_PER_WINDOW,
+    Trigger,
 };
 use crate::tag::Tag;
 use crate::target::TargetId;
@@ -98,8 +99,8 @@ pub struct Watcher {
     deaths: Vec<crate::detect::Death>,
     /// The guard rails as last written to the store; written again whenever they change.
     saved_control: Control,
-    /// The watch window being sampled (its `since_ms`) and its rounds sampled so far.
-    window_rounds: (i64, u32),
+    /// Sums a deploy's watch window into samples for the status page.
+    sampler: sampler::Sampler,
     /// Cancels a rollback in flight at shutdown (its intent stays for the next start).
     shutdown: CancellationToken,
 }
@@ -189,7 +190,7 @@ impl Watcher {
             deaths: Vec::new(),
             lease,
             saved_control,
-            window_rounds: (0, 0),
+            sampler: sampler::Sampler::default(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -277,10 +278,11 @@ impl Watcher {
     async fn round(&mut self, probe: bool) {
         crate::rollback::fault_panic_once("watcher-round");
         let containers = self.observe().await;
-        let mut latency_ms = None;
+        let mut probed = None;
         let probe = if probe && containers.is_ok() {
             let r = self.health.probe().await;
-            latency_ms = Some(i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX));
+            let ms = i64::try_from(r.latency.as_millis()).unwrap_or(i64::MAX);
+            probed = Some((ms, r.outcome.is_ok()));
             self.series
                 .probe(r.latency.as_secs_f64(), r.outcome.as_ref().err());
             // Written into the same buffer every round (it is copied to the status board).
@@ -313,7 +315,7 @@ impl Watcher {
         } else {
             None
         };
-        self.record_sample(latency_ms, probe.as_ref().map(|p| p.is_ok()));
+        self.record_sample(probed);
         let repository = self.repository.as_str();
         let deaths = std::mem::take(&mut self.deaths)
             .into_iter()
@@ -333,6 +335,10 @@ impl Watcher {
             deaths,
         };
         let decisions = self.transition(Input::Observed(obs));
+        if !matches!(self.state.phase, Phase::Watching { .. }) {
+            // The round's verdict ended the window: its last rounds are charted too.
+            self.record_sample(None);
+        }
         let changed = !decisions.is_empty();
         for d in decisions {
             self.act(d).await;
@@ -423,6 +429,12 @@ impl Watcher {
         match decision {
             Decision::DeploySeen { tag, previous } => {
                 self.last_deploy_ms = Some(now_ms());
+                if previous.is_some() {
+                    let (bake, interval) = (self.target.watch.bake, self.target.watch.interval);
+                    let rounds = bake.as_millis() / interval.as_millis().max(1);
+                    self.sampler
+                        .deploy_seen(u64::try_from(rounds).unwrap_or(u64::MAX));
+                }
                 if let Some(f) = self.feed.as_mut() {
                     f.watch.start_candidate();
                     f.last = None;

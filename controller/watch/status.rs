@@ -74,20 +74,16 @@ impl StatusBoard {
 pub type StatusSlot = Arc<Mutex<TargetStatus>>;
 
 impl Watcher {
-    /// Keeps this round of a watch window for the status page's evidence chart (see
-    /// [`crate::store::Sample`]); nothing outside a window, nothing past its bound.
-    pub(super) fn record_sample(&mut self, latency_ms: Option<i64>, probe_ok: Option<bool>) {
-        let Phase::Watching { tag, since_ms, .. } = &self.state.phase else {
+    /// Feeds this round to the window's sampler and queues a sample when one is due (see
+    /// [`super::sampler`]); after the round's transition, closes the window it left.
+    pub(super) fn record_sample(&mut self, probe: Option<(i64, bool)>) {
+        let span = match &self.state.phase {
+            Phase::Watching { since_ms, .. } => self.sampler.round(*since_ms, probe),
+            _ => self.sampler.close(),
+        };
+        let (Some(span), Some(tag)) = (span, self.state.phase.tag()) else {
             return;
         };
-        let (window, rounds) = &mut self.window_rounds;
-        if *window != *since_ms {
-            (*window, *rounds) = (*since_ms, 0);
-        }
-        if *rounds >= MAX_SAMPLES_PER_WINDOW {
-            return;
-        }
-        *rounds += 1;
         let counts = |e: &Evidence| (e.requests(), e.errors());
         let (candidate, baseline) = match &self.feed {
             Some(f) => (
@@ -98,11 +94,12 @@ impl Watcher {
         };
         self.writer.sample(Sample {
             target: self.id.clone(),
-            window_ms: *since_ms,
-            tag: tag.clone(),
+            window_ms: span.window_ms,
+            tag: tag.to_string(),
             at_ms: now_ms(),
-            latency_ms,
-            probe_ok,
+            latency_ms: span.latency_ms,
+            probes: span.probes,
+            failures: span.failures,
             candidate,
             baseline,
         });
