@@ -49,10 +49,18 @@ xmlns=\"http://www.w3.org/2000/svg\" data-rounds=\"{n}\" data-failed=\"{failed}\
     let bottom = TOP + 2.0 * PANEL + GAP;
     for m in marks {
         let mx = x(m.at_ms);
+        // Labels at the edges would be cut off: they hang inward there.
+        let anchor = if mx > WIDTH - 80.0 {
+            "end"
+        } else if mx < LEFT + 40.0 {
+            "start"
+        } else {
+            "middle"
+        };
         let _ = write!(
             svg,
             "<line class=\"verdict\" data-verdict=\"{label}\" x1=\"{mx:.1}\" x2=\"{mx:.1}\" y1=\"{TOP}\" y2=\"{bottom}\"/>\
-<text class=\"verdict-label\" x=\"{mx:.1}\" y=\"{y:.1}\" text-anchor=\"middle\">{label}</text>",
+<text class=\"verdict-label\" x=\"{mx:.1}\" y=\"{y:.1}\" text-anchor=\"{anchor}\">{label}</text>",
             label = esc(&m.label),
             y = TOP - 5.0
         );
