@@ -169,33 +169,41 @@ fn a_bad_deploy_shows_live_and_a_person_pauses_from_the_page() {
     );
     assert!(api_paused(port), "the API reports the target paused");
 
+    // Every control has an accessible name, and at phone width nothing but the tables scrolls
+    // sideways (they scroll inside their own box).
+    let unnamed = b
+        .eval(
+            "[...document.querySelectorAll('button, select, input:not([type=hidden])')] \
+             .filter(e => !(e.getAttribute('aria-label') || (e.labels && e.labels.length) || e.textContent.trim())) \
+             .map(e => e.outerHTML)",
+        )
+        .expect("controls");
+    assert_eq!(unnamed, serde_json::json!([]), "controls without a name");
+    b.set_viewport(390, 800).expect("phone width");
+    for path in [
+        "/",
+        "/ui/targets/staging/backend",
+        &format!("/ui/incidents/{id}"),
+    ] {
+        b.goto(&format!("{base}{path}")).expect("page");
+        let wide = b
+            .eval("document.documentElement.scrollWidth")
+            .expect("width");
+        assert!(
+            wide.as_i64().is_some_and(|w| w <= 390),
+            "{path} is {wide} px wide at 390"
+        );
+    }
+    b.goto(&format!("{base}/ui/targets/staging/backend"))
+        .expect("target page");
+
     let csrf = b
         .attr("form[action$=\"/resume\"] input[name=\"csrf\"]", "value")
         .expect("attr")
         .expect("the resume form's CSRF token");
     let body = format!("csrf={csrf}&confirm=yes");
-    let (status, _) = http_post_form(port, "/ui/targets/staging/backend/resume", &body);
+    let resume = "/ui/targets/staging/backend/resume";
+    let (status, _, _) = http_raw(port, "POST", resume, &form, body.as_bytes());
     assert_eq!(status, 401, "the CSRF token without the session");
     assert!(api_paused(port), "a refused POST resumed the target");
-}
-
-/// A form POST without any cookie: (status, body).
-fn http_post_form(port: u16, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).expect("send");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
 }

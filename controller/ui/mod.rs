@@ -465,7 +465,8 @@ async fn action(
             return refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
         }
     };
-    let back = format!("/ui/targets/{}/{}", id.env.as_str(), urlencode(&id.role));
+    // Role names are lowercase letters, digits and '-' (the config refuses others): URL-safe.
+    let back = format!("/ui/targets/{}/{}", id.env.as_str(), id.role);
     match (outcome, &viewer.session) {
         (Ok(text), Some(s)) => {
             state.sessions.set_notice(s, text, false);
@@ -541,18 +542,6 @@ async fn rollback(
             "The rollback of {id} is still running; the timeline shows when it ends."
         )),
     }
-}
-
-/// A path segment with everything but unreserved characters percent-encoded.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn css() -> Response {
