@@ -11,6 +11,8 @@ mod html;
 mod live;
 mod pages;
 mod session;
+#[cfg(test)]
+mod review_tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,275 @@
+//! Hostile and careless use of the status page, driven through the router in-process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::api::{ApiState, TokenDigest};
+use crate::store::{EventRecord, Store};
+use crate::target::{Env, TargetId};
+use crate::watch::{StatusBoard, TargetStatus};
+
+const TOKEN: &str = "review-token";
+
+pub struct Ui {
+    pub router: axum::Router,
+    pub store: Store,
+    pub events: broadcast::Sender<EventRecord>,
+    pub shutdown: CancellationToken,
+    pub _dir: tempfile::TempDir,
+    pub _rx: mpsc::Receiver<crate::watch::Command>,
+}
+
+pub fn backend() -> TargetId {
+    TargetId {
+        env: Env::Staging,
+        role: "backend".into(),
+    }
+}
+
+pub fn ui(reads_need_token: bool) -> Ui {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let board = StatusBoard::default();
+    board.slot(&backend(), || TargetStatus {
+        target: backend(),
+        state: "stable".into(),
+        running_tag: Some("v1.0.0".into()),
+        known_good_tag: Some("v1.0.0".into()),
+        since_ms: 1,
+        last_deploy_ms: None,
+        paused: false,
+        dry_run: false,
+        docker_reachable: true,
+        last_probe: None,
+        detail: None,
+        halted: false,
+        window: None,
+        metrics_up: None,
+    });
+    let (tx, rx) = mpsc::channel(16);
+    let mut commands = HashMap::new();
+    commands.insert(backend(), tx);
+    let api = ApiState {
+        board,
+        store: store.clone(),
+        commands: Arc::new(commands),
+        token: Some(TokenDigest::of(TOKEN)),
+        reads_need_token,
+        metrics: Arc::new(crate::telemetry::Metrics::new()),
+        alert_window_ms: 0,
+    };
+    let (events, _) = broadcast::channel(1024);
+    let shutdown = CancellationToken::new();
+    Ui {
+        router: super::router(api, events.clone(), shutdown.clone()),
+        store,
+        events,
+        shutdown,
+        _dir: dir,
+        _rx: rx,
+    }
+}
+
+impl Ui {
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> axum::response::Response {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.router
+            .clone()
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+        let r = self.call("GET", uri, headers, "").await;
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Logs in: (cookie, csrf).
+    pub async fn login(&self) -> (String, String) {
+        let r = self
+            .call(
+                "POST",
+                "/ui/login",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &format!("token={TOKEN}"),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = set.split(';').next().unwrap().to_string();
+        let (_, page) = self.get("/", &[("cookie", &cookie)]).await;
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string();
+        (cookie, csrf)
+    }
+
+    pub async fn event(&self, message: &str) -> i64 {
+        let id = self
+            .store
+            .record_event(backend(), "docker", None, message.into())
+            .await
+            .unwrap();
+        let e = self
+            .store
+            .events(None, Some(id - 1), None, 1)
+            .await
+            .unwrap()
+            .remove(0);
+        let _ = self.events.send(e);
+        id
+    }
+}
+
+/// The SSE text that arrives within `wait` (or until the stream ends).
+pub async fn read_stream(body: Body, wait: Duration) -> (String, bool) {
+    let mut body = body;
+    let mut out = String::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    out.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+            Ok(_) => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+fn stream_of(page: &str) -> String {
+    page.split("data-stream=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&")
+}
+
+/// An older page of the timeline (`?before=`) follows the stream from its own newest event, so
+/// the catch-up prepends every newer event to "page 2": the page is no longer the page asked for.
+#[tokio::test]
+async fn an_older_timeline_page_is_not_filled_with_newer_events_by_the_stream() {
+    let ui = ui(false);
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(ui.event(&format!("event {i}")).await);
+    }
+    let (_, first) = ui.get("/", &[]).await;
+    let older = first
+        .split("href=\"/?before=")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("an Older events link")
+        .to_string();
+    let (status, page) = ui.get(&format!("/?before={older}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!page.contains(&format!("id=\"event-{older}\"")));
+    let newest = *ids.last().unwrap();
+    let r = ui.call("GET", &stream_of(&page), &[], "").await;
+    let (sse, _) = read_stream(r.into_body(), Duration::from_millis(300)).await;
+    assert!(
+        !sse.contains(&format!("id=\"event-{newest}\"")),
+        "page ?before={older} is sent the newest event {newest} as a live timeline row"
+    );
+}
+
+/// A stream authorised by a session outlives the session: after logout (or expiry) it keeps
+/// sending events and rows to whoever holds the connection.
+#[tokio::test]
+async fn logging_out_ends_the_sessions_stream() {
+    let ui = ui(true);
+    let (cookie, csrf) = ui.login().await;
+    let r = ui
+        .call("GET", "/ui/stream?after=0", &[("cookie", &cookie)], "")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.into_body();
+    let out = ui
+        .call(
+            "POST",
+            "/ui/logout",
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let (status, _) = ui.get("/", &[("cookie", &cookie)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the session is over");
+    let id = ui.event("after logout: <b>secret</b>").await;
+    let (sse, ended) = read_stream(body, Duration::from_millis(1500)).await;
+    assert!(
+        ended && !sse.contains(&format!("event-{id}")),
+        "the stream of an ended session still sent event {id}: {sse}"
+    );
+}
+
+/// The incident page charts "the window open when the rollback started", whatever tag it was
+/// of: a rollback of v2.0.0 whose window was not sampled (probation after a restart, or pruned)
+/// is shown the evidence of an older window of v1.0.0, titled as that window but on v2.0.0's
+/// incident.
+#[tokio::test]
+async fn an_incident_is_not_shown_the_chart_of_another_tags_window() {
+    use crate::store::{RollbackIntent, Sample, Trigger};
+    let ui = ui(false);
+    ui.store
+        .save_samples(vec![Sample {
+            target: backend(),
+            window_ms: 1_000,
+            tag: "v1.0.0".into(),
+            at_ms: 1_500,
+            latency_ms: Some(3),
+            probes: 1,
+            failures: 0,
+            candidate: None,
+            baseline: None,
+        }])
+        .await
+        .unwrap();
+    let id = ui
+        .store
+        .begin_rollback(RollbackIntent {
+            target: backend(),
+            trigger: Trigger::Health,
+            reason: "probe failures".into(),
+            from_tag: Some("v2.0.0".into()),
+            from_image: None,
+            to_tag: crate::tag::Tag::parse("v1.0.0").unwrap(),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let (status, page) = ui.get(&format!("/ui/incidents/{id}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !page.contains("watch window of <code>v1.0.0</code>"),
+        "incident #{id} (from v2.0.0) charts v1.0.0's window"
+    );
+}
