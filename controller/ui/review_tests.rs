@@ -273,3 +273,125 @@ async fn an_incident_is_not_shown_the_chart_of_another_tags_window() {
         "incident #{id} (from v2.0.0) charts v1.0.0's window"
     );
 }
+
+/// Guessing the token through the login form costs nothing: 500 wrong tokens in a few ms, every
+/// one answered 401, none slowed or refused (the bearer API is the same, but the form is the
+/// one a browser on any page can be scripted against).
+#[tokio::test]
+async fn wrong_logins_are_throttled() {
+    let ui = ui(false);
+    let mut limited = 0;
+    for i in 0..500 {
+        let r = ui
+            .call(
+                "POST",
+                "/ui/login",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &format!("token=guess{i}"),
+            )
+            .await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "500 wrong logins, none throttled");
+}
+
+/// "Roll back to a chosen known-good tag": the page offers only known-good tags, but the
+/// handler forwards any well-formed tag (here one that was never known-good, on a target with
+/// none at all) to the watcher as a manual rollback.
+#[tokio::test]
+async fn a_rollback_from_the_page_is_only_to_a_known_good_tag() {
+    let mut ui = ui(false);
+    let (cookie, csrf) = ui.login().await;
+    let r = ui
+        .call(
+            "POST",
+            "/ui/targets/staging/backend/rollback",
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("csrf={csrf}&confirm=yes&tag=v9.9.9"),
+        )
+        .await;
+    let _ = r.status();
+    let ordered = ui._rx.try_recv().ok().map(|c| match c {
+        crate::watch::Command::Rollback { tag, .. } => format!("rollback to {tag:?}"),
+        _ => "another command".into(),
+    });
+    assert_eq!(ordered, None, "an unknown tag reached the watcher");
+}
+
+/// "Page weight under 200 KB": the targets table is not paged, about 700 bytes a row, so at
+/// 1,000 targets in their windows the home page (and every 1 s `targets` SSE message to each
+/// open page) is about 700 KB.
+#[test]
+fn the_targets_rows_of_1000_targets_stay_under_200_kb() {
+    let now = crate::store::now_ms();
+    let statuses: Vec<TargetStatus> = (0..1000)
+        .map(|i| TargetStatus {
+            target: TargetId {
+                env: Env::Production,
+                role: format!("service-{i:04}"),
+            },
+            state: "watching".into(),
+            running_tag: Some("v1.2.3".into()),
+            known_good_tag: Some("v1.2.2".into()),
+            since_ms: now,
+            last_deploy_ms: Some(now),
+            paused: false,
+            dry_run: false,
+            docker_reachable: true,
+            last_probe: Some("200 in 3 ms".into()),
+            detail: None,
+            halted: false,
+            window: Some(crate::watch::WindowProgress {
+                since_ms: now - 5_000,
+                bake_ms: 300_000,
+                failures: 0,
+                failures_limit: 3,
+                metrics: Some("candidate 0.1% vs baseline 0.1% (1200 requests)".into()),
+            }),
+            metrics_up: Some(true),
+        })
+        .collect();
+    let rows = super::pages::target_rows(&statuses, now);
+    assert!(rows.len() < 200 * 1024, "{} bytes", rows.len());
+}
+
+/// A rollback ordered from the page is waited for up to ROLLBACK_WAIT (120 s), but the pages'
+/// TimeoutLayer (PAGE_TIMEOUT, 30 s) answers first: a rollback that takes over 30 s (compose
+/// pulls, /health validation up to 60 s) gets a bare 408 with an empty body, the handler is
+/// dropped, and its result is never shown ("shows the result once it holds").
+#[tokio::test]
+async fn a_rollback_slower_than_30_s_still_answers_with_its_result() {
+    let mut ui = ui(false);
+    let (cookie, csrf) = ui.login().await;
+    let (_tx, rx) = mpsc::channel(1);
+    let mut rx = std::mem::replace(&mut ui._rx, rx);
+    tokio::spawn(async move {
+        while let Some(c) = rx.recv().await {
+            if let crate::watch::Command::Rollback { reply, .. } = c {
+                tokio::time::sleep(Duration::from_secs(31)).await;
+                let _ = reply.send(Err("validation failed".into()));
+            }
+        }
+    });
+    let r = ui
+        .call(
+            "POST",
+            "/ui/targets/staging/backend/rollback",
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("csrf={csrf}&confirm=yes&tag=v1.0.0"),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "answered before the rollback's result"
+    );
+}
