@@ -395,3 +395,101 @@ async fn a_rollback_slower_than_30_s_still_answers_with_its_result() {
         "answered before the rollback's result"
     );
 }
+
+/// The chart's verdict marks come from the target's newest 500 events only (live::marks): an
+/// incident whose window is older than that (a target whose later events number 500 or more)
+/// is charted without its verdict.
+#[tokio::test]
+async fn an_older_incidents_chart_keeps_its_verdict_mark() {
+    use crate::store::{now_ms, RollbackIntent, Sample, Trigger};
+    let ui = ui(false);
+    let window = now_ms() - 10_000;
+    ui.store
+        .save_samples(vec![Sample {
+            target: backend(),
+            window_ms: window,
+            tag: "v2.0.0".into(),
+            at_ms: window + 1_000,
+            latency_ms: Some(3),
+            probes: 1,
+            failures: 1,
+            candidate: None,
+            baseline: None,
+        }])
+        .await
+        .unwrap();
+    ui.store
+        .record_event(backend(), "regressed", Some("v2.0.0".into()), "3 failures".into())
+        .await
+        .unwrap();
+    let id = ui
+        .store
+        .begin_rollback(RollbackIntent {
+            target: backend(),
+            trigger: Trigger::Health,
+            reason: "probe failures".into(),
+            from_tag: Some("v2.0.0".into()),
+            from_image: None,
+            to_tag: crate::tag::Tag::parse("v1.0.0").unwrap(),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let (_, page) = ui.get(&format!("/ui/incidents/{id}"), &[]).await;
+    assert!(page.contains("data-verdict=\"regressed\""), "fresh incident has its mark");
+    for i in 0..500 {
+        ui.store
+            .record_event(backend(), "docker", None, format!("flap {i}"))
+            .await
+            .unwrap();
+    }
+    let (_, page) = ui.get(&format!("/ui/incidents/{id}"), &[]).await;
+    assert!(
+        page.contains("data-verdict=\"regressed\""),
+        "after 500 later events incident #{id}'s chart lost its verdict mark"
+    );
+}
+
+/// A burst of more events than the broadcast holds (1,024) makes the stream skip the lagged
+/// ones silently (`RecvError::Lagged(_) => continue`): the open page never shows them and
+/// nothing tells it to reload.
+#[tokio::test]
+async fn a_lagging_stream_does_not_silently_drop_events() {
+    let ui = ui(false);
+    let r = ui.call("GET", "/ui/stream", &[], "").await;
+    let mut body = r.into_body();
+    let _ = tokio::time::timeout(Duration::from_millis(100), body.frame()).await;
+    let mut first = None;
+    for i in 0..1100 {
+        let id = ui.event(&format!("burst {i}")).await;
+        first.get_or_insert(id);
+    }
+    let (sse, _) = read_stream(body, Duration::from_millis(800)).await;
+    let first = first.unwrap();
+    assert!(
+        sse.contains(&format!("id=\"event-{first}\"")) || sse.contains("event: reload"),
+        "event {first} was dropped without a word; {} events sent",
+        sse.matches("event: event").count()
+    );
+}
+
+/// The catch-up after `after=` reads the newest 200 events after it (ORDER BY id DESC LIMIT),
+/// so with more than 200 the oldest ones are skipped: the page shows a gap.
+#[tokio::test]
+async fn catch_up_after_more_than_200_events_leaves_no_gap() {
+    let ui = ui(false);
+    let after = ui.event("seen by the page").await;
+    for i in 0..250 {
+        ui.store
+            .record_event(backend(), "docker", None, format!("missed {i}"))
+            .await
+            .unwrap();
+    }
+    let r = ui.call("GET", &format!("/ui/stream?after={after}"), &[], "").await;
+    let (sse, _) = read_stream(r.into_body(), Duration::from_millis(500)).await;
+    assert!(
+        sse.contains(&format!("id=\"event-{}\"", after + 1)) || sse.contains("event: reload"),
+        "event {} (the first after the page's newest) was never sent",
+        after + 1
+    );
+}
