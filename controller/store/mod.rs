@@ -397,6 +397,20 @@ pub struct EventRecord {
     pub message: String,
 }
 
+/// Which events [`Store::events_matching`] reads: ids strictly between `after_id` and
+/// `before_id`, times within `from_ms..=to_ms`, at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub target: Option<TargetId>,
+    pub after_id: Option<i64>,
+    pub before_id: Option<i64>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Oldest first (a stream catching up); else newest first (a page of the timeline).
+    pub oldest_first: bool,
+    pub limit: usize,
+}
+
 /// A deploy as CI registered it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRecord {
@@ -476,6 +490,7 @@ impl Store {
     }
 
     /// Newest first; only ids above `after` when given (for polling).
+    /// Events of `target` (all with `None`) with ids in (`after`, `before`), newest first.
     pub async fn events(
         &self,
         target: Option<TargetId>,
@@ -483,19 +498,45 @@ impl Store {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_matching(EventFilter {
+            target,
+            after_id: after,
+            before_id: before,
+            limit,
+            ..EventFilter::default()
+        })
+        .await
+    }
+
+    pub async fn events_matching(&self, f: EventFilter) -> Result<Vec<EventRecord>, StoreError> {
         self.with(move |c| {
-            let (env, role) = match &target {
+            let (env, role) = match &f.target {
                 Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
                 None => (None, None),
             };
-            let mut stmt = c.prepare(
+            // Two statements, not an interpolated order: the SQL stays constant text.
+            let sql = if f.oldest_first {
                 "SELECT id, at_ms, env, role, kind, tag, message FROM events
                  WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
-                   AND id < ?5
-                 ORDER BY id DESC LIMIT ?4",
-            )?;
-            let (after, before) = (after.unwrap_or(0), before.unwrap_or(i64::MAX));
-            let rows = stmt.query_map(params![env, role, after, limit as i64, before], |r| {
+                   AND id < ?4 AND at_ms >= ?5 AND at_ms <= ?6
+                 ORDER BY id ASC LIMIT ?7"
+            } else {
+                "SELECT id, at_ms, env, role, kind, tag, message FROM events
+                 WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
+                   AND id < ?4 AND at_ms >= ?5 AND at_ms <= ?6
+                 ORDER BY id DESC LIMIT ?7"
+            };
+            let mut stmt = c.prepare_cached(sql)?;
+            let bounds = params![
+                env,
+                role,
+                f.after_id.unwrap_or(0),
+                f.before_id.unwrap_or(i64::MAX),
+                f.from_ms.unwrap_or(i64::MIN),
+                f.to_ms.unwrap_or(i64::MAX),
+                f.limit as i64
+            ];
+            let rows = stmt.query_map(bounds, |r| {
                 let env: String = r.get(2)?;
                 Ok((
                     env,

@@ -82,12 +82,19 @@ impl Store {
         .await
     }
 
-    /// The window open at `at_ms` (the newest that opened at or before it), if any was kept.
-    pub async fn window_at(&self, target: TargetId, at_ms: i64) -> Result<Option<i64>, StoreError> {
+    /// The window open at `at_ms` (the newest that opened at or before it), if one was kept;
+    /// with `tag`, only a window of that tag.
+    pub async fn window_at(
+        &self,
+        target: TargetId,
+        at_ms: i64,
+        tag: Option<String>,
+    ) -> Result<Option<i64>, StoreError> {
         self.with(move |c| {
             let w = c.query_row(
-                "SELECT MAX(window_ms) FROM samples WHERE env = ?1 AND role = ?2 AND window_ms <= ?3",
-                params![target.env.as_str(), target.role, at_ms],
+                "SELECT MAX(window_ms) FROM samples WHERE env = ?1 AND role = ?2 AND window_ms <= ?3
+                   AND (?4 IS NULL OR tag = ?4)",
+                params![target.env.as_str(), target.role, at_ms, tag],
                 |r| r.get::<_, Option<i64>>(0),
             )?;
             Ok(w)
@@ -180,11 +187,11 @@ mod tests {
         );
         assert_eq!(
             store
-                .window_at(backend.clone(), oldest_kept + 150)
+                .window_at(backend.clone(), oldest_kept + 150, None)
                 .await
                 .unwrap(),
             Some(oldest_kept + 100)
         );
-        assert_eq!(store.window_at(backend, 10).await.unwrap(), None);
+        assert_eq!(store.window_at(backend, 10, None).await.unwrap(), None);
     }
 }

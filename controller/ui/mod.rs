@@ -7,12 +7,12 @@
 //! page on another site can neither read nor act through a logged-in browser.
 
 mod chart;
+#[cfg(test)]
+mod hostile_tests;
 mod html;
 mod live;
 mod pages;
 mod session;
-#[cfg(test)]
-mod review_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -43,8 +43,13 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
 const PAGE_CONCURRENCY: usize = 16;
 /// A login or an action form is a few short fields.
 const FORM_LIMIT: usize = 16 * 1024;
-/// How long a rollback ordered from the page is waited for before the page answers "running".
-const ROLLBACK_WAIT: Duration = Duration::from_secs(120);
+/// How long a rollback ordered from the page is waited for before the page answers "running";
+/// inside [`PAGE_TIMEOUT`], so the answer is always the page's own (one second in unit tests,
+/// which play a watcher slower than that).
+const ROLLBACK_WAIT: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 25 });
+const _: () = assert!(ROLLBACK_WAIT.as_secs() < PAGE_TIMEOUT.as_secs());
+/// Live streams open at once; each re-renders its rows every second.
+const MAX_STREAMS: usize = 64;
 
 #[derive(Clone)]
 pub struct UiState {
@@ -52,6 +57,8 @@ pub struct UiState {
     sessions: Arc<Sessions>,
     events: broadcast::Sender<EventRecord>,
     shutdown: CancellationToken,
+    streams: Arc<Semaphore>,
+    logins: Arc<session::LoginThrottle>,
 }
 
 pub fn router(
@@ -64,6 +71,8 @@ pub fn router(
         sessions: Arc::new(Sessions::default()),
         events,
         shutdown,
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        logins: Arc::new(session::LoginThrottle::default()),
     };
     let pages = Router::new()
         .route("/", get(home))
@@ -102,14 +111,17 @@ fn viewer(state: &UiState, headers: &HeaderMap) -> Viewer {
         .map(String::from);
     let csrf = session.as_deref().and_then(|s| state.sessions.csrf(s));
     let session = session.filter(|_| csrf.is_some());
-    let may_read = !state.api.reads_need_token
-        || csrf.is_some()
-        || api::authorized(&state.api, headers).is_ok();
+    let may_read = !state.api.reads_need_token || csrf.is_some() || bearer_ok(state, headers);
     Viewer {
         session,
         csrf,
         may_read,
     }
+}
+
+/// The request carries the API's bearer token.
+fn bearer_ok(state: &UiState, headers: &HeaderMap) -> bool {
+    api::authorized(&state.api, headers).is_ok()
 }
 
 impl UiState {
@@ -164,7 +176,7 @@ fn refusal(state: &UiState, viewer: &Viewer, status: StatusCode, why: &str) -> R
 }
 
 /// Why a request is refused: the status and the sentence shown.
-struct Refused(StatusCode, &'static str);
+struct Refused(StatusCode, String);
 
 fn must_read(viewer: &Viewer) -> Result<(), Refused> {
     if viewer.may_read {
@@ -172,7 +184,7 @@ fn must_read(viewer: &Viewer) -> Result<(), Refused> {
     }
     Err(Refused(
         StatusCode::UNAUTHORIZED,
-        "This controller shows its status only to people with its API token: log in.",
+        "This controller shows its status only to people with its API token: log in.".into(),
     ))
 }
 
@@ -187,7 +199,10 @@ fn store_failed(state: &UiState, viewer: &Viewer, e: impl std::fmt::Display) -> 
 
 #[derive(Deserialize)]
 struct PageQuery {
+    /// The timeline page: events older than this id.
     before: Option<i64>,
+    /// The page of the targets table.
+    page: Option<usize>,
 }
 
 async fn home(
@@ -197,9 +212,12 @@ async fn home(
 ) -> Response {
     let viewer = viewer(&state, &headers);
     if let Err(Refused(status, why)) = must_read(&viewer) {
-        return refusal(&state, &viewer, status, why);
+        return refusal(&state, &viewer, status, &why);
     }
-    let before = q.ok().and_then(|Query(q)| q.before);
+    let (before, page) = match q {
+        Ok(Query(q)) => (q.before, q.page.unwrap_or(0)),
+        Err(_) => (None, 0),
+    };
     let events = match state
         .api
         .store
@@ -209,14 +227,24 @@ async fn home(
         Ok(e) => e,
         Err(e) => return store_failed(&state, &viewer, e),
     };
-    let statuses = state.api.board.all();
-    let title = format!("{} targets", statuses.len());
+    let (shown, total) = pages::targets_page(state.api.board.all(), page);
+    let title = match total {
+        1 => "1 target".to_string(),
+        n => format!("{n} targets"),
+    };
     let mut frame = state.frame(&title, &viewer);
-    frame.stream = Some(live::stream_url(None, events.first().map(|e| e.id)));
+    let follows = live::Follows {
+        target: None,
+        newest: events.first().map(|e| e.id),
+        timeline: before.is_none(),
+        page,
+    };
+    frame.stream = Some(follows.url());
     let body = format!(
-        "{}{}",
-        pages::targets_table(&pages::target_rows(&statuses, now_ms())),
-        pages::timeline(&events, "/?")
+        "{}{}{}",
+        pages::targets_table(&pages::target_rows(&shown, now_ms())),
+        pages::pager(page, total),
+        pages::timeline(&events, "/?", before.is_none())
     );
     html(StatusCode::OK, html::page(&frame, &body))
 }
@@ -238,7 +266,7 @@ async fn target_page(
 ) -> Response {
     let viewer = viewer(&state, &headers);
     if let Err(Refused(status, why)) = must_read(&viewer) {
-        return refusal(&state, &viewer, status, why);
+        return refusal(&state, &viewer, status, &why);
     }
     let Some(id) = known_target(&state, &env, &role) else {
         let why = format!("no target {env}/{role} is configured");
@@ -252,12 +280,7 @@ async fn target_page(
             .await?;
         let rollbacks = store.rollbacks(Some(id.clone()), 20).await?;
         let tags = store.known_good_tags(id.clone()).await?;
-        let window = store.window_at(id.clone(), now_ms()).await?;
-        let samples = match window {
-            Some(w) => store.samples(id.clone(), w).await?,
-            None => Vec::new(),
-        };
-        let marks = live::marks(store, &id, window).await?;
+        let (samples, marks) = live::window_chart(store, &id, now_ms(), None).await?;
         Ok::<_, crate::store::StoreError>((events, rollbacks, tags, samples, marks))
     };
     let (events, rollbacks, tags, samples, marks) = match read.await {
@@ -275,14 +298,24 @@ async fn target_page(
     let tags: Vec<String> = tags.into_iter().map(|(t, _, _)| t).collect();
     let title = id.to_string();
     let mut frame = state.frame(&title, &viewer);
-    frame.stream = Some(live::stream_url(Some(&id), events.first().map(|e| e.id)));
+    let follows = live::Follows {
+        target: Some(&id),
+        newest: events.first().map(|e| e.id),
+        timeline: before.is_none(),
+        page: 0,
+    };
+    frame.stream = Some(follows.url());
     let body = format!(
         "{}{}{}{}{}",
         pages::targets_table(&pages::target_rows(&statuses, now_ms())),
         pages::actions(&id, viewer.csrf.as_deref(), paused, &tags),
         pages::evidence(&samples, &marks),
         pages::rollback_list(&rollbacks),
-        pages::timeline(&events, &format!("/ui/targets/{env}/{}?", html::esc(&role))),
+        pages::timeline(
+            &events,
+            &format!("/ui/targets/{env}/{}?", html::esc(&role)),
+            before.is_none()
+        ),
     );
     html(StatusCode::OK, html::page(&frame, &body))
 }
@@ -294,7 +327,7 @@ async fn incident_page(
 ) -> Response {
     let viewer = viewer(&state, &headers);
     if let Err(Refused(status, why)) = must_read(&viewer) {
-        return refusal(&state, &viewer, status, why);
+        return refusal(&state, &viewer, status, &why);
     }
     let not_found = |why: String| refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
     let Ok(id) = id.parse::<i64>() else {
@@ -311,14 +344,15 @@ async fn incident_page(
             Some(tag) => store.deploy_of(record.target.clone(), tag.clone()).await?,
             None => None,
         };
-        let window = store
-            .window_at(record.target.clone(), record.started_at_ms)
-            .await?;
-        let samples = match window {
-            Some(w) => store.samples(record.target.clone(), w).await?,
-            None => Vec::new(),
-        };
-        let marks = live::marks(store, &record.target, window).await?;
+        // Only the window of the tag rolled back: an older window of another tag is not this
+        // incident's evidence.
+        let (samples, marks) = live::window_chart(
+            store,
+            &record.target,
+            record.started_at_ms,
+            record.from_tag.clone(),
+        )
+        .await?;
         Ok::<_, crate::store::StoreError>((deploy, samples, marks))
     };
     let (deploy, samples, marks) = match read.await {
@@ -365,7 +399,16 @@ async fn login(
         Ok(Form(f)) => f.token,
         Err(e) => return refusal(&state, &viewer, StatusCode::BAD_REQUEST, &e.body_text()),
     };
+    if let Err(wait) = state.logins.allow() {
+        let why = format!(
+            "Too many wrong tokens in the last minute: logins are refused for {wait} s more. (The API's bearer token still works.)"
+        );
+        let mut r = refusal(&state, &viewer, StatusCode::TOO_MANY_REQUESTS, &why);
+        r.headers_mut().insert(header::RETRY_AFTER, wait.into());
+        return r;
+    }
     if !expected.matches(&token) {
+        state.logins.failed();
         let frame = state.frame("Log in", &viewer);
         let body = pages::login_form(Some("That is not this controller's API token."));
         return html(StatusCode::UNAUTHORIZED, html::page(&frame, &body));
@@ -398,10 +441,11 @@ async fn logout(
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
     let viewer = viewer(&state, &headers);
-    if let Err(Refused(status, why)) = check_form(&viewer, &form, false) {
-        return refusal(&state, &viewer, status, why);
-    }
+    // Without a live session there is nothing to end but a stale cookie: cleared either way.
     if let Some(s) = &viewer.session {
+        if let Err(Refused(status, why)) = check_form(&viewer, &form, false) {
+            return refusal(&state, &viewer, status, &why);
+        }
         state.sessions.end(s);
     }
     (
@@ -421,23 +465,36 @@ fn check_form(
     let Some(expected) = viewer.csrf.as_deref() else {
         return Err(Refused(
             StatusCode::UNAUTHORIZED,
-            "Not logged in (or the session expired): log in and try again. Nothing was changed.",
+            "Not logged in (or the session expired): log in and try again. Nothing was changed."
+                .into(),
         ));
     };
-    let posted = form.as_ref().ok().map(|Form(f)| f);
+    let posted = match form {
+        Ok(Form(f)) => f,
+        Err(e) => {
+            return Err(Refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} Send the page's form as it is. Nothing was changed.",
+                    e.body_text()
+                ),
+            ))
+        }
+    };
     if !posted
-        .and_then(|f| f.csrf.as_deref())
+        .csrf
+        .as_deref()
         .is_some_and(|g| session::csrf_matches(expected, g))
     {
         return Err(Refused(
             StatusCode::FORBIDDEN,
-            "The form's CSRF token is missing or not this session's: reload the page and try again. Nothing was changed.",
+            "The form's CSRF token is missing or not this session's: reload the page and try again. Nothing was changed.".into(),
         ));
     }
-    if needs_confirm && posted.and_then(|f| f.confirm.as_deref()) != Some("yes") {
+    if needs_confirm && posted.confirm.as_deref() != Some("yes") {
         return Err(Refused(
             StatusCode::BAD_REQUEST,
-            "Tick the confirmation box to act. Nothing was changed.",
+            "Tick the confirmation box to act. Nothing was changed.".into(),
         ));
     }
     Ok(())
@@ -451,7 +508,7 @@ async fn action(
 ) -> Response {
     let viewer = viewer(&state, &headers);
     if let Err(Refused(status, why)) = check_form(&viewer, &form, true) {
-        return refusal(&state, &viewer, status, why);
+        return refusal(&state, &viewer, status, &why);
     }
     let (id, tx) = match api::parse_target(&state.api, &env, &role) {
         Ok(t) => t,
@@ -461,7 +518,7 @@ async fn action(
     let outcome = match action.as_str() {
         "pause" => simple(&id, &tx, |done| Command::Pause { done }, "paused").await,
         "resume" => simple(&id, &tx, |done| Command::Resume { done }, "resumed").await,
-        "rollback" => rollback(&id, &tx, tag).await,
+        "rollback" => rollback(&state, &id, &tx, tag).await,
         other => {
             let why = format!("no action {other:?}: pause, resume or rollback");
             return refusal(&state, &viewer, StatusCode::NOT_FOUND, &why);
@@ -505,7 +562,10 @@ async fn simple(
     }
 }
 
+/// A rollback to a known-good tag of the target: the page offers only those, and a stale or
+/// forged form naming another is refused here (the watcher still refuses tags marked bad).
 async fn rollback(
+    state: &UiState,
     id: &TargetId,
     tx: &tokio::sync::mpsc::Sender<Command>,
     tag: Option<String>,
@@ -520,6 +580,28 @@ async fn rollback(
                 format!("{e}. Nothing was changed."),
             )
         })?;
+    if let Some(t) = &tag {
+        let known: Vec<String> = state
+            .api
+            .store
+            .known_good_tags(id.clone())
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .into_iter()
+            .map(|(t, _, _)| t)
+            .collect();
+        if !known.iter().any(|k| *k == t.to_string()) {
+            let list = if known.is_empty() {
+                "none yet".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("{t} is not a known-good tag of {id} (known-good: {list}). Nothing was changed."),
+            ));
+        }
+    }
     let (reply, answer) = oneshot::channel();
     let cmd = Command::Rollback {
         tag,

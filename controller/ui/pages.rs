@@ -12,6 +12,63 @@ use crate::watch::TargetStatus;
 
 /// Events shown per timeline page.
 pub const TIMELINE_PAGE: usize = 50;
+/// Targets shown per page of the targets table: a fleet of a thousand stays a light page.
+pub const TARGETS_PAGE: usize = 100;
+
+/// How much a target needs a person: failed rollbacks first, then regressions, paused or
+/// halted ones, watch windows, and the stable ones last.
+fn attention(s: &TargetStatus) -> u8 {
+    match s.state.as_str() {
+        "rollback_failed" => 0,
+        "regressed" => 1,
+        _ if s.paused || s.halted => 2,
+        "watching" => 3,
+        "unknown" => 4,
+        _ => 5,
+    }
+}
+
+/// Page `page` of the targets, those needing attention first: (shown, how many in all).
+pub fn targets_page(mut all: Vec<TargetStatus>, page: usize) -> (Vec<TargetStatus>, usize) {
+    let total = all.len();
+    all.sort_by(|a, b| {
+        (attention(a), a.target.to_string()).cmp(&(attention(b), b.target.to_string()))
+    });
+    let shown = all
+        .into_iter()
+        .skip(page.saturating_mul(TARGETS_PAGE))
+        .take(TARGETS_PAGE)
+        .collect();
+    (shown, total)
+}
+
+/// Links to the other pages of the targets table, when there are any.
+pub fn pager(page: usize, total: usize) -> String {
+    if total <= TARGETS_PAGE {
+        return String::new();
+    }
+    let first = page * TARGETS_PAGE + 1;
+    let last = ((page + 1) * TARGETS_PAGE).min(total);
+    let prev = if page > 0 {
+        format!(
+            "<a href=\"/?page={}\" rel=\"prev\">Previous {TARGETS_PAGE}</a> ",
+            page - 1
+        )
+    } else {
+        String::new()
+    };
+    let next = if last < total {
+        format!(
+            "<a href=\"/?page={}\" rel=\"next\">Next {TARGETS_PAGE}</a>",
+            page + 1
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "<nav class=\"pager\" aria-label=\"targets pages\"><p>Targets {first}–{last} of {total}, those needing attention first. {prev}{next}</p></nav>"
+    )
+}
 
 fn target_href(t: &TargetId) -> String {
     format!("/ui/targets/{}/{}", t.env.as_str(), esc(&t.role))
@@ -114,8 +171,9 @@ pub fn event_item(e: &EventRecord) -> String {
     )
 }
 
-/// The timeline (newest first) with a link to the page of older events when there may be one.
-pub fn timeline(events: &[EventRecord], older_href: &str) -> String {
+/// The timeline (newest first) with a link to the page of older events when there may be one;
+/// `live` when the page's stream adds new events to it (its first page only).
+pub fn timeline(events: &[EventRecord], older_href: &str, live: bool) -> String {
     let items: String = events.iter().map(event_item).collect();
     let older = match events.last() {
         Some(last) if events.len() >= TIMELINE_PAGE => format!(
@@ -129,7 +187,14 @@ pub fn timeline(events: &[EventRecord], older_href: &str) -> String {
     } else {
         ""
     };
-    format!("<h2>Timeline</h2>{empty}<ol id=\"timeline\" class=\"timeline\">{items}</ol>{older}")
+    let live = if live {
+        " data-live=\"yes\" aria-live=\"polite\""
+    } else {
+        ""
+    };
+    format!(
+        "<h2>Timeline</h2>{empty}<ol id=\"timeline\" class=\"timeline\"{live}>{items}</ol>{older}"
+    )
 }
 
 /// The forms of a target's actions, each with its own confirmation box (works without script).
@@ -142,9 +207,10 @@ pub fn actions(target: &TargetId, csrf: Option<&str>, paused: bool, tags: &[Stri
         format!(
             "<form method=\"post\" action=\"{base}/{action}\" class=\"action\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{extra}\
-<label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I mean it</label> \
+<label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required aria-label=\"Confirm: {label} {target}\"> I mean it</label> \
 <button type=\"submit\" id=\"action-{action}\">{label}</button></form>",
-            csrf = esc(csrf)
+            csrf = esc(csrf),
+            target = esc(&target.to_string()),
         )
     };
     let toggle = if paused {
@@ -163,7 +229,7 @@ pub fn actions(target: &TargetId, csrf: Option<&str>, paused: bool, tags: &[Stri
             "rollback",
             "Roll back",
             &format!(
-                "<label>to <select name=\"tag\" id=\"rollback-tag\">{options}</select></label> "
+                "<label>to tag <select name=\"tag\" id=\"rollback-tag\" aria-label=\"Roll back to tag\">{options}</select></label> "
             ),
         )
     };

@@ -91,6 +91,37 @@ impl Sessions {
     }
 }
 
+/// Wrong tokens accepted per minute by the login form before it refuses every login for the
+/// rest of that minute. One budget for all clients (the server does not tell clients apart):
+/// someone guessing can keep people from logging in for a while, never guess fast.
+const WRONG_LOGINS_PER_MINUTE: u32 = 10;
+
+#[derive(Default)]
+pub struct LoginThrottle {
+    /// The minute's start (ms) and the wrong tokens in it.
+    window: Mutex<(i64, u32)>,
+}
+
+impl LoginThrottle {
+    /// Whether a login may be tried now; else the seconds until it may.
+    pub fn allow(&self) -> Result<(), u64> {
+        let now = now_ms();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now - w.0 >= 60_000 {
+            *w = (now, 0);
+        }
+        if w.1 < WRONG_LOGINS_PER_MINUTE {
+            return Ok(());
+        }
+        Err(u64::try_from((w.0 + 60_000 - now).max(1000) / 1000).unwrap_or(60))
+    }
+
+    pub fn failed(&self) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        w.1 = w.1.saturating_add(1);
+    }
+}
+
 /// Whether a posted CSRF token is the session's, compared in constant time.
 pub fn csrf_matches(expected: &str, given: &str) -> bool {
     use subtle::ConstantTimeEq;
@@ -142,6 +173,19 @@ mod tests {
         assert_eq!(sessions.csrf(&a), None);
         assert!(sessions.csrf(&b).is_some());
         assert_eq!(sessions.csrf("made-up"), None);
+    }
+
+    #[test]
+    fn wrong_logins_beyond_the_budget_wait_for_the_next_minute() {
+        let t = LoginThrottle::default();
+        for _ in 0..WRONG_LOGINS_PER_MINUTE {
+            assert!(t.allow().is_ok());
+            t.failed();
+        }
+        let wait = t.allow().unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
+        t.window.lock().unwrap().0 -= 60_000;
+        assert!(t.allow().is_ok(), "a new minute, a new budget");
     }
 
     #[test]

@@ -13,7 +13,8 @@ window.rollwatchLoadedAt = Date.now();
   es.onopen = () => { if (live) live.hidden = false; };
   es.onerror = () => { if (live) live.hidden = true; };
   es.addEventListener("event", (e) => {
-    if (!timeline) return;
+    // An older page of the timeline stays the page it is.
+    if (!timeline || !timeline.dataset.live) return;
     const holder = document.createElement("ol");
     holder.innerHTML = e.data;
     const item = holder.firstElementChild;
