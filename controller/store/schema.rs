@@ -200,6 +200,35 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_store_gains_the_samples_table_and_keeps_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        v1_base_tables(&tx).unwrap();
+        tx.execute_batch("PRAGMA user_version = 1").unwrap();
+        tx.execute(
+            "INSERT INTO events (at_ms, env, role, kind, message) VALUES (1, 'staging', 'backend', 'deploy', 'kept')",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
+        let samples: i64 = conn
+            .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(samples, 0);
+        let kept: String = conn
+            .query_row("SELECT message FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, "kept");
+    }
+
+    #[test]
     fn a_fresh_store_is_at_the_current_version_and_a_newer_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
