@@ -26,6 +26,7 @@ pub mod store;
 pub mod tag;
 pub mod target;
 pub mod telemetry;
+pub mod traffic;
 pub mod ui;
 pub mod verdict;
 pub mod watch;
