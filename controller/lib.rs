@@ -6,6 +6,7 @@ pub mod alertmanager;
 pub mod analysis;
 pub mod api;
 pub mod build_info;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod daemon;
