@@ -1,10 +1,11 @@
 //! The shared integration-test bed: real Docker Engine, real registry on 127.0.0.1:5000, real
-//! docker-compose, and (module `browser`) a real headless Chromium. Each test gets its own app
-//! name (so its own compose projects, image repositories and loopback port) and everything it
-//! started is removed on drop, pass or fail.
+//! docker-compose, (module `browser`) a real headless Chromium and (module `haproxy`) real
+//! HAProxy instances. Each test gets its own app name (so its own compose projects, image
+//! repositories and loopback port) and everything it started is removed on drop, pass or fail.
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod haproxy;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
