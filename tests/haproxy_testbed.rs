@@ -5,105 +5,9 @@
 
 mod harness;
 
-use harness::haproxy::{exporter_value, Haproxy};
+use harness::haproxy::{exporter_value, Haproxy, SlotServer};
 use harness::http_get;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// A loopback HTTP server standing in for one slot's container. `/health` always answers 200 (so
-/// health checks keep it UP); other paths answer `status` and are counted, health checks not.
-struct Slot {
-    port: u16,
-    served: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Slot {
-    fn start(status: u16) -> Slot {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a slot");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("slot address").port();
-        let served = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, flag) = (served.clone(), stop.clone());
-        let accept = std::thread::spawn(move || {
-            // Bounded like every loop of the test bed: ten minutes whatever the test does.
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let count = count.clone();
-                        std::thread::spawn(move || answer(conn, status, &count));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Slot {
-            port,
-            served,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
-    fn served(&self) -> u64 {
-        self.served.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Reads one request head and answers it, counting it before the answer leaves so a client that
-/// has its answer always sees the count.
-fn answer(mut conn: TcpStream, status: u16, served: &AtomicU64) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let path = String::from_utf8_lossy(&head)
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    let (code, body) = if path == "/health" {
-        (200, r#"{"status":"ok"}"#)
-    } else {
-        served.fetch_add(1, Ordering::SeqCst);
-        match status {
-            200 => (200, r#"{"status":"ok"}"#),
-            _ => (status, r#"{"status":"error"}"#),
-        }
-    };
-    let reason = if code == 200 { "OK" } else { "Error" };
-    let _ = conn.write_all(
-        format!(
-            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-}
 
 /// Sends `n` GETs through the frontend one after another; returns how many answered 200 and
 /// 500. Every request must be answered by a slot: a 502/503 or no answer fails the test.
@@ -125,8 +29,8 @@ fn set(h: &Haproxy, cmd: &str) {
 
 #[test]
 fn weights_route_traffic_and_counters_match_what_the_slots_served() {
-    let blue = Slot::start(200);
-    let green = Slot::start(500);
+    let blue = SlotServer::start(0);
+    let green = SlotServer::start(1);
     let h = Haproxy::start(&[("blue", blue.port, 1), ("green", green.port, 0)]);
     h.wait_server_up("blue", Duration::from_secs(10));
     h.wait_server_up("green", Duration::from_secs(10));
@@ -198,8 +102,8 @@ fn weights_route_traffic_and_counters_match_what_the_slots_served() {
 
 #[test]
 fn runtime_api_answers_as_the_canary_driver_reads_them() {
-    let blue = Slot::start(200);
-    let green = Slot::start(200);
+    let blue = SlotServer::start(0);
+    let green = SlotServer::start(0);
     let h = Haproxy::start(&[("blue", blue.port, 1), ("green", green.port, 0)]);
     h.wait_server_up("green", Duration::from_secs(10));
 

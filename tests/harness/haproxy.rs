@@ -7,9 +7,13 @@
 use super::{free_port, wait_for};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Daemonizing takes about 60 ms here; a loaded 2-core machine running other tests is slower.
@@ -273,4 +277,98 @@ impl Drop for Haproxy {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// A loopback HTTP server standing in for one slot's container. `/health` always answers 200 (so
+/// health checks keep it UP); other requests are counted, health checks not, and every
+/// `fail_every`-th of them answers 500 (0: none, 1: all, 4: a quarter).
+pub struct SlotServer {
+    pub port: u16,
+    served: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl SlotServer {
+    pub fn start(fail_every: u64) -> SlotServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a slot");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let port = listener.local_addr().expect("slot address").port();
+        let served = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, flag) = (served.clone(), stop.clone());
+        let accept = std::thread::spawn(move || {
+            // Bounded like every loop of the test bed: ten minutes whatever the test does.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let count = count.clone();
+                        std::thread::spawn(move || answer(conn, fail_every, &count));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SlotServer {
+            port,
+            served,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    /// Requests answered, health checks not counted.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlotServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads one request head and answers it, counting it before the answer leaves so a client that
+/// has its answer always sees the count.
+fn answer(mut conn: TcpStream, fail_every: u64, served: &AtomicU64) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let path = String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let (code, body) = if path == "/health" {
+        (200, r#"{"status":"ok"}"#)
+    } else {
+        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+        if fail_every > 0 && n % fail_every == 0 {
+            (500, r#"{"status":"error"}"#)
+        } else {
+            (200, r#"{"status":"ok"}"#)
+        }
+    };
+    let reason = if code == 200 { "OK" } else { "Error" };
+    let _ = conn.write_all(
+        format!(
+            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
 }
