@@ -357,7 +357,7 @@ fn answer(mut conn: TcpStream, fail_every: u64, served: &AtomicU64) {
         (200, r#"{"status":"ok"}"#)
     } else {
         let n = served.fetch_add(1, Ordering::SeqCst) + 1;
-        if fail_every > 0 && n % fail_every == 0 {
+        if fail_every > 0 && n.is_multiple_of(fail_every) {
             (500, r#"{"status":"error"}"#)
         } else {
             (200, r#"{"status":"ok"}"#)
