@@ -3,3 +3,4 @@
 //! This module holds the judgement; the deploy flow that steers the slots builds on it.
 
 pub mod judge;
+pub mod plan;

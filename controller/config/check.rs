@@ -237,6 +237,83 @@ fn check_target(t: &TargetConfig) -> Result<(), Refusal> {
     if let ExecutorConfig::Compose(c) = &t.executor {
         check_compose(c).map_err(|r| r.under(&[Key("executor")]))?;
     }
+    check_strategy(t)
+}
+
+/// `strategy = "canary"` needs its settings, and settings without it would be ignored.
+fn check_strategy(t: &TargetConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    match (t.strategy, &t.canary) {
+        (Strategy::Replace, None) => Ok(()),
+        (Strategy::Replace, Some(_)) => Err(Refusal::new(
+            &[Key("canary")],
+            "canary settings are given but strategy is \"replace\" (the default), so they would be ignored; set strategy = \"canary\" or remove [targets.canary]",
+        )),
+        (Strategy::Canary, None) => Err(Refusal::new(
+            &[Key("strategy")],
+            "\"canary\" needs a [targets.canary] table naming the load balancer and its two server slots (see the README's canary section)",
+        )),
+        (Strategy::Canary, Some(c)) => {
+            check_canary(c, t.watch.interval).map_err(|r| r.under(&[Key("canary")]))?;
+            // The settings are checked so that they are right when the flow arrives; accepting
+            // them now would watch the target as `replace` while the user believes in canaries.
+            Err(Refusal::new(
+                &[Key("strategy")],
+                "\"canary\" is not available in this build yet: rollwatch cannot yet start the idle slot or step traffic (the [targets.canary] settings are valid); use \"replace\" for now",
+            ))
+        }
+    }
+}
+
+fn check_canary(c: &CanaryConfig, interval: Duration) -> Result<(), Refusal> {
+    use Seg::Key;
+    let steps_ok = !c.steps.is_empty()
+        && c.steps.windows(2).all(|w| w[0] < w[1])
+        && c.steps.first().is_some_and(|s| *s >= 1)
+        && c.steps.last() == Some(&100);
+    if !steps_ok {
+        return Err(Refusal::new(
+            &[Key("steps")],
+            format!(
+                "{:?}: give percents of traffic for the new version, increasing, from 1 up to a last step of 100 (e.g. [10, 50, 100])",
+                c.steps
+            ),
+        ));
+    }
+    if c.step_min < interval {
+        return Err(Refusal::new(
+            &[Key("step_min")],
+            format!(
+                "{} is shorter than the watch interval {}: a step would end before the canary was read once; make it at least the interval",
+                human(c.step_min),
+                human(interval)
+            ),
+        ));
+    }
+    at_most(&[Key("step_min")], c.step_min, Limit::Window)?;
+    at_most(&[Key("hold")], c.hold, Limit::Window)?;
+    let TrafficConfig::Haproxy {
+        socket,
+        backend,
+        servers,
+    } = &c.traffic;
+    if !socket.is_absolute() {
+        return Err(Refusal::new(
+            &[Key("traffic"), Key("socket")],
+            format!(
+                "{} is not an absolute path: give the `stats socket` path of haproxy.cfg",
+                socket.display()
+            ),
+        ));
+    }
+    if backend.is_empty() || servers[0].is_empty() || servers[0] == servers[1] {
+        return Err(Refusal::new(
+            &[Key("traffic"), Key("servers")],
+            format!(
+                "backend {backend:?} with servers {servers:?}: name the backend and its two distinct servers (blue slot first)"
+            ),
+        ));
+    }
     Ok(())
 }
 

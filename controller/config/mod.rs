@@ -129,6 +129,10 @@ pub struct TargetConfig {
     pub executor: ExecutorConfig,
     /// Overrides `controller.dry_run` for this target only.
     pub dry_run: Option<bool>,
+    /// How new versions reach users: `replace` (default) or `canary` (needs `[targets.canary]`).
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub canary: Option<CanaryConfig>,
 }
 
 impl TargetConfig {
@@ -642,8 +646,10 @@ pub fn is_role_name(s: &str) -> bool {
         && !s.starts_with('-')
 }
 
+mod canary;
 mod check;
 
+pub use canary::{CanaryConfig, Strategy, TrafficConfig};
 use check::{check_config, field_at};
 pub use check::{MAX_FACTOR, MAX_SSH_RETRIES, MAX_WAIT, MAX_WINDOW};
 
@@ -682,6 +688,48 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("rw.toml"), Path::new("/etc/rw"))
+    }
+
+    #[test]
+    fn a_canary_strategy_needs_its_settings_and_checks_them() {
+        let canary = |body: &str| format!("{GOOD}strategy = \"canary\"\n{body}");
+        let table = |extra: &str| {
+            format!(
+                "[targets.canary]\ntraffic = {{ kind = \"haproxy\", socket = \"/run/haproxy.sock\", backend = \"be\", servers = [\"blue\", \"green\"] }}\n{extra}"
+            )
+        };
+        // Valid settings, refused only because the deploy flow is not built yet.
+        let (_, e) = error_of(&canary(&table("")));
+        assert!(
+            e.contains("not available in this build yet") && e.contains("are valid"),
+            "{e}"
+        );
+        let defaults: CanaryConfig = toml::from_str(&table("").replace("[targets.canary]\n", ""))
+            .expect("canary settings alone");
+        assert_eq!(
+            (defaults.steps.as_slice(), defaults.hold.as_secs()),
+            ([10, 50, 100].as_slice(), 600)
+        );
+        let (_, e) = error_of(&canary(""));
+        assert!(e.contains("needs a [targets.canary] table"), "{e}");
+        let (_, e) = error_of(&format!("{GOOD}{}", table("")));
+        assert!(e.contains("strategy is \"replace\""), "{e}");
+        for (steps, why) in [
+            ("[50, 10, 100]", "increasing"),
+            ("[10, 50]", "last step of 100"),
+            ("[0, 100]", "from 1"),
+        ] {
+            let (_, e) = error_of(&canary(&table(&format!("steps = {steps}\n"))));
+            assert!(e.contains("steps") && e.contains(why), "{steps}: {e}");
+        }
+        let (_, e) = error_of(&canary(&table("step_min = \"100ms\"\n")));
+        assert!(e.contains("shorter than the watch interval"), "{e}");
+        let relative = table("").replace("/run/haproxy.sock", "haproxy.sock");
+        let (_, e) = error_of(&canary(&relative));
+        assert!(e.contains("not an absolute path"), "{e}");
+        let same = table("").replace("\"green\"", "\"blue\"");
+        let (_, e) = error_of(&canary(&same));
+        assert!(e.contains("two distinct servers"), "{e}");
     }
 
     fn error_of(text: &str) -> (usize, String) {

@@ -1,0 +1,67 @@
+//! `strategy = "canary"`: how a target's new versions reach users. `replace` (the default) is
+//! today's behaviour, the new version replaces the old and is watched; `canary` starts it in
+//! the idle one of two server slots and moves traffic to it step by step through a load
+//! balancer (`[targets.canary]`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Replace,
+    Canary,
+}
+
+/// The canary settings of a target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    pub traffic: TrafficConfig,
+    /// Percent of the traffic on the new version at each step, increasing, the last 100.
+    #[serde(default = "default_steps")]
+    pub steps: Vec<u32>,
+    /// Each step lasts at least this long...
+    #[serde(default = "default_step_min", with = "humantime_serde")]
+    pub step_min: Duration,
+    /// ...and until the new version served this many requests in it.
+    #[serde(default = "default_step_min_requests")]
+    pub step_min_requests: u64,
+    /// After promotion the old slot keeps running at weight 0 this long, so a regression
+    /// found later moves traffic back by weight at once.
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+}
+
+/// The load balancer that steers the slots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TrafficConfig {
+    Haproxy {
+        /// The Runtime API socket (`stats socket <path> level admin`).
+        socket: PathBuf,
+        /// The backend holding the target's two servers.
+        backend: String,
+        /// The servers of the blue and the green slot, in that order.
+        servers: [String; 2],
+    },
+}
+
+pub fn default_steps() -> Vec<u32> {
+    vec![10, 50, 100]
+}
+
+pub fn default_step_min() -> Duration {
+    Duration::from_secs(60)
+}
+
+pub fn default_step_min_requests() -> u64 {
+    100
+}
+
+pub fn default_hold() -> Duration {
+    Duration::from_secs(600)
+}
