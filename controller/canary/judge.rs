@@ -35,6 +35,27 @@ impl CanaryJudge {
         }
     }
 
+    /// The canary's error ratio so far already looks like a regression (over the policy's
+    /// factor and increase against the live slot) though the test has not decided yet: then
+    /// no more traffic goes to it until it has. "No regression shown yet" is not "healthy".
+    pub fn suspect(&self) -> Option<String> {
+        let (c, l) = (&self.watch.candidate, &self.watch.stable_replicas);
+        if c.requests() <= 0.0 || l.requests() <= 0.0 {
+            return None;
+        }
+        let (cr, lr) = (c.errors() / c.requests(), l.errors() / l.requests());
+        let p = &self.policy;
+        (cr >= lr * p.error_ratio_factor && cr - lr >= p.error_ratio_increase).then(|| {
+            format!(
+                "canary errors {:.0}/{:.0} = {:.2}% against the live slot's {:.2}%",
+                c.errors(),
+                c.requests(),
+                cr * 100.0,
+                lr * 100.0
+            )
+        })
+    }
+
     /// One reading of both slots; `None` while nothing can be said yet (the first reading
     /// only anchors the counters). Failed requests without an HTTP answer (aborted responses,
     /// refused connections) count as errors of the slot, as a user saw them.
@@ -130,6 +151,31 @@ mod tests {
             run(0.0, 60),
             Some(MetricVerdict::Healthy(_) | MetricVerdict::Waiting(_))
         ));
+    }
+
+    #[test]
+    fn a_canary_worse_than_live_is_suspect_before_the_test_decides() {
+        let mut judge = CanaryJudge::new(policy(), "v1", "v2", Slot::Green);
+        judge.observe(&[
+            reading(Slot::Blue, 0, 0, "UP"),
+            reading(Slot::Green, 0, 0, "UP"),
+        ]);
+        judge.observe(&[
+            reading(Slot::Blue, 90, 0, "UP"),
+            reading(Slot::Green, 8, 2, "UP"),
+        ]);
+        let why = judge.suspect().expect("2/10 against 0/90");
+        assert!(why.contains("2/10 = 20.00%"), "{why}");
+        let mut fine = CanaryJudge::new(policy(), "v1", "v2", Slot::Green);
+        fine.observe(&[
+            reading(Slot::Blue, 0, 0, "UP"),
+            reading(Slot::Green, 0, 0, "UP"),
+        ]);
+        fine.observe(&[
+            reading(Slot::Blue, 90, 1, "UP"),
+            reading(Slot::Green, 10, 0, "UP"),
+        ]);
+        assert_eq!(fine.suspect(), None);
     }
 
     #[test]

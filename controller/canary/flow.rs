@@ -1,0 +1,130 @@
+//! Steering one canary through its steps on a traffic driver: set the step's weights, read
+//! both slots every interval, let the judge and the step decisions ([`super::plan`]) say what
+//! next, and promote or abort. The new version must already run in the canary slot; starting
+//! it there (and recording every weight change as an intent) is the deploy flow's part.
+
+use std::time::Duration;
+
+use super::judge::CanaryJudge;
+use super::plan::{self, Next, StepState};
+use crate::config::CanaryConfig;
+use crate::store::now_ms;
+use crate::traffic::{Slot, TrafficDriver, TrafficError};
+
+/// How a canary ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub promoted: bool,
+    /// Why it was promoted or aborted, in words.
+    pub reason: String,
+    /// Each step taken: (percent, when its weight was set, ms).
+    pub steps: Vec<(u32, i64)>,
+    /// When the last weight change (all to one slot) took effect, ms.
+    pub ended_ms: i64,
+}
+
+/// Runs the steps of `c` with the new version in `canary`, reading every `interval`, and gives
+/// up (aborting) after `deadline` without reaching a decision.
+pub async fn run<D: TrafficDriver>(
+    driver: &D,
+    c: &CanaryConfig,
+    judge: &mut CanaryJudge,
+    canary: Slot,
+    interval: Duration,
+    deadline: Duration,
+) -> Result<Outcome, TrafficError> {
+    let live = canary.other();
+    let started = tokio::time::Instant::now();
+    judge.observe(&driver.read().await?);
+    let mut steps = Vec::new();
+    let mut step = 0;
+    let mut state = set_step(driver, c, live, canary, step, &mut steps).await?;
+    let mut served_before = canary_served(&driver.read().await?, canary);
+    loop {
+        tokio::time::sleep(interval).await;
+        let slots = driver.read().await?;
+        let served = canary_served(&slots, canary);
+        state.requests = served.saturating_sub(served_before);
+        let verdict = judge.observe(&slots);
+        let decision = if started.elapsed() >= deadline {
+            Next::Abort {
+                reason: format!(
+                    "no decision within {} (the canary served {} requests in its last step)",
+                    humantime::format_duration(deadline),
+                    state.requests
+                ),
+            }
+        } else {
+            match plan::next(c, &state, now_ms(), verdict.as_ref()) {
+                // More traffic only to a canary that does not already look worse.
+                Next::Step { .. } | Next::Promote if judge.suspect().is_some() => Next::Stay,
+                other => other,
+            }
+        };
+        match decision {
+            Next::Stay => {}
+            Next::Step { .. } => {
+                step += 1;
+                state = set_step(driver, c, live, canary, step, &mut steps).await?;
+                served_before = served;
+            }
+            Next::Promote => {
+                // The new version takes everything; the old one stays up at 0 for the hold.
+                driver.set_weights(&[(canary, 100), (live, 0)]).await?;
+                return Ok(Outcome {
+                    promoted: true,
+                    reason: format!("healthy at every step: {}", describe(&steps)),
+                    steps,
+                    ended_ms: now_ms(),
+                });
+            }
+            Next::Abort { reason } => {
+                // The live slot first: no moment with both at 0.
+                driver.set_weights(&[(live, 100), (canary, 0)]).await?;
+                return Ok(Outcome {
+                    promoted: false,
+                    reason,
+                    steps,
+                    ended_ms: now_ms(),
+                });
+            }
+        }
+    }
+}
+
+async fn set_step<D: TrafficDriver>(
+    driver: &D,
+    c: &CanaryConfig,
+    live: Slot,
+    canary: Slot,
+    step: usize,
+    steps: &mut Vec<(u32, i64)>,
+) -> Result<StepState, TrafficError> {
+    let percent = c.steps.get(step).copied().unwrap_or(100);
+    let (live_w, canary_w) = plan::weights(percent);
+    driver
+        .set_weights(&[(live, live_w), (canary, canary_w)])
+        .await?;
+    let since_ms = now_ms();
+    steps.push((percent, since_ms));
+    Ok(StepState {
+        step,
+        since_ms,
+        requests: 0,
+    })
+}
+
+fn canary_served(slots: &[crate::traffic::SlotReading; 2], canary: Slot) -> u64 {
+    slots
+        .iter()
+        .find(|s| s.slot == canary)
+        .map_or(0, |s| s.responses + s.errors)
+}
+
+fn describe(steps: &[(u32, i64)]) -> String {
+    steps
+        .iter()
+        .map(|(p, _)| format!("{p}%"))
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
