@@ -5,3 +5,4 @@
 pub mod flow;
 pub mod judge;
 pub mod plan;
+pub mod slots;
