@@ -8,33 +8,15 @@ mod harness;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::haproxy::{Haproxy, SlotServer};
-use harness::http_get;
+use harness::haproxy::{load_through, Haproxy, SlotServer};
 use rollwatch::analysis::MetricPolicy;
 use rollwatch::canary::flow::{self, Outcome};
 use rollwatch::canary::judge::CanaryJudge;
 use rollwatch::config::{CanaryConfig, TrafficConfig};
 use rollwatch::traffic::haproxy::Haproxy as Driver;
 use rollwatch::traffic::{Slot, TrafficDriver};
-
-/// Requests through the frontend at about `per_s` until `stop` (bounded to two minutes);
-/// returns (answered 2xx, answered otherwise or not at all).
-fn load(port: u16, per_s: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
-    std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, 0);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match http_get(port, "/work") {
-                Some((200, _)) => ok += 1,
-                _ => failed += 1,
-            }
-            std::thread::sleep(Duration::from_millis(1000 / per_s));
-        }
-        (ok, failed)
-    })
-}
 
 /// What one canary run through HAProxy did.
 struct Run {
@@ -74,7 +56,7 @@ async fn canary_run(fail_every: u64) -> Run {
         hold: Duration::from_secs(600),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(h.port, 50, stop.clone());
+    let traffic = load_through(h.port, 50, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(canary.served(), 0, "weight 0 sends the canary nothing");
     let policy = MetricPolicy {

@@ -22,6 +22,7 @@ fn site(d: &ComposeDeployment) -> SlotSite {
         registry: format!("{REGISTRY}/{}", d.app),
         compose: vec!["docker-compose".into()],
         port_var: "APP_PORT".into(),
+        ports: [free_port(), free_port()],
     }
 }
 
@@ -39,8 +40,8 @@ async fn a_new_version_runs_as_the_green_slot_beside_the_live_project_and_is_rem
     s.check(&r)
         .await
         .expect("the harness's compose file can run twice");
-    let green_port = free_port();
-    s.start(&r, Slot::Green, "v1.0.1", green_port)
+    let green_port = s.port_of(Slot::Green);
+    s.start(&r, Slot::Green, "v1.0.1")
         .await
         .expect("start the green slot");
     let green = s.project_of(Slot::Green);

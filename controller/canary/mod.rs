@@ -2,6 +2,7 @@
 //! the traffic while the traffic driver ([`crate::traffic`]) moves weight to it step by step.
 //! This module holds the judgement; the deploy flow that steers the slots builds on it.
 
+pub mod deploy;
 pub mod flow;
 pub mod judge;
 pub mod plan;

@@ -23,6 +23,8 @@ pub struct SlotSite {
     pub compose: Vec<String>,
     /// The variable the compose file takes the service's port from.
     pub port_var: String,
+    /// The ports of the blue and the green slot (the load balancer's servers point at them).
+    pub ports: [u16; 2],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,13 @@ pub enum SlotError {
 impl SlotSite {
     pub fn project_of(&self, slot: Slot) -> String {
         format!("{}-{}", self.project, slot.name())
+    }
+
+    pub fn port_of(&self, slot: Slot) -> u16 {
+        match slot {
+            Slot::Blue => self.ports[0],
+            Slot::Green => self.ports[1],
+        }
     }
 
     async fn compose(
@@ -113,17 +122,16 @@ impl SlotSite {
         Ok(())
     }
 
-    /// Starts `tag` as `slot`'s project on `port` (pulling first, as the runbook does).
+    /// Starts `tag` as `slot`'s project on its port (pulling first, as the runbook does).
     pub async fn start(
         &self,
         runner: &Arc<dyn CommandRunner>,
         slot: Slot,
         tag: &str,
-        port: u16,
     ) -> Result<(), SlotError> {
         let vars = [
             ("IMAGE_TAG", tag.to_string()),
-            (self.port_var.as_str(), port.to_string()),
+            (self.port_var.as_str(), self.port_of(slot).to_string()),
         ];
         let project = self.project_of(slot);
         self.compose(runner, &project, &vars, &["pull"]).await?;

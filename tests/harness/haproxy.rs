@@ -372,3 +372,24 @@ fn answer(mut conn: TcpStream, fail_every: u64, served: &AtomicU64) {
         .as_bytes(),
     );
 }
+
+/// Requests through the frontend at about `per_s` until `stop` (bounded to two minutes);
+/// returns (answered 2xx, answered otherwise or not at all).
+pub fn load_through(
+    port: u16,
+    per_s: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match super::http_get(port, "/") {
+                Some((200, _)) => ok += 1,
+                _ => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(1000 / per_s));
+        }
+        (ok, failed)
+    })
+}

@@ -1,0 +1,139 @@
+//! One canary deploy from start to end, on a target's two slots: start the new version in the
+//! idle slot beside the live one, wait for its `/health`, move traffic to it step by step while
+//! judging it against the live slot ([`super::flow`]), and either promote it or abort: all
+//! traffic back to the live slot in one weight change, the new slot's containers removed.
+//!
+//! Not yet here (issue 17): intents in the store for every weight and slot change (crash
+//! safety), the hold after promotion, marking an aborted tag bad, and the CLI and API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::flow::{self, Outcome};
+use super::judge::CanaryJudge;
+use super::slots::{SlotError, SlotSite};
+use crate::analysis::MetricPolicy;
+use crate::config::CanaryConfig;
+use crate::probe::Prober;
+use crate::rollback::CommandRunner;
+use crate::traffic::{Slot, TrafficDriver, TrafficError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Traffic(#[from] TrafficError),
+    #[error("{tag} in the {slot} slot never answered /health ok within {}: {why}; its containers were removed and no traffic went to it", humantime::format_duration(*.within))]
+    NeverHealthy {
+        tag: String,
+        slot: &'static str,
+        within: Duration,
+        why: String,
+    },
+}
+
+pub struct CanaryDeploy<'a, D: TrafficDriver> {
+    pub site: &'a SlotSite,
+    pub runner: Arc<dyn CommandRunner>,
+    pub driver: &'a D,
+    pub config: &'a CanaryConfig,
+    pub prober: Prober,
+    /// The slots' health path, e.g. `/health`.
+    pub health_path: String,
+    pub policy: MetricPolicy,
+    /// How often both slots are read.
+    pub interval: Duration,
+    /// The longest the new slot may take to answer /health, and the whole canary to decide.
+    pub start_within: Duration,
+    pub decide_within: Duration,
+}
+
+impl<D: TrafficDriver> CanaryDeploy<'_, D> {
+    /// The live slot is the one with the larger weight (blue on a tie: a fresh backend).
+    async fn live_slot(&self) -> Result<Slot, TrafficError> {
+        let [blue, green] = self.driver.read().await?;
+        Ok(if green.weight > blue.weight {
+            Slot::Green
+        } else {
+            Slot::Blue
+        })
+    }
+
+    async fn until_balancer_sees_up(&self, slot: Slot) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.start_within;
+        loop {
+            let slots = self.driver.read().await.map_err(|e| e.to_string())?;
+            let status = slots
+                .iter()
+                .find(|s| s.slot == slot)
+                .map(|s| s.status.clone())
+                .unwrap_or_default();
+            if status.starts_with("UP") || status == "no check" {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("the load balancer still reports the slot {status}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn deploy(&self, live_tag: &str, tag: &str) -> Result<(Slot, Outcome), DeployError> {
+        let live = self.live_slot().await?;
+        let idle = live.other();
+        self.site.check(&self.runner).await?;
+        self.site.start(&self.runner, idle, tag).await?;
+        let url = format!(
+            "http://127.0.0.1:{}{}",
+            self.site.port_of(idle),
+            self.health_path
+        );
+        let healthy = match url::Url::parse(&url) {
+            Ok(u) => self
+                .prober
+                .wait_healthy(
+                    &u,
+                    Duration::from_secs(1),
+                    Duration::from_millis(200),
+                    self.start_within,
+                )
+                .await
+                .map_err(|f| f.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = healthy {
+            self.site.remove(&self.runner, idle).await?;
+            return Err(DeployError::NeverHealthy {
+                tag: tag.to_string(),
+                slot: idle.name(),
+                within: self.start_within,
+                why,
+            });
+        }
+        // The balancer's own checks must see the slot up too, or the judge would call it DOWN.
+        if let Err(why) = self.until_balancer_sees_up(idle).await {
+            self.site.remove(&self.runner, idle).await?;
+            return Err(DeployError::NeverHealthy {
+                tag: tag.to_string(),
+                slot: idle.name(),
+                within: self.start_within,
+                why,
+            });
+        }
+        let mut judge = CanaryJudge::new(self.policy.clone(), live_tag, tag, idle);
+        let outcome = flow::run(
+            self.driver,
+            self.config,
+            &mut judge,
+            idle,
+            self.interval,
+            self.decide_within,
+        )
+        .await?;
+        if !outcome.promoted {
+            self.site.remove(&self.runner, idle).await?;
+        }
+        Ok((idle, outcome))
+    }
+}
