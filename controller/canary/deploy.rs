@@ -121,7 +121,7 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
                 why,
             });
         }
-        let mut judge = CanaryJudge::new(self.policy.clone(), live_tag, tag, idle);
+        let mut judge = CanaryJudge::new(self.policy, live_tag, tag, idle);
         let outcome = flow::run(
             self.driver,
             self.config,
