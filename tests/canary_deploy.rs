@@ -16,7 +16,7 @@ use harness::*;
 use rollwatch::analysis::MetricPolicy;
 use rollwatch::canary::deploy::CanaryDeploy;
 use rollwatch::canary::slots::SlotSite;
-use rollwatch::config::{CanaryConfig, TrafficConfig};
+use rollwatch::config::CanaryConfig;
 use rollwatch::probe::Prober;
 use rollwatch::rollback::LocalRunner;
 use rollwatch::traffic::haproxy::Haproxy as Driver;
@@ -56,22 +56,8 @@ async fn bed(prefix: &str, tags: &[&str]) -> Bed {
         ("green", site.port_of(Slot::Green), 0),
     ]);
     h.wait_server_up("blue", Duration::from_secs(10));
-    let driver = Driver {
-        socket: h.socket.clone(),
-        backend: "be".into(),
-        servers: ["blue".into(), "green".into()],
-    };
-    let config = CanaryConfig {
-        traffic: TrafficConfig::Haproxy {
-            socket: h.socket.clone(),
-            backend: "be".into(),
-            servers: ["blue".into(), "green".into()],
-        },
-        steps: vec![10, 50, 100],
-        step_min: Duration::from_secs(3),
-        step_min_requests: 20,
-        hold: Duration::from_secs(600),
-    };
+    let driver = h.driver();
+    let config = h.canary_config(Duration::from_secs(3));
     Bed {
         _deployment: d,
         site,

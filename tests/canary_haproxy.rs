@@ -14,8 +14,6 @@ use harness::haproxy::{load_through, Haproxy, SlotServer};
 use rollwatch::analysis::MetricPolicy;
 use rollwatch::canary::flow::{self, Outcome};
 use rollwatch::canary::judge::CanaryJudge;
-use rollwatch::config::{CanaryConfig, TrafficConfig};
-use rollwatch::traffic::haproxy::Haproxy as Driver;
 use rollwatch::traffic::{Slot, TrafficDriver};
 
 /// What one canary run through HAProxy did.
@@ -39,22 +37,8 @@ async fn canary_run(fail_every: u64) -> Run {
     let h = Haproxy::start(&[("blue", live.port, 100), ("green", canary.port, 0)]);
     h.wait_server_up("blue", Duration::from_secs(10));
     h.wait_server_up("green", Duration::from_secs(10));
-    let driver = Driver {
-        socket: h.socket.clone(),
-        backend: "be".into(),
-        servers: ["blue".into(), "green".into()],
-    };
-    let config = CanaryConfig {
-        traffic: TrafficConfig::Haproxy {
-            socket: h.socket.clone(),
-            backend: "be".into(),
-            servers: ["blue".into(), "green".into()],
-        },
-        steps: vec![10, 50, 100],
-        step_min: Duration::from_secs(2),
-        step_min_requests: 20,
-        hold: Duration::from_secs(600),
-    };
+    let driver = h.driver();
+    let config = h.canary_config(Duration::from_secs(2));
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load_through(h.port, 50, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;

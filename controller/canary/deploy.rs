@@ -60,6 +60,27 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         })
     }
 
+    /// The new slot answers its /health, and the balancer's own checks see it up too (else
+    /// the judge would call it DOWN).
+    async fn until_up(&self, slot: Slot) -> Result<(), String> {
+        let url = format!(
+            "http://127.0.0.1:{}{}",
+            self.site.port_of(slot),
+            self.health_path
+        );
+        let url = url::Url::parse(&url).map_err(|e| e.to_string())?;
+        self.prober
+            .wait_healthy(
+                &url,
+                Duration::from_secs(1),
+                Duration::from_millis(200),
+                self.start_within,
+            )
+            .await
+            .map_err(|f| f.to_string())?;
+        self.until_balancer_sees_up(slot).await
+    }
+
     async fn until_balancer_sees_up(&self, slot: Slot) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.start_within;
         loop {
@@ -84,35 +105,7 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         let idle = live.other();
         self.site.check(&self.runner).await?;
         self.site.start(&self.runner, idle, tag).await?;
-        let url = format!(
-            "http://127.0.0.1:{}{}",
-            self.site.port_of(idle),
-            self.health_path
-        );
-        let healthy = match url::Url::parse(&url) {
-            Ok(u) => self
-                .prober
-                .wait_healthy(
-                    &u,
-                    Duration::from_secs(1),
-                    Duration::from_millis(200),
-                    self.start_within,
-                )
-                .await
-                .map_err(|f| f.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(why) = healthy {
-            self.site.remove(&self.runner, idle).await?;
-            return Err(DeployError::NeverHealthy {
-                tag: tag.to_string(),
-                slot: idle.name(),
-                within: self.start_within,
-                why,
-            });
-        }
-        // The balancer's own checks must see the slot up too, or the judge would call it DOWN.
-        if let Err(why) = self.until_balancer_sees_up(idle).await {
+        if let Err(why) = self.until_up(idle).await {
             self.site.remove(&self.runner, idle).await?;
             return Err(DeployError::NeverHealthy {
                 tag: tag.to_string(),

@@ -259,7 +259,7 @@ fn check_strategy(t: &TargetConfig) -> Result<(), Refusal> {
             // them now would watch the target as `replace` while the user believes in canaries.
             Err(Refusal::new(
                 &[Key("strategy")],
-                "\"canary\" is not available in this build yet: rollwatch cannot yet start the idle slot or step traffic (the [targets.canary] settings are valid); use \"replace\" for now",
+                "\"canary\" is not available in this build yet: the canary deploy is not reachable from `rollwatch run`, the CLI or the API (the [targets.canary] settings are valid); use \"replace\" for now",
             ))
         }
     }

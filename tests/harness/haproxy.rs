@@ -393,3 +393,30 @@ pub fn load_through(
         (ok, failed)
     })
 }
+
+impl Haproxy {
+    /// rollwatch's driver for this instance's backend `be` with slots `blue` and `green`.
+    pub fn driver(&self) -> rollwatch::traffic::haproxy::Haproxy {
+        rollwatch::traffic::haproxy::Haproxy {
+            socket: self.socket.clone(),
+            backend: "be".into(),
+            servers: ["blue".into(), "green".into()],
+        }
+    }
+
+    /// Canary settings on this instance: steps 10/50/100 %, each at least `step_min` and 20
+    /// requests.
+    pub fn canary_config(&self, step_min: Duration) -> rollwatch::config::CanaryConfig {
+        rollwatch::config::CanaryConfig {
+            traffic: rollwatch::config::TrafficConfig::Haproxy {
+                socket: self.socket.clone(),
+                backend: "be".into(),
+                servers: ["blue".into(), "green".into()],
+            },
+            steps: vec![10, 50, 100],
+            step_min,
+            step_min_requests: 20,
+            hold: Duration::from_secs(600),
+        }
+    }
+}
