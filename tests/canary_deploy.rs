@@ -169,3 +169,51 @@ async fn a_good_version_is_promoted_through_every_step_with_no_failed_request() 
     assert_eq!((blue.weight, green.weight), (0, 100));
     assert!(health(b.site.port_of(Slot::Green)).is_some_and(|h| h.contains("v1.0.1")));
 }
+
+/// The served-request count of the demo service on `port`, by its own counter.
+fn served(port: u16) -> Option<u64> {
+    let c = demo_counters(port)?;
+    let requests: f64 = c.split(',').nth(1)?.parse().ok()?;
+    Some(requests as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_during_the_hold_flips_all_traffic_back_to_the_held_slot() {
+    let b = bed("cdflip", &["v1.0.1"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let d = deploy(&b);
+    let (slot, outcome) = d.deploy("v1.0.0", "v1.0.1").await.expect("the deploy ran");
+    assert!(outcome.promoted, "{}", outcome.reason);
+    let held = d.held(slot, outcome.ended_ms);
+    assert_eq!((held.old, held.new), (Slot::Blue, Slot::Green));
+    assert!(
+        held.until_ms >= outcome.ended_ms + 600_000,
+        "held for `hold`"
+    );
+    // Blue is held at weight 0 and still runs: the flip needs no container to start.
+    assert!(health(b.site.port_of(Slot::Blue)).is_some_and(|h| h.contains("v1.0.0")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let blue_before = served(b.site.port_of(Slot::Blue)).expect("blue's counter");
+
+    // A regression found later: everything back to blue by weight.
+    let took = d.flip_back(&held).await.expect("flip back");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.join().expect("load");
+    eprintln!(
+        "flip back: weights changed in {} ms; load ok {ok}, failed {failed}",
+        took.as_millis()
+    );
+    let [blue, green] = b.driver.read().await.expect("reading");
+    assert_eq!((blue.weight, green.weight), (100, 0));
+    assert!(
+        served(b.site.port_of(Slot::Blue)).expect("blue's counter") > blue_before,
+        "blue serves again"
+    );
+    assert!(
+        project_containers(&b.site.project_of(Slot::Green)).is_empty(),
+        "the regressed slot's containers are removed"
+    );
+    assert_eq!(failed, 0, "the flip failed requests ({ok} ok)");
+}

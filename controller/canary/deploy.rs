@@ -3,8 +3,12 @@
 //! judging it against the live slot ([`super::flow`]), and either promote it or abort: all
 //! traffic back to the live slot in one weight change, the new slot's containers removed.
 //!
+//! After a promotion the old slot is held at weight 0 for `hold`: a regression found in that
+//! time moves all traffic back to it by weight ([`CanaryDeploy::flip_back`]), no container
+//! needs to start.
+//!
 //! Not yet here (issue 17): intents in the store for every weight and slot change (crash
-//! safety), the hold after promotion, marking an aborted tag bad, and the CLI and API.
+//! safety), the timer that ends the hold, marking an aborted tag bad, and the CLI and API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,17 @@ pub enum DeployError {
         within: Duration,
         why: String,
     },
+}
+
+/// A promoted version with the old one still running at weight 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The slot of the version before, kept for the hold.
+    pub old: Slot,
+    /// The promoted version's slot.
+    pub new: Slot,
+    /// When the hold ends (ms): then the old slot is stopped.
+    pub until_ms: i64,
 }
 
 pub struct CanaryDeploy<'a, D: TrafficDriver> {
@@ -128,5 +143,34 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
             self.site.remove(&self.runner, idle).await?;
         }
         Ok((idle, outcome))
+    }
+
+    /// The hold after a promotion in `slot` that ended at `ended_ms`.
+    pub fn held(&self, slot: Slot, ended_ms: i64) -> Held {
+        let hold = i64::try_from(self.config.hold.as_millis()).unwrap_or(i64::MAX);
+        Held {
+            old: slot.other(),
+            new: slot,
+            until_ms: ended_ms.saturating_add(hold),
+        }
+    }
+
+    /// A regression of the promoted version during the hold: all traffic back to the held
+    /// slot in one weight change (the old slot first), then the new slot's containers
+    /// removed. Returns how long the weight change took.
+    pub async fn flip_back(&self, held: &Held) -> Result<Duration, DeployError> {
+        let started = tokio::time::Instant::now();
+        self.driver
+            .set_weights(&[(held.old, 100), (held.new, 0)])
+            .await?;
+        let took = started.elapsed();
+        self.site.remove(&self.runner, held.new).await?;
+        Ok(took)
+    }
+
+    /// The hold ended without a regression: the old slot's containers are stopped.
+    pub async fn end_hold(&self, held: &Held) -> Result<(), DeployError> {
+        self.site.remove(&self.runner, held.old).await?;
+        Ok(())
     }
 }
