@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::store::{now_ms, DeployRecord, Store, Trigger};
+use crate::store::{now_ms, DeployRecord, RollbackRecord, Store, Trigger};
 use crate::tag::Tag;
 use crate::target::{Env, TargetId};
 use crate::watch::{Command, StatusBoard, COMMAND_QUEUE};
@@ -66,7 +66,7 @@ const ROLLBACK_WAIT: Duration = Duration::from_secs(600);
 const ORDER_TIMEOUT: Duration = Duration::from_secs(660);
 /// How long pause, resume and a CI deploy wait for the watcher to store the change before
 /// answering 202: a watcher in the middle of a rollback takes the order when that rollback ends.
-pub(crate) const COMMAND_WAIT: Duration = Duration::from_secs(10);
+const COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// Told to clients whose order met a full queue (seconds).
 const RETRY_AFTER_SECS: u64 = 5;
 /// An alert order the watcher dropped unanswered within this gives its episode back.
@@ -535,6 +535,67 @@ async fn deploy(
         .into_response())
 }
 
+/// What became of a pause or resume order ([`order_and_wait`]).
+pub(crate) enum Ack {
+    /// The watcher stored the change.
+    Stored,
+    /// Queued behind a rollback in flight: it takes effect when that ends.
+    Queued,
+}
+
+/// Queues a pause or resume and waits up to [`COMMAND_WAIT`] for the watcher to store it;
+/// the API and the status page answer from this.
+pub(crate) async fn order_and_wait(
+    id: &TargetId,
+    tx: &mpsc::Sender<Command>,
+    cmd: fn(oneshot::Sender<()>) -> Command,
+) -> Result<Ack, ApiError> {
+    let (done, stored) = oneshot::channel();
+    enqueue(id, tx, cmd(done))?;
+    match tokio::time::timeout(COMMAND_WAIT, stored).await {
+        Ok(Ok(())) => Ok(Ack::Stored),
+        Ok(Err(_)) => Err(shutting_down()),
+        Err(_) => Ok(Ack::Queued),
+    }
+}
+
+/// What became of a rollback order ([`order_rollback`]).
+pub(crate) enum RollbackAnswer {
+    /// The rollback ran; the record says how it ended.
+    Done(Box<RollbackRecord>),
+    /// The watcher refused it, saying why.
+    Refused(String),
+    /// Still running after the wait.
+    Running,
+}
+
+/// Queues a manual rollback and waits up to `wait` for the watcher's answer.
+pub(crate) async fn order_rollback(
+    id: &TargetId,
+    tx: &mpsc::Sender<Command>,
+    tag: Option<Tag>,
+    reason: String,
+    wait: Duration,
+) -> Result<RollbackAnswer, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let cmd = Command::Rollback {
+        tag,
+        trigger: Trigger::Manual,
+        reason,
+        reply,
+    };
+    enqueue(id, tx, cmd)?;
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(Ok(record))) => Ok(RollbackAnswer::Done(Box::new(record))),
+        Ok(Ok(Err(e))) => Ok(RollbackAnswer::Refused(e)),
+        Ok(Err(_)) => Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller stopped before answering",
+        )),
+        Err(_) => Ok(RollbackAnswer::Running),
+    }
+}
+
 /// Pause or resume: answers 200 only once the change is stored, 202 when it is queued behind a
 /// rollback in flight, 503 `busy` when the queue is full (then nothing will change).
 async fn simple_command(
@@ -544,12 +605,9 @@ async fn simple_command(
     word: &str,
 ) -> Result<Response, ApiError> {
     let (id, tx) = target_path(&state, path)?;
-    let (done, stored) = oneshot::channel();
-    enqueue(&id, &tx, cmd(done))?;
-    match tokio::time::timeout(COMMAND_WAIT, stored).await {
-        Ok(Ok(())) => Ok(Json(json!({ "target": id.to_string(), "status": word })).into_response()),
-        Ok(Err(_)) => Err(shutting_down()),
-        Err(_) => Ok((
+    match order_and_wait(&id, &tx, cmd).await? {
+        Ack::Stored => Ok(Json(json!({ "target": id.to_string(), "status": word })).into_response()),
+        Ack::Queued => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "target": id.to_string(), "status": "queued", "why": "a rollback is in flight; the order takes effect when it ends" })),
         )
@@ -604,25 +662,13 @@ async fn rollback(
         .map(Tag::parse)
         .transpose()
         .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let (reply, answer) = oneshot::channel();
     let reason = body
         .reason
         .unwrap_or_else(|| "manual rollback through the API".into());
-    let cmd = Command::Rollback {
-        tag,
-        trigger: Trigger::Manual,
-        reason,
-        reply,
-    };
-    enqueue(&id, &tx, cmd)?;
-    match tokio::time::timeout(ROLLBACK_WAIT, answer).await {
-        Ok(Ok(Ok(record))) => Ok(Json(record).into_response()),
-        Ok(Ok(Err(e))) => Err(reject(StatusCode::CONFLICT, e)),
-        Ok(Err(_)) => Err(reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "controller stopped before answering",
-        )),
-        Err(_) => Ok((
+    match order_rollback(&id, &tx, tag, reason, ROLLBACK_WAIT).await? {
+        RollbackAnswer::Done(record) => Ok(Json(record).into_response()),
+        RollbackAnswer::Refused(e) => Err(reject(StatusCode::CONFLICT, e)),
+        RollbackAnswer::Running => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "target": id.to_string(), "status": "running", "why": "the rollback is still running; see GET /api/v1/rollbacks" })),
         )

@@ -8,7 +8,6 @@ use axum::Form;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::store::Trigger;
 use crate::tag::Tag;
 use crate::watch::Command;
 
@@ -194,15 +193,12 @@ async fn simple(
     cmd: fn(oneshot::Sender<()>) -> Command,
     word: &str,
 ) -> Outcome {
-    let (done, stored) = oneshot::channel();
-    api::enqueue(id, tx, cmd(done)).map_err(|e| e.describe())?;
-    match tokio::time::timeout(api::COMMAND_WAIT, stored).await {
-        Ok(Ok(())) => Ok(format!("{id} is {word}.")),
-        Ok(Err(_)) => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller is shutting down".into(),
-        )),
-        Err(_) => Ok(format!(
+    match api::order_and_wait(id, tx, cmd)
+        .await
+        .map_err(|e| e.describe())?
+    {
+        api::Ack::Stored => Ok(format!("{id} is {word}.")),
+        api::Ack::Queued => Ok(format!(
             "Queued: a rollback of {id} is in flight; {id} will be {word} when it ends."
         )),
     }
@@ -248,27 +244,21 @@ async fn rollback(
             ));
         }
     }
-    let (reply, answer) = oneshot::channel();
-    let cmd = Command::Rollback {
-        tag,
-        trigger: Trigger::Manual,
-        reason: "manual rollback from the status page".into(),
-        reply,
-    };
-    api::enqueue(id, tx, cmd).map_err(|e| e.describe())?;
-    match tokio::time::timeout(ROLLBACK_WAIT, answer).await {
-        Ok(Ok(Ok(r))) => Ok(format!(
+    let reason = "manual rollback from the status page".to_string();
+    let answer = api::order_rollback(id, tx, tag, reason, ROLLBACK_WAIT)
+        .await
+        .map_err(|e| e.describe())?;
+    match answer {
+        api::RollbackAnswer::Done(r) => Ok(format!(
             "{id} rolled back to {} ({}); incident #{}.",
             r.to_tag,
             r.state.as_str(),
             r.id
         )),
-        Ok(Ok(Err(e))) => Err((StatusCode::CONFLICT, format!("Rollback refused: {e}"))),
-        Ok(Err(_)) => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller stopped before answering".into(),
-        )),
-        Err(_) => Ok(format!(
+        api::RollbackAnswer::Refused(e) => {
+            Err((StatusCode::CONFLICT, format!("Rollback refused: {e}")))
+        }
+        api::RollbackAnswer::Running => Ok(format!(
             "The rollback of {id} is still running; the timeline shows when it ends."
         )),
     }
