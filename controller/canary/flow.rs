@@ -35,11 +35,14 @@ pub async fn run<D: TrafficDriver>(
 ) -> Result<Outcome, TrafficError> {
     let live = canary.other();
     let started = tokio::time::Instant::now();
-    judge.observe(&driver.read().await?);
+    // At weight 0 the canary serves nothing until its first step: one reading anchors both
+    // the judge and the first step's request count.
+    let first = driver.read().await?;
+    judge.observe(&first);
+    let mut served_before = canary_served(&first, canary);
     let mut steps = Vec::new();
     let mut step = 0;
     let mut state = set_step(driver, c, live, canary, step, &mut steps).await?;
-    let mut served_before = canary_served(&driver.read().await?, canary);
     loop {
         tokio::time::sleep(interval).await;
         let slots = driver.read().await?;

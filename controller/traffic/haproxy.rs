@@ -82,21 +82,6 @@ impl Haproxy {
             })
         }
     }
-
-    /// The weight in effect: `show stat` keeps showing the configured weight while a server
-    /// is in maintenance, `get weight` answers `<current> (initial <configured>)`.
-    async fn weight(&self, slot: Slot) -> Result<u32, TrafficError> {
-        let command = format!("get weight {}/{}", self.backend, self.server(slot));
-        let answer = self.command(&command).await?;
-        answer
-            .split_whitespace()
-            .next()
-            .and_then(|w| w.parse().ok())
-            .ok_or(TrafficError::Refused {
-                command,
-                answer: answer.trim().to_string(),
-            })
-    }
 }
 
 impl TrafficDriver for Haproxy {
@@ -141,7 +126,7 @@ impl TrafficDriver for Haproxy {
                 })?;
             out.push(SlotReading {
                 slot,
-                weight: self.weight(slot).await?,
+                weight: s.weight,
                 status: s.status.clone(),
                 responses_2xx: s.hrsp[1],
                 responses_5xx: s.hrsp[4],
@@ -219,11 +204,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reading_takes_counters_from_show_stat_and_the_weight_in_effect() {
-        let (h, _, _d) = fake(|line| {
+    async fn a_reading_takes_counters_and_the_weight_in_effect_from_one_show_stat() {
+        let (h, seen, _d) = fake(|line| {
             if line == "show stat" {
                 let mut head = vec![
-                    "pxname", "svname", "status", "weight", "hrsp_1xx", "hrsp_2xx",
+                    "pxname", "svname", "status", "weight", "uweight", "hrsp_1xx", "hrsp_2xx",
                 ];
                 head.extend([
                     "hrsp_3xx",
@@ -234,14 +219,13 @@ mod tests {
                     "econ",
                     "rtime",
                 ]);
+                // In MAINT the weight column is stale (1); uweight is the weight in effect.
                 format!(
-                    "# {}\nbe,app-blue,UP,1,0,90,0,0,0,0,0,0,2\nbe,app-green,MAINT,1,0,8,0,0,2,0,1,0,5\n\n",
+                    "# {}\nbe,app-blue,UP,1,7,0,90,0,0,0,0,0,0,2\nbe,app-green,MAINT,1,0,0,8,0,0,2,0,1,0,5\n\n",
                     head.join(",")
                 )
-            } else if line.ends_with("app-green") {
-                "0 (initial 1)\n\n".into()
             } else {
-                "7 (initial 1)\n\n".into()
+                "Unknown command.\n".into()
             }
         });
         let [blue, green] = h.read().await.unwrap();
@@ -253,6 +237,11 @@ mod tests {
         assert_eq!(
             (green.responses, green.responses_5xx, green.errors),
             (10, 2, 1)
+        );
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            ["show stat"],
+            "one exchange"
         );
     }
 

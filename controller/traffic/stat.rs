@@ -7,6 +7,8 @@ pub struct ServerStat {
     pub proxy: String,
     pub server: String,
     pub status: String,
+    /// The weight in effect: `uweight` where the version has it. The `weight` column keeps the
+    /// weight from before maintenance while a server is in MAINT (seen on 2.6).
     pub weight: u32,
     pub hrsp: [u64; 6],
     pub eresp: u64,
@@ -34,12 +36,8 @@ pub fn parse(text: &str) -> Result<Vec<ServerStat>, String> {
             .position(|n| *n == name)
             .ok_or_else(|| format!("no column {name} in the header"))
     };
-    let (px, sv, status, weight) = (
-        col("pxname")?,
-        col("svname")?,
-        col("status")?,
-        col("weight")?,
-    );
+    let (px, sv, status) = (col("pxname")?, col("svname")?, col("status")?);
+    let weight = col("uweight").or_else(|_| col("weight"))?;
     let hrsp = [
         col("hrsp_1xx")?,
         col("hrsp_2xx")?,
@@ -140,6 +138,12 @@ mod tests {
             (5, 20, 0, 1)
         );
         assert_eq!(s[1].rtime_ms, 3);
+    }
+
+    #[test]
+    fn the_weight_in_effect_is_uweight_where_the_version_has_it() {
+        let text = "# pxname,svname,status,weight,uweight,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,eresp,econ,rtime\nbe,green,MAINT,10,5,0,0,0,0,0,0,0,0,0\n";
+        assert_eq!(parse(text).unwrap()[0].weight, 5);
     }
 
     #[test]
