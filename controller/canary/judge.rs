@@ -153,29 +153,28 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_canary_worse_than_live_is_suspect_before_the_test_decides() {
+    /// A judge after an anchoring reading and one of the live slot's `live` and the canary's
+    /// `canary` (ok, failed) requests.
+    fn judged(live: (u64, u64), canary: (u64, u64)) -> CanaryJudge {
         let mut judge = CanaryJudge::new(policy(), "v1", "v2", Slot::Green);
         judge.observe(&[
             reading(Slot::Blue, 0, 0, "UP"),
             reading(Slot::Green, 0, 0, "UP"),
         ]);
         judge.observe(&[
-            reading(Slot::Blue, 90, 0, "UP"),
-            reading(Slot::Green, 8, 2, "UP"),
+            reading(Slot::Blue, live.0, live.1, "UP"),
+            reading(Slot::Green, canary.0, canary.1, "UP"),
         ]);
-        let why = judge.suspect().expect("2/10 against 0/90");
+        judge
+    }
+
+    #[test]
+    fn a_canary_worse_than_live_is_suspect_before_the_test_decides() {
+        let why = judged((90, 0), (8, 2))
+            .suspect()
+            .expect("2/10 against 0/90");
         assert!(why.contains("2/10 = 20.00%"), "{why}");
-        let mut fine = CanaryJudge::new(policy(), "v1", "v2", Slot::Green);
-        fine.observe(&[
-            reading(Slot::Blue, 0, 0, "UP"),
-            reading(Slot::Green, 0, 0, "UP"),
-        ]);
-        fine.observe(&[
-            reading(Slot::Blue, 90, 1, "UP"),
-            reading(Slot::Green, 10, 0, "UP"),
-        ]);
-        assert_eq!(fine.suspect(), None);
+        assert_eq!(judged((90, 1), (10, 0)).suspect(), None);
     }
 
     #[test]

@@ -39,20 +39,11 @@ pub fn ui(reads_need_token: bool) -> Ui {
     let store = Store::open(&dir.path().join("s.db")).unwrap();
     let board = StatusBoard::default();
     board.slot(&backend(), || TargetStatus {
-        target: backend(),
         state: "stable".into(),
         running_tag: Some("v1.0.0".into()),
         known_good_tag: Some("v1.0.0".into()),
         since_ms: 1,
-        last_deploy_ms: None,
-        paused: false,
-        dry_run: false,
-        docker_reachable: true,
-        last_probe: None,
-        detail: None,
-        halted: false,
-        window: None,
-        metrics_up: None,
+        ..TargetStatus::new(backend(), false)
     });
     let (tx, rx) = mpsc::channel(16);
     let mut commands = HashMap::new();
@@ -103,15 +94,24 @@ impl Ui {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// A form POST, with the session cookie when given.
+    pub async fn post_form(
+        &self,
+        uri: &str,
+        cookie: Option<&str>,
+        body: &str,
+    ) -> axum::response::Response {
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        match cookie {
+            Some(c) => self.call("POST", uri, &[("cookie", c), form], body).await,
+            None => self.call("POST", uri, &[form], body).await,
+        }
+    }
+
     /// Logs in: (cookie, csrf).
     pub async fn login(&self) -> (String, String) {
         let r = self
-            .call(
-                "POST",
-                "/ui/login",
-                &[("content-type", "application/x-www-form-urlencoded")],
-                &format!("token={TOKEN}"),
-            )
+            .post_form("/ui/login", None, &format!("token={TOKEN}"))
             .await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -124,6 +124,36 @@ impl Ui {
             .unwrap()
             .to_string();
         (cookie, csrf)
+    }
+
+    /// One sample of `tag`'s window opened at `window_ms`.
+    pub async fn sample(&self, window_ms: i64, tag: &str, failures: u32) {
+        let sample = crate::store::Sample {
+            target: backend(),
+            window_ms,
+            tag: tag.into(),
+            at_ms: window_ms + 500,
+            latency_ms: Some(3),
+            probes: 1,
+            failures,
+            candidate: None,
+            baseline: None,
+        };
+        self.store.save_samples(vec![sample]).await.unwrap();
+    }
+
+    /// A health rollback from `from` to v1.0.0, as an incident: its id.
+    pub async fn rollback_from(&self, from: &str) -> i64 {
+        let intent = crate::store::RollbackIntent {
+            target: backend(),
+            trigger: crate::store::Trigger::Health,
+            reason: "probe failures".into(),
+            from_tag: Some(from.into()),
+            from_image: None,
+            to_tag: crate::tag::Tag::parse("v1.0.0").unwrap(),
+            dry_run: false,
+        };
+        self.store.begin_rollback(intent).await.unwrap()
     }
 
     pub async fn event(&self, message: &str) -> i64 {
@@ -209,15 +239,7 @@ async fn logging_out_ends_the_sessions_stream() {
     assert_eq!(r.status(), StatusCode::OK);
     let body = r.into_body();
     let out = ui
-        .call(
-            "POST",
-            "/ui/logout",
-            &[
-                ("cookie", &cookie),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            &format!("csrf={csrf}"),
-        )
+        .post_form("/ui/logout", Some(&cookie), &format!("csrf={csrf}"))
         .await;
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     let (status, _) = ui.get("/", &[("cookie", &cookie)]).await;
@@ -236,35 +258,9 @@ async fn logging_out_ends_the_sessions_stream() {
 /// incident.
 #[tokio::test]
 async fn an_incident_is_not_shown_the_chart_of_another_tags_window() {
-    use crate::store::{RollbackIntent, Sample, Trigger};
     let ui = ui(false);
-    ui.store
-        .save_samples(vec![Sample {
-            target: backend(),
-            window_ms: 1_000,
-            tag: "v1.0.0".into(),
-            at_ms: 1_500,
-            latency_ms: Some(3),
-            probes: 1,
-            failures: 0,
-            candidate: None,
-            baseline: None,
-        }])
-        .await
-        .unwrap();
-    let id = ui
-        .store
-        .begin_rollback(RollbackIntent {
-            target: backend(),
-            trigger: Trigger::Health,
-            reason: "probe failures".into(),
-            from_tag: Some("v2.0.0".into()),
-            from_image: None,
-            to_tag: crate::tag::Tag::parse("v1.0.0").unwrap(),
-            dry_run: false,
-        })
-        .await
-        .unwrap();
+    ui.sample(1_000, "v1.0.0", 0).await;
+    let id = ui.rollback_from("v2.0.0").await;
     let (status, page) = ui.get(&format!("/ui/incidents/{id}"), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -282,12 +278,7 @@ async fn wrong_logins_are_throttled() {
     let mut limited = 0;
     for i in 0..500 {
         let r = ui
-            .call(
-                "POST",
-                "/ui/login",
-                &[("content-type", "application/x-www-form-urlencoded")],
-                &format!("token=guess{i}"),
-            )
+            .post_form("/ui/login", None, &format!("token=guess{i}"))
             .await;
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             limited += 1;
@@ -304,13 +295,9 @@ async fn a_rollback_from_the_page_is_only_to_a_known_good_tag() {
     let mut ui = ui(false);
     let (cookie, csrf) = ui.login().await;
     let r = ui
-        .call(
-            "POST",
+        .post_form(
             "/ui/targets/staging/backend/rollback",
-            &[
-                ("cookie", &cookie),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
+            Some(&cookie),
             &format!("csrf={csrf}&confirm=yes&tag=v9.9.9"),
         )
         .await;
@@ -330,21 +317,12 @@ fn the_targets_rows_of_1000_targets_stay_under_200_kb() {
     let now = crate::store::now_ms();
     let statuses: Vec<TargetStatus> = (0..1000)
         .map(|i| TargetStatus {
-            target: TargetId {
-                env: Env::Production,
-                role: format!("service-{i:04}"),
-            },
             state: "watching".into(),
             running_tag: Some("v1.2.3".into()),
             known_good_tag: Some("v1.2.2".into()),
             since_ms: now,
             last_deploy_ms: Some(now),
-            paused: false,
-            dry_run: false,
-            docker_reachable: true,
             last_probe: Some("200 in 3 ms".into()),
-            detail: None,
-            halted: false,
             window: Some(crate::watch::WindowProgress {
                 since_ms: now - 5_000,
                 bake_ms: 300_000,
@@ -353,6 +331,13 @@ fn the_targets_rows_of_1000_targets_stay_under_200_kb() {
                 metrics: Some("candidate 0.1% vs baseline 0.1% (1200 requests)".into()),
             }),
             metrics_up: Some(true),
+            ..TargetStatus::new(
+                TargetId {
+                    env: Env::Production,
+                    role: format!("service-{i:04}"),
+                },
+                false,
+            )
         })
         .collect();
     let mut statuses = statuses;
@@ -390,13 +375,9 @@ async fn a_rollback_slower_than_30_s_still_answers_with_its_result() {
         }
     });
     let r = ui
-        .call(
-            "POST",
+        .post_form(
             "/ui/targets/staging/backend/rollback",
-            &[
-                ("cookie", &cookie),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
+            Some(&cookie),
             &format!("csrf={csrf}&confirm=yes&tag=v1.0.0"),
         )
         .await;
@@ -412,23 +393,9 @@ async fn a_rollback_slower_than_30_s_still_answers_with_its_result() {
 /// is charted without its verdict.
 #[tokio::test]
 async fn an_older_incidents_chart_keeps_its_verdict_mark() {
-    use crate::store::{now_ms, RollbackIntent, Sample, Trigger};
     let ui = ui(false);
-    let window = now_ms() - 10_000;
-    ui.store
-        .save_samples(vec![Sample {
-            target: backend(),
-            window_ms: window,
-            tag: "v2.0.0".into(),
-            at_ms: window + 1_000,
-            latency_ms: Some(3),
-            probes: 1,
-            failures: 1,
-            candidate: None,
-            baseline: None,
-        }])
-        .await
-        .unwrap();
+    let window = crate::store::now_ms() - 10_000;
+    ui.sample(window, "v2.0.0", 1).await;
     ui.store
         .record_event(
             backend(),
@@ -438,19 +405,7 @@ async fn an_older_incidents_chart_keeps_its_verdict_mark() {
         )
         .await
         .unwrap();
-    let id = ui
-        .store
-        .begin_rollback(RollbackIntent {
-            target: backend(),
-            trigger: Trigger::Health,
-            reason: "probe failures".into(),
-            from_tag: Some("v2.0.0".into()),
-            from_image: None,
-            to_tag: crate::tag::Tag::parse("v1.0.0").unwrap(),
-            dry_run: false,
-        })
-        .await
-        .unwrap();
+    let id = ui.rollback_from("v2.0.0").await;
     let (_, page) = ui.get(&format!("/ui/incidents/{id}"), &[]).await;
     assert!(
         page.contains("data-verdict=\"regressed\""),

@@ -146,22 +146,7 @@ impl Watcher {
         let repository = target.executor.image_repository(&target.role);
         let health = HealthProbe::new(&target.health.url.0, target.health.timeout, prober);
         let saved_control = initial.control();
-        let status = board.slot(&id, || TargetStatus {
-            target: id.clone(),
-            state: "unknown".into(),
-            running_tag: None,
-            known_good_tag: None,
-            since_ms: 0,
-            last_deploy_ms: None,
-            paused: false,
-            dry_run,
-            docker_reachable: true,
-            last_probe: None,
-            detail: None,
-            halted: false,
-            window: None,
-            metrics_up: None,
-        });
+        let status = board.slot(&id, || TargetStatus::new(id.clone(), dry_run));
         Watcher {
             id,
             listing: ListingId::default(),

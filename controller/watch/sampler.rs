@@ -9,8 +9,9 @@ use crate::store::{MAX_SAMPLES_PER_WINDOW, POINTS_PER_BAKE};
 pub struct Sampler {
     /// A deploy was seen: the next window is sampled.
     armed: bool,
-    /// The window being sampled (its `since_ms`).
-    window: Option<i64>,
+    /// The window being sampled: its `since_ms` and the tag on probation in it (the phase
+    /// may name another tag by the time its last span is closed).
+    window: Option<(i64, String)>,
     stride: u32,
     written: u32,
     span: Span,
@@ -38,12 +39,18 @@ impl Sampler {
         };
     }
 
-    /// One round of the window that opened at `window_ms`; `probe` is `None` when the round
-    /// did not probe, else the latency and whether it passed. Returns a span when one is due.
-    pub fn round(&mut self, window_ms: i64, probe: Option<(i64, bool)>) -> Option<Span> {
-        match self.window {
-            None if self.armed => self.window = Some(window_ms),
-            Some(w) if w == window_ms => {}
+    /// One round of the window of `tag` that opened at `window_ms`; `probe` is `None` when the
+    /// round did not probe, else the latency and whether it passed. Returns a span (and the
+    /// window's tag) when one is due.
+    pub fn round(
+        &mut self,
+        window_ms: i64,
+        tag: &str,
+        probe: Option<(i64, bool)>,
+    ) -> Option<(Span, String)> {
+        match &self.window {
+            None if self.armed => self.window = Some((window_ms, tag.to_string())),
+            Some((w, _)) if *w == window_ms => {}
             // Not a window a deploy opened (or a later one): nothing is sampled.
             _ => return None,
         }
@@ -61,18 +68,25 @@ impl Sampler {
                 s.failures += 1;
             }
         }
-        (s.rounds >= self.stride).then(|| self.take())
+        if s.rounds < self.stride {
+            return None;
+        }
+        self.take()
     }
 
     /// The window ended (a verdict, a rollback): what is left of its last span.
-    pub fn close(&mut self) -> Option<Span> {
+    pub fn close(&mut self) -> Option<(Span, String)> {
         self.armed = false;
-        (self.span.rounds > 0 && self.written < MAX_SAMPLES_PER_WINDOW).then(|| self.take())
+        if self.span.rounds == 0 || self.written >= MAX_SAMPLES_PER_WINDOW {
+            return None;
+        }
+        self.take()
     }
 
-    fn take(&mut self) -> Span {
+    fn take(&mut self) -> Option<(Span, String)> {
+        let (_, tag) = self.window.as_ref()?;
         self.written += 1;
-        std::mem::take(&mut self.span)
+        Some((std::mem::take(&mut self.span), tag.clone()))
     }
 }
 
@@ -84,28 +98,30 @@ mod tests {
     fn rounds_are_summed_by_stride_and_the_last_span_is_kept_at_the_end() {
         let mut s = Sampler::default();
         assert_eq!(
-            s.round(1, Some((5, true))),
+            s.round(1, "v2", Some((5, true))),
             None,
             "no deploy seen: not sampled"
         );
         s.deploy_seen(300);
         assert_eq!(s.stride, 3);
-        assert_eq!(s.round(10, Some((5, true))), None);
-        assert_eq!(s.round(10, Some((9, false))), None);
-        let span = s
-            .round(10, Some((7, true)))
+        assert_eq!(s.round(10, "v2", Some((5, true))), None);
+        assert_eq!(s.round(10, "v2", Some((9, false))), None);
+        let (span, tag) = s
+            .round(10, "v2", Some((7, true)))
             .expect("a sample every 3 rounds");
+        assert_eq!(tag, "v2");
         assert_eq!(
             (span.rounds, span.probes, span.failures, span.latency_ms),
             (3, 3, 1, Some(7))
         );
-        assert_eq!(s.round(10, None), None);
+        assert_eq!(s.round(10, "v2", None), None);
         assert_eq!(
-            s.round(99, Some((1, true))),
+            s.round(99, "v3", Some((1, true))),
             None,
             "another window is not this one"
         );
-        let last = s.close().expect("the partial span");
+        let (last, tag) = s.close().expect("the partial span");
+        assert_eq!(tag, "v2", "the window's tag, whatever runs now");
         assert_eq!((last.rounds, last.probes), (1, 0));
         assert_eq!(s.close(), None);
     }
@@ -115,7 +131,7 @@ mod tests {
         let mut s = Sampler::default();
         s.deploy_seen(1);
         let n = (0..MAX_SAMPLES_PER_WINDOW + 50)
-            .filter_map(|_| s.round(7, Some((1, true))))
+            .filter_map(|_| s.round(7, "v2", Some((1, true))))
             .count();
         assert_eq!(n, MAX_SAMPLES_PER_WINDOW as usize);
         assert_eq!(s.close(), None);

@@ -31,6 +31,28 @@ pub struct TargetStatus {
     pub metrics_up: Option<bool>,
 }
 
+impl TargetStatus {
+    /// A target nothing is known of yet.
+    pub fn new(target: TargetId, dry_run: bool) -> TargetStatus {
+        TargetStatus {
+            target,
+            state: "unknown".into(),
+            running_tag: None,
+            known_good_tag: None,
+            since_ms: 0,
+            last_deploy_ms: None,
+            paused: false,
+            dry_run,
+            docker_reachable: true,
+            last_probe: None,
+            detail: None,
+            halted: false,
+            window: None,
+            metrics_up: None,
+        }
+    }
+}
+
 /// How far a watch window has come, for the status page.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowProgress {
@@ -78,10 +100,10 @@ impl Watcher {
     /// [`super::sampler`]); after the round's transition, closes the window it left.
     pub(super) fn record_sample(&mut self, probe: Option<(i64, bool)>) {
         let span = match &self.state.phase {
-            Phase::Watching { since_ms, .. } => self.sampler.round(*since_ms, probe),
+            Phase::Watching { since_ms, tag, .. } => self.sampler.round(*since_ms, tag, probe),
             _ => self.sampler.close(),
         };
-        let (Some(span), Some(tag)) = (span, self.state.phase.tag()) else {
+        let Some((span, tag)) = span else {
             return;
         };
         let counts = |e: &Evidence| (e.requests(), e.errors());
@@ -95,7 +117,7 @@ impl Watcher {
         self.writer.sample(Sample {
             target: self.id.clone(),
             window_ms: span.window_ms,
-            tag: tag.to_string(),
+            tag,
             at_ms: now_ms(),
             latency_ms: span.latency_ms,
             probes: span.probes,
