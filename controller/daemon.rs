@@ -12,6 +12,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::canary::record::Journal;
+use crate::canary::runner::{CanaryHandle, CanaryRunner};
 use crate::config::{Config, TargetConfig};
 use crate::detect::{follow_events, Subscriber};
 use crate::engine::EngineView;
@@ -63,6 +65,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let board = StatusBoard::default();
     let metrics = Arc::new(Metrics::new());
     let (writer, writer_task) = crate::store::StoreWriter::start(store.clone(), shutdown.clone());
+    let (canary_runners, canaries) = canary_runners(&config, &store, &prober, &events, &metrics);
     let shared = Shared {
         store: store.clone(),
         writer,
@@ -73,6 +76,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: metrics.clone(),
         webhook: config.controller.webhook_url.clone(),
         lease: Arc::new(crate::lease::SoleInstance),
+        canaries: canaries.clone(),
     };
 
     let mut states = HashMap::new();
@@ -137,6 +141,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         alert_window_ms: config.controller.alert_window.as_millis() as i64,
         token: token.as_deref().map(api::TokenDigest::of),
         reads_need_token: config.controller.api_reads_need_token,
+        canaries,
     };
     let listener =
         crate::server::bind(config.controller.listen).map_err(|source| DaemonError::Listen {
@@ -173,6 +178,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         let mut tasks = vec![api, writer_task];
         if !shutdown.is_cancelled() {
+            for runner in canary_runners {
+                tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+            }
             for (t, wakes, commands) in watchers {
                 let initial = states.remove(&t.id()).unwrap_or_default();
                 let dry_run = config.is_dry_run(&t);
@@ -207,6 +215,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         addr,
         done,
     })
+}
+
+/// One runner per canary target, with the handles the API and the watchers reach it by.
+fn canary_runners(
+    config: &Config,
+    store: &Store,
+    prober: &Prober,
+    events: &broadcast::Sender<EventRecord>,
+    metrics: &Arc<Metrics>,
+) -> (Vec<CanaryRunner>, Arc<HashMap<TargetId, CanaryHandle>>) {
+    let mut runners = Vec::new();
+    let mut handles = HashMap::new();
+    for t in &config.targets {
+        let journal = Journal {
+            store: store.clone(),
+            events: events.clone(),
+            series: metrics.target(&t.id()),
+            target: t.id(),
+        };
+        if let Some((runner, handle)) = CanaryRunner::new(t, prober.clone(), journal) {
+            runners.push(runner);
+            handles.insert(t.id(), handle);
+        }
+    }
+    (runners, Arc::new(handles))
 }
 
 /// Whether anyone beyond this host may read target state, rollback records, command output and
@@ -281,6 +314,10 @@ async fn resume_unfinished(
             tracing::warn!(id = record.id, target_id = %record.target, "unfinished rollback for a target no longer configured; left as is");
             continue;
         };
+        if target.strategy == crate::config::Strategy::Canary {
+            // A flip back by weight: the target's canary runner finishes it at its start.
+            continue;
+        }
         tracing::warn!(id = record.id, target_id = %record.target, to = %record.to_tag, dry_run = record.dry_run, "finishing a rollback interrupted by a restart");
         let result = rollbacker
             .resume(target, config.is_dry_run(target), &record, |_| {})

@@ -290,6 +290,7 @@ impl DockerClient {
                 compose_config_files: compose_label(&c.labels, "project.config_files"),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
+            .filter(|c| selector.matches(&c.labels))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -68,13 +68,21 @@ pub struct Selector {
     pub compose_service: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A canary target's: the containers are those of the projects `<compose_project>-blue`
+    /// and `-green` (its two slots), not of `compose_project` itself. Set from the strategy.
+    #[serde(skip)]
+    pub slots: bool,
 }
+
+/// The suffixes of a canary target's two slot projects.
+const SLOT_SUFFIXES: [&str; 2] = ["-blue", "-green"];
 
 impl Selector {
     /// All label pairs a container must carry, compose shorthands included.
     pub fn required_labels(&self) -> BTreeMap<String, String> {
         let mut all = self.labels.clone();
-        if let Some(p) = &self.compose_project {
+        // Two slot projects cannot be one label filter: they are told apart by `matches`.
+        if let Some(p) = self.compose_project.as_ref().filter(|_| !self.slots) {
             all.insert("com.docker.compose.project".into(), p.clone());
         }
         if let Some(s) = &self.compose_service {
@@ -90,7 +98,14 @@ impl Selector {
             want.as_ref()
                 .is_none_or(|v| labels.get(key).is_some_and(|l| l == v))
         };
-        has("com.docker.compose.project", &self.compose_project)
+        let project = match (&self.compose_project, self.slots) {
+            (Some(p), true) => labels
+                .get("com.docker.compose.project")
+                .and_then(|l| l.strip_prefix(p.as_str()))
+                .is_some_and(|suffix| SLOT_SUFFIXES.contains(&suffix)),
+            _ => has("com.docker.compose.project", &self.compose_project),
+        };
+        project
             && has("com.docker.compose.service", &self.compose_service)
             && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
@@ -113,7 +128,7 @@ mod tests {
         let sel = Selector {
             compose_project: Some("shop-staging-backend".into()),
             compose_service: Some("backend".into()),
-            labels: BTreeMap::new(),
+            ..Selector::default()
         };
         let mut labels = BTreeMap::new();
         labels.insert(
@@ -130,5 +145,29 @@ mod tests {
             "frontend".to_string(),
         );
         assert!(!sel.matches(&labels));
+    }
+
+    #[test]
+    fn a_canary_selector_matches_both_slot_projects_and_nothing_else() {
+        let sel = Selector {
+            compose_project: Some("shop".into()),
+            slots: true,
+            ..Selector::default()
+        };
+        let with = |project: &str| {
+            BTreeMap::from([(
+                "com.docker.compose.project".to_string(),
+                project.to_string(),
+            )])
+        };
+        assert!(sel.matches(&with("shop-blue")));
+        assert!(sel.matches(&with("shop-green")));
+        for other in ["shop", "shop-red", "shopx-blue", "blue"] {
+            assert!(!sel.matches(&with(other)), "{other}");
+        }
+        assert!(
+            sel.docker_label_filters().is_empty(),
+            "two projects are no one label filter"
+        );
     }
 }

@@ -111,7 +111,7 @@ async fn a_canary_failing_a_quarter_of_requests_is_aborted_and_removed_within_30
         }
     });
     let (slot, outcome) = deploy(&b)
-        .deploy("v1.0.0", "v1.6.0")
+        .deploy(&(), Slot::Blue, "v1.0.0", "v1.6.0")
         .await
         .expect("the deploy ran");
     stop.store(true, Ordering::Relaxed);
@@ -151,7 +151,7 @@ async fn a_good_version_is_promoted_through_every_step_with_no_failed_request() 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load_through(b.h.port, 50, stop.clone());
     let (slot, outcome) = deploy(&b)
-        .deploy("v1.0.0", "v1.0.1")
+        .deploy(&(), Slot::Blue, "v1.0.0", "v1.0.1")
         .await
         .expect("the deploy ran");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -183,7 +183,10 @@ async fn a_regression_during_the_hold_flips_all_traffic_back_to_the_held_slot() 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load_through(b.h.port, 50, stop.clone());
     let d = deploy(&b);
-    let (slot, outcome) = d.deploy("v1.0.0", "v1.0.1").await.expect("the deploy ran");
+    let (slot, outcome) = d
+        .deploy(&(), Slot::Blue, "v1.0.0", "v1.0.1")
+        .await
+        .expect("the deploy ran");
     assert!(outcome.promoted, "{}", outcome.reason);
     let held = d.held(slot, outcome.ended_ms);
     assert_eq!((held.old, held.new), (Slot::Blue, Slot::Green));

@@ -50,6 +50,7 @@ async fn canary_run(fail_every: u64) -> Run {
     let mut judge = CanaryJudge::new(policy, "v1", "v2", Slot::Green);
     let outcome = flow::run(
         &driver,
+        &(),
         &config,
         &mut judge,
         Slot::Green,

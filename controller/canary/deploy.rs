@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::flow::{self, Outcome};
+use super::flow::{self, Outcome, Steering};
 use super::judge::CanaryJudge;
 use super::slots::{SlotError, SlotSite};
 use crate::analysis::MetricPolicy;
@@ -66,7 +66,7 @@ pub struct CanaryDeploy<'a, D: TrafficDriver> {
 
 impl<D: TrafficDriver> CanaryDeploy<'_, D> {
     /// The live slot is the one with the larger weight (blue on a tie: a fresh backend).
-    async fn live_slot(&self) -> Result<Slot, TrafficError> {
+    pub async fn live_slot(&self) -> Result<Slot, TrafficError> {
         let [blue, green] = self.driver.read().await?;
         Ok(if green.weight > blue.weight {
             Slot::Green
@@ -115,8 +115,13 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         }
     }
 
-    pub async fn deploy(&self, live_tag: &str, tag: &str) -> Result<(Slot, Outcome), DeployError> {
-        let live = self.live_slot().await?;
+    pub async fn deploy<S: Steering>(
+        &self,
+        steer: &S,
+        live: Slot,
+        live_tag: &str,
+        tag: &str,
+    ) -> Result<(Slot, Outcome), DeployError> {
         let idle = live.other();
         self.site.check(&self.runner).await?;
         self.site.start(&self.runner, idle, tag).await?;
@@ -132,6 +137,7 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         let mut judge = CanaryJudge::new(self.policy, live_tag, tag, idle);
         let outcome = flow::run(
             self.driver,
+            steer,
             self.config,
             &mut judge,
             idle,

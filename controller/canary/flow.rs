@@ -3,6 +3,7 @@
 //! next, and promote or abort. The new version must already run in the canary slot; starting
 //! it there (and recording every weight change as an intent) is the deploy flow's part.
 
+use std::future::Future;
 use std::time::Duration;
 
 use super::judge::CanaryJudge;
@@ -10,6 +11,30 @@ use super::plan::{self, Next, StepState};
 use crate::config::CanaryConfig;
 use crate::store::now_ms;
 use crate::traffic::{Slot, TrafficDriver, TrafficError};
+
+/// A person's order to a canary in flight (`rollwatch promote|abort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manual {
+    /// The rest of the steps skipped: all traffic to the new version now.
+    Promote,
+    /// All traffic back to the live version now.
+    Abort,
+}
+
+/// What the deploy around the flow hears and records: each step as it begins, and people's
+/// orders, taken at the next reading.
+pub trait Steering: Send + Sync {
+    fn stepped(&self, percent: u32, at_ms: i64) -> impl Future<Output = ()> + Send;
+    fn order(&self) -> Option<Manual>;
+}
+
+/// No record, no orders: the flow on its own (tests).
+impl Steering for () {
+    async fn stepped(&self, _: u32, _: i64) {}
+    fn order(&self) -> Option<Manual> {
+        None
+    }
+}
 
 /// How a canary ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +50,9 @@ pub struct Outcome {
 
 /// Runs the steps of `c` with the new version in `canary`, reading every `interval`, and gives
 /// up (aborting) after `deadline` without reaching a decision.
-pub async fn run<D: TrafficDriver>(
+pub async fn run<D: TrafficDriver, S: Steering>(
     driver: &D,
+    steer: &S,
     c: &CanaryConfig,
     judge: &mut CanaryJudge,
     canary: Slot,
@@ -43,13 +69,21 @@ pub async fn run<D: TrafficDriver>(
     let mut steps = Vec::new();
     let mut step = 0;
     let mut state = set_step(driver, c, live, canary, step, &mut steps).await?;
+    steer.stepped(percent_of(&steps), state.since_ms).await;
     loop {
         tokio::time::sleep(interval).await;
         let slots = driver.read().await?;
         let served = canary_served(&slots, canary);
         state.requests = served.saturating_sub(served_before);
         let verdict = judge.observe(&slots);
-        let decision = if started.elapsed() >= deadline {
+        let decision = if let Some(order) = steer.order() {
+            match order {
+                Manual::Promote => Next::Promote,
+                Manual::Abort => Next::Abort {
+                    reason: format!("aborted by hand at {}%", percent_of(&steps)),
+                },
+            }
+        } else if started.elapsed() >= deadline {
             Next::Abort {
                 reason: format!(
                     "no decision within {} (the canary served {} requests in its last step)",
@@ -69,6 +103,7 @@ pub async fn run<D: TrafficDriver>(
             Next::Step { .. } => {
                 step += 1;
                 state = set_step(driver, c, live, canary, step, &mut steps).await?;
+                steer.stepped(percent_of(&steps), state.since_ms).await;
                 served_before = served;
             }
             Next::Promote => {
@@ -115,6 +150,10 @@ async fn set_step<D: TrafficDriver>(
         since_ms,
         requests: 0,
     })
+}
+
+fn percent_of(steps: &[(u32, i64)]) -> u32 {
+    steps.last().map_or(0, |s| s.0)
 }
 
 fn canary_served(slots: &[crate::traffic::SlotReading; 2], canary: Slot) -> u64 {

@@ -3,7 +3,10 @@
 //! This module holds the judgement; the deploy flow that steers the slots builds on it.
 
 pub mod deploy;
+mod flip;
 pub mod flow;
 pub mod judge;
 pub mod plan;
+pub mod record;
+pub mod runner;
 pub mod slots;

@@ -83,6 +83,8 @@ mod tests {
             step_min: Duration::from_secs(30),
             step_min_requests: 100,
             hold: Duration::from_secs(600),
+            ports: [18081, 18082],
+            port_var: "APP_PORT".into(),
         }
     }
 

@@ -135,7 +135,13 @@ pub async fn wait(
                     tell!("promoted: {msg}");
                     return Ok(ExitCode::SUCCESS);
                 }
-                "regressed" | "rollback_failed" | "would_roll_back" | "withheld" => {
+                "regressed"
+                | "rollback_failed"
+                | "would_roll_back"
+                | "withheld"
+                | "canary_aborted"
+                | "canary_failed"
+                | "canary_flipped_back" => {
                     tell!("{kind}: {msg}");
                     return Ok(ExitCode::from(1));
                 }

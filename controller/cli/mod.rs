@@ -8,6 +8,7 @@ use std::time::Duration;
 
 #[macro_use]
 mod out;
+mod canary;
 mod ci;
 mod controller;
 mod demo;
@@ -122,6 +123,28 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Deploy <tag> to a canary target: the new version starts beside the live one and takes
+    /// traffic step by step while judged against it. What CI calls instead of `up -d`.
+    /// Exit 0 promoted, 1 aborted or failed, 2 refused (nothing changed), 3 still running.
+    Deploy {
+        env: String,
+        role: String,
+        tag: String,
+        /// The 40-hex commit SHA the tag was built from, for the record.
+        #[arg(long)]
+        commit_sha: Option<String>,
+        /// The CI pipeline's URL, for the record.
+        #[arg(long)]
+        pipeline_url: Option<String>,
+        /// Stop waiting (exit 3) after this long; the controller carries on.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Promote a canary target's deploy now: skip its remaining steps, or end its hold.
+    Promote { env: String, role: String },
+    /// Abort a canary target's deploy: all traffic back on the old version, the new one
+    /// removed (during the hold: flip back to the held slot).
+    Abort { env: String, role: String },
     /// What happened (deploys, verdicts, promotions, rollbacks), when and why, newest first.
     History {
         env: Option<String>,
@@ -192,6 +215,7 @@ pub fn main() -> ExitCode {
                             | RollbackError::AlreadyRunning { .. }
                             | RollbackError::Docker(_)
                             | RollbackError::Site(_)
+                            | RollbackError::Canary { .. }
                     )
                 );
             ExitCode::from(if refused { 2 } else { 1 })
@@ -256,6 +280,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tag = parse_tag(tag)?;
             rollback(&config, id, tag, reason, dry_run).await
         }
+        Command::Deploy {
+            env,
+            role,
+            tag,
+            commit_sha,
+            pipeline_url,
+            timeout,
+        } => {
+            let config = Config::load(&config_path)?;
+            let id = parse_target(&env, &role)?;
+            let Some(tag) = parse_tag(Some(tag))? else {
+                return Err(Refused("give the tag to deploy".into()).into());
+            };
+            let args = canary::DeployArgs {
+                tag,
+                commit_sha,
+                pipeline_url,
+                timeout,
+            };
+            canary::deploy(&config, &id, args).await
+        }
+        Command::Promote { env, role } => {
+            let config = Config::load(&config_path)?;
+            canary::steer(&config, &parse_target(&env, &role)?, "promote").await
+        }
+        Command::Abort { env, role } => {
+            let config = Config::load(&config_path)?;
+            canary::steer(&config, &parse_target(&env, &role)?, "abort").await
+        }
         Command::Simulate(args) => {
             simulate::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -299,6 +352,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let events = store.events(target.clone(), None, None, limit).await?;
             print_events(&events)?;
             outln!()?;
+            let canaries = store.canaries(target.clone(), limit).await?;
+            print_canaries(&canaries)?;
             let records = store.rollbacks(target, limit).await?;
             print_history(&records, verbose)?;
             Ok(ExitCode::SUCCESS)
@@ -775,6 +830,35 @@ async fn preflight(config: &Config) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+fn print_canaries(records: &[crate::store::CanaryRecord]) -> std::io::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    outln!(
+        "{:>4}  {:<20} {:<20} {:<22} {:<12} {:<16} reason",
+        "id",
+        "when (UTC)",
+        "target",
+        "canary",
+        "result",
+        "steps"
+    )?;
+    for r in records {
+        let steps: Vec<String> = r.steps.iter().map(|(p, _)| format!("{p}%")).collect();
+        outln!(
+            "{:>4}  {:<20} {:<20} {:<22} {:<12} {:<16} {}",
+            r.id,
+            fmt_time(r.started_ms),
+            r.target.to_string(),
+            format!("{} -> {}", r.from_tag.as_deref().unwrap_or("?"), r.tag),
+            r.state.as_str(),
+            steps.join(" "),
+            r.reason
+        )?;
+    }
+    outln!()
 }
 
 fn print_history(records: &[RollbackRecord], verbose: bool) -> std::io::Result<()> {

@@ -34,6 +34,12 @@ pub struct CanaryConfig {
     /// found later moves traffic back by weight at once.
     #[serde(default = "default_hold", with = "humantime_serde")]
     pub hold: Duration,
+    /// The ports of the blue and the green slot, in that order: the balancer's two servers
+    /// point at them, and each slot's compose project gets its own through `port_var`.
+    pub ports: [u16; 2],
+    /// The variable the compose file takes the service's port from.
+    #[serde(default = "default_port_var")]
+    pub port_var: String,
 }
 
 /// The load balancer that steers the slots.
@@ -48,6 +54,10 @@ pub enum TrafficConfig {
         /// The servers of the blue and the green slot, in that order.
         servers: [String; 2],
     },
+}
+
+pub fn default_port_var() -> String {
+    "APP_PORT".into()
 }
 
 pub fn default_steps() -> Vec<u32> {

@@ -255,14 +255,40 @@ fn check_strategy(t: &TargetConfig) -> Result<(), Refusal> {
         )),
         (Strategy::Canary, Some(c)) => {
             check_canary(c, t.watch.interval).map_err(|r| r.under(&[Key("canary")]))?;
-            // The settings are checked so that they are right when the flow arrives; accepting
-            // them now would watch the target as `replace` while the user believes in canaries.
-            Err(Refusal::new(
-                &[Key("strategy")],
-                "\"canary\" is not available in this build yet: the canary deploy is not reachable from `rollwatch run`, the CLI or the API (the [targets.canary] settings are valid); use \"replace\" for now",
-            ))
+            check_canary_site(t)
         }
     }
+}
+
+/// The slots are compose projects started on this machine from the target's directory:
+/// what that needs must be in the config, or the first deploy would fail half-way.
+fn check_canary_site(t: &TargetConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    if t.selector.compose_project.is_none() {
+        return Err(Refusal::new(
+            &[Key("selector")],
+            "a canary target needs selector.compose_project: its slots run as the projects <compose_project>-blue and <compose_project>-green",
+        ));
+    }
+    let ExecutorConfig::Compose(x) = &t.executor else {
+        return Err(Refusal::new(
+            &[Key("executor")],
+            "a canary target's slots are compose projects: use an executor of kind = \"compose\"",
+        ));
+    };
+    if x.dir.is_none() {
+        return Err(Refusal::new(
+            &[Key("executor"), Key("dir")],
+            "a canary target needs executor.dir: the directory whose compose file both slots are started from",
+        ));
+    }
+    if x.host.is_some() || !x.also.is_empty() {
+        return Err(Refusal::new(
+            &[Key("executor"), Key("host")],
+            "canary deploys run their slots on this machine only in this version; remove executor.host and executor.also, or use strategy = \"replace\"",
+        ));
+    }
+    Ok(())
 }
 
 fn check_canary(c: &CanaryConfig, interval: Duration) -> Result<(), Refusal> {
@@ -292,6 +318,29 @@ fn check_canary(c: &CanaryConfig, interval: Duration) -> Result<(), Refusal> {
     }
     at_most(&[Key("step_min")], c.step_min, Limit::Window)?;
     at_most(&[Key("hold")], c.hold, Limit::Window)?;
+    if c.ports[0] == 0 || c.ports[1] == 0 || c.ports[0] == c.ports[1] {
+        return Err(Refusal::new(
+            &[Key("ports")],
+            format!(
+                "{:?}: give two distinct, non-zero ports, blue's then green's (the balancer's servers point at them)",
+                c.ports
+            ),
+        ));
+    }
+    if c.port_var.is_empty()
+        || !c
+            .port_var
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(Refusal::new(
+            &[Key("port_var")],
+            format!(
+                "{:?} is not a variable name: use letters, digits and _ (e.g. APP_PORT)",
+                c.port_var
+            ),
+        ));
+    }
     let TrafficConfig::Haproxy {
         socket,
         backend,

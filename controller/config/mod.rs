@@ -464,7 +464,7 @@ fn default_ssh_retries() -> u32 {
 
 /// Which compose binary to run. `auto` tries `docker compose` first and falls back to
 /// `docker-compose`, by running them rather than guessing from PATH.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComposeCommand {
     #[default]
@@ -595,6 +595,7 @@ impl Config {
         let mut targets = raw.targets;
         check_config(&raw.controller, &targets).map_err(|r| r.located(source, text))?;
         for t in &mut targets {
+            t.selector.slots = t.strategy == Strategy::Canary;
             if let ExecutorConfig::Compose(c) = &mut t.executor {
                 if let Some(d) = c.dir.as_mut().filter(|d| d.is_relative()) {
                     *d = base.join(&*d);
@@ -695,15 +696,25 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
         let canary = |body: &str| format!("{GOOD}strategy = \"canary\"\n{body}");
         let table = |extra: &str| {
             format!(
-                "[targets.canary]\ntraffic = {{ kind = \"haproxy\", socket = \"/run/haproxy.sock\", backend = \"be\", servers = [\"blue\", \"green\"] }}\n{extra}"
+                "[targets.canary]\nports = [18081, 18082]\ntraffic = {{ kind = \"haproxy\", socket = \"/run/haproxy.sock\", backend = \"be\", servers = [\"blue\", \"green\"] }}\n{extra}"
             )
         };
-        // Valid settings, refused only because the deploy flow is not built yet.
-        let (_, e) = error_of(&canary(&table("")));
-        assert!(
-            e.contains("not available in this build yet") && e.contains("are valid"),
-            "{e}"
+        let c = parse(&canary(&table(""))).expect("valid canary settings");
+        let t = &c.targets[0];
+        assert_eq!(t.strategy, Strategy::Canary);
+        assert_eq!(
+            t.canary.as_ref().map(|c| c.port_var.as_str()),
+            Some("APP_PORT")
         );
+        let (_, e) = error_of(&canary(
+            &table("").replace("[18081, 18082]", "[18081, 18081]"),
+        ));
+        assert!(e.contains("two distinct, non-zero ports"), "{e}");
+        let (_, e) = error_of(&canary(&table("port_var = \"APP PORT\"\n")));
+        assert!(e.contains("not a variable name"), "{e}");
+        let no_dir = canary(&table("")).replace("dir = \"/opt/shop/staging/backend\", ", "");
+        let (_, e) = error_of(&no_dir);
+        assert!(e.contains("needs executor.dir"), "{e}");
         let defaults: CanaryConfig = toml::from_str(&table("").replace("[targets.canary]\n", ""))
             .expect("canary settings alone");
         assert_eq!(

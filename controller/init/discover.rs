@@ -19,9 +19,8 @@ pub async fn discover(
     read_env_files: bool,
 ) -> Result<Vec<Found>, DockerError> {
     let selector = Selector {
-        compose_project: None,
-        compose_service: None,
         labels: labels.clone(),
+        ..Selector::default()
     };
     let running = docker.containers(&selector, false).await?;
     let mut groups: BTreeMap<(String, String), Vec<&ContainerInfo>> = BTreeMap::new();

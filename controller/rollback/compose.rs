@@ -25,12 +25,41 @@ pub enum ComposeFlavor {
 }
 
 impl ComposeFlavor {
-    fn argv(self) -> Vec<String> {
+    pub fn argv(self) -> Vec<String> {
         match self {
             ComposeFlavor::Plugin => vec!["docker".into(), "compose".into()],
             ComposeFlavor::Standalone => vec!["docker-compose".into()],
         }
     }
+}
+
+/// Tries `docker compose version`, then `docker-compose version`. Trying beats looking at
+/// PATH: a static docker CLI without the plugin is on PATH yet cannot run `docker compose`.
+pub async fn detect_flavor(
+    runner: &dyn CommandRunner,
+    dir: &Path,
+    command: ComposeCommand,
+) -> Result<ComposeFlavor, ExecError> {
+    let candidates: &[ComposeFlavor] = match command {
+        ComposeCommand::Auto => &[ComposeFlavor::Plugin, ComposeFlavor::Standalone],
+        ComposeCommand::Plugin => &[ComposeFlavor::Plugin],
+        ComposeCommand::Standalone => &[ComposeFlavor::Standalone],
+    };
+    let mut tried = Vec::new();
+    for &flavor in candidates {
+        let mut argv = flavor.argv();
+        argv.push("version".into());
+        match runner.run(dir, &[], &argv).await {
+            Ok(out) if out.success() => return Ok(flavor),
+            Ok(out) => tried.push(format!("{}: exit {}", argv.join(" "), out.status_text())),
+            // The host itself is unreachable: no point trying another command.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(ExecError::Unreachable(e.to_string()));
+            }
+            Err(e) => tried.push(format!("{}: {e}", argv.join(" "))),
+        }
+    }
+    Err(ExecError::NoCompose(tried.join("; ")))
 }
 
 pub struct ComposeExecutor {
@@ -65,31 +94,8 @@ impl ComposeExecutor {
     /// Tries `docker compose version`, then `docker-compose version`. Trying beats looking at
     /// PATH: a static docker CLI without the plugin is on PATH yet cannot run `docker compose`.
     async fn flavor(&self, dir: &Path) -> Result<ComposeFlavor, ExecError> {
-        let candidates: &[ComposeFlavor] = match self.config.compose_command {
-            ComposeCommand::Auto => &[ComposeFlavor::Plugin, ComposeFlavor::Standalone],
-            ComposeCommand::Plugin => &[ComposeFlavor::Plugin],
-            ComposeCommand::Standalone => &[ComposeFlavor::Standalone],
-        };
         self.flavor
-            .get_or_try_init(|| async {
-                let mut tried = Vec::new();
-                for &flavor in candidates {
-                    let mut argv = flavor.argv();
-                    argv.push("version".into());
-                    match self.runner.run(dir, &[], &argv).await {
-                        Ok(out) if out.success() => return Ok(flavor),
-                        Ok(out) => {
-                            tried.push(format!("{}: exit {}", argv.join(" "), out.status_text()))
-                        }
-                        // The host itself is unreachable: no point trying another command.
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                            return Err(ExecError::Unreachable(e.to_string()));
-                        }
-                        Err(e) => tried.push(format!("{}: {e}", argv.join(" "))),
-                    }
-                }
-                Err(ExecError::NoCompose(tried.join("; ")))
-            })
+            .get_or_try_init(|| detect_flavor(&*self.runner, dir, self.config.compose_command))
             .await
             .copied()
     }

@@ -73,6 +73,16 @@ pub enum RollbackError {
         tag: Tag,
         source: ExecError,
     },
+    /// A canary target's rollback could not be done by weight; nothing was changed.
+    #[error("{target}: not rolled back: {why}")]
+    Canary { target: TargetId, why: String },
+    /// A canary target's flip back ran and failed; the record says how far it got.
+    #[error("flip back #{id} of {target} failed: {why}")]
+    CanaryFailed {
+        id: i64,
+        target: TargetId,
+        why: String,
+    },
     #[error("rollback #{id} of {target} to {tag} ran, but /health did not answer ok within {within:?}: last probe {failure}")]
     Validation {
         id: i64,
@@ -89,7 +99,9 @@ impl RollbackError {
     pub fn changed_something(&self) -> bool {
         matches!(
             self,
-            RollbackError::Execution { .. } | RollbackError::Validation { .. }
+            RollbackError::Execution { .. }
+                | RollbackError::Validation { .. }
+                | RollbackError::CanaryFailed { .. }
         )
     }
 
@@ -101,7 +113,7 @@ impl RollbackError {
 
 /// Fault injection for crash-safety tests: with `ROLLWATCH_FAULT_POINT=<name>` the process
 /// stops making progress at that point (and waits to be killed), exactly like a crash there.
-async fn fault_point(name: &str) {
+pub(crate) async fn fault_point(name: &str) {
     if std::env::var("ROLLWATCH_FAULT_POINT").is_ok_and(|v| v == name) {
         tracing::error!(point = name, "fault point reached; waiting to be killed");
         std::future::pending::<()>().await;

@@ -15,10 +15,11 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 
 pub use compose::{
-    check_sites, compose_executor, preflight as compose_preflight, ComposeExecutor, ComposeFlavor,
+    check_sites, compose_executor, detect_flavor, preflight as compose_preflight, ComposeExecutor,
+    ComposeFlavor,
 };
 pub use docker_api::DockerApiExecutor;
-pub(crate) use flow::fault_panic_once;
+pub(crate) use flow::{fault_panic_once, fault_point};
 pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 pub use project::{
     compose_projects_of, is_valid_project_name, project_warnings, warn_project_mismatches,

@@ -4,10 +4,12 @@
 //! tokio's blocking pool, never on the async runtime.
 
 mod batch;
+mod canary;
 mod samples;
 mod schema;
 
 pub use batch::StoreWriter;
+pub use canary::{CanaryRecord, CanaryStart, CanaryState, Weights};
 pub use samples::{Sample, MAX_SAMPLES_PER_WINDOW, POINTS_PER_BAKE, WINDOWS_KEPT};
 
 use std::path::{Path, PathBuf};

@@ -27,10 +27,40 @@ const STEPS: &[Step] = &[
         version: 2,
         apply: v2_samples,
     },
+    Step {
+        version: 3,
+        apply: v3_canaries,
+    },
 ];
 
 /// The version a store is at once opened by this build.
-pub const CURRENT: i64 = 2;
+pub const CURRENT: i64 = 3;
+
+/// Version 3: canary deploys, each weight change written as an intent before it is made.
+fn v3_canaries(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS canaries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            env TEXT NOT NULL,
+            role TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            from_tag TEXT,
+            slot TEXT NOT NULL,
+            state TEXT NOT NULL,
+            blue INTEGER NOT NULL,
+            green INTEGER NOT NULL,
+            applied INTEGER NOT NULL,
+            steps TEXT NOT NULL DEFAULT '[]',
+            reason TEXT NOT NULL DEFAULT '',
+            started_ms INTEGER NOT NULL,
+            ended_ms INTEGER,
+            hold_until_ms INTEGER,
+            commit_sha TEXT,
+            pipeline_url TEXT
+        );
+        CREATE INDEX IF NOT EXISTS canaries_by_target ON canaries (env, role, id);",
+    )
+}
 
 /// Version 2: what each round of a watch window saw, for the status page's evidence charts.
 fn v2_samples(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
@@ -200,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_store_gains_the_samples_table_and_keeps_its_events() {
+    fn a_version_1_store_gains_the_later_tables_and_keeps_its_events() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let mut conn = Connection::open(&path).unwrap();
@@ -217,11 +247,13 @@ mod tests {
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 2);
-        let samples: i64 = conn
-            .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(samples, 0);
+        assert_eq!(v, CURRENT);
+        for table in ["samples", "canaries"] {
+            let rows: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 0, "{table}");
+        }
         let kept: String = conn
             .query_row("SELECT message FROM events", [], |r| r.get(0))
             .unwrap();

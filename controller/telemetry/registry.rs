@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use super::exposition::{header, histogram, label_pairs, sample, Kind};
 use super::series::{
-    RollbackResult, TargetSeries, PROBE_FAILURE_CLASSES, STATES, TRIGGERS, VERDICTS,
+    CanarySeries, RollbackResult, TargetSeries, PROBE_FAILURE_CLASSES, STATES, TRIGGERS, VERDICTS,
 };
 use crate::target::TargetId;
 
@@ -170,6 +170,33 @@ fn render_targets(out: &mut String, targets: &[Arc<TargetSeries>]) {
     family(out, targets, RESTARTS, |out, name, t| {
         sample(out, name, &t.labels, &[], t.restarts.load(R));
     });
+    render_canaries(out, targets);
+}
+
+/// Only canary targets have these series.
+fn render_canaries(out: &mut String, targets: &[Arc<TargetSeries>]) {
+    use std::sync::atomic::Ordering::Relaxed as R;
+    family(out, targets, CANARY_WEIGHT, |out, name, t| {
+        let Some(c) = t.canary.get() else { return };
+        for (slot, w) in ["blue", "green"].iter().zip(&c.weights) {
+            if let Ok(w) = u64::try_from(w.load(R)) {
+                sample(out, name, &t.labels, &[("slot", slot)], w);
+            }
+        }
+    });
+    let counters: [(FamilyDoc, fn(&CanarySeries) -> u64); 4] = [
+        (CANARY_STEPS, |c: &CanarySeries| c.steps.load(R)),
+        (CANARY_PROMOTIONS, |c: &CanarySeries| c.promotions.load(R)),
+        (CANARY_ABORTS, |c: &CanarySeries| c.aborts.load(R)),
+        (CANARY_FLIP_BACKS, |c: &CanarySeries| c.flip_backs.load(R)),
+    ];
+    for (doc, value) in counters {
+        family(out, targets, doc, |out, name, t| {
+            if let Some(c) = t.canary.get() {
+                sample(out, name, &t.labels, &[], value(c));
+            }
+        });
+    }
 }
 
 fn tag_sample(
@@ -185,6 +212,32 @@ fn tag_sample(
 }
 
 type FamilyDoc = (&'static str, &'static str, Kind);
+
+const CANARY_WEIGHT: FamilyDoc = (
+    "rollwatch_canary_weight",
+    "A canary target's load-balancer weight per slot (blue, green), as last applied.",
+    Kind::Gauge,
+);
+const CANARY_STEPS: FamilyDoc = (
+    "rollwatch_canary_steps_total",
+    "Canary steps begun (each a weight change towards the new version).",
+    Kind::Counter,
+);
+const CANARY_PROMOTIONS: FamilyDoc = (
+    "rollwatch_canary_promotions_total",
+    "Canary deploys promoted to all of the traffic.",
+    Kind::Counter,
+);
+const CANARY_ABORTS: FamilyDoc = (
+    "rollwatch_canary_aborts_total",
+    "Canary deploys aborted: all traffic back on the live version, the new one removed.",
+    Kind::Counter,
+);
+const CANARY_FLIP_BACKS: FamilyDoc = (
+    "rollwatch_canary_flip_backs_total",
+    "Regressions after a promotion that moved all traffic back to the held slot.",
+    Kind::Counter,
+);
 
 const ROLLBACKS: FamilyDoc = ("rollwatch_rollbacks_total", "Rollbacks by trigger (health, error_ratio, latency, alert, manual) and result (succeeded, failed, dry_run, refused).", Kind::Counter);
 const VERDICTS_TOTAL: FamilyDoc = (

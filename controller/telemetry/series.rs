@@ -156,6 +156,19 @@ pub struct TargetSeries {
     pub(super) last_rollback_bits: AtomicU64,
     pub(super) running_tag: Mutex<Option<Box<str>>>,
     pub(super) known_good_tag: Mutex<Option<Box<str>>>,
+    /// Set for canary targets only: their weights and step, promotion and abort counts.
+    pub(super) canary: OnceLock<Box<CanarySeries>>,
+}
+
+/// A canary target's series.
+#[derive(Default)]
+pub(super) struct CanarySeries {
+    /// The weights of the blue and the green slot as last applied; -1 until known.
+    pub(super) weights: [std::sync::atomic::AtomicI64; 2],
+    pub(super) steps: AtomicU64,
+    pub(super) promotions: AtomicU64,
+    pub(super) aborts: AtomicU64,
+    pub(super) flip_backs: AtomicU64,
 }
 
 impl TargetSeries {
@@ -179,7 +192,42 @@ impl TargetSeries {
             last_rollback_bits: AtomicU64::new(0),
             running_tag: Mutex::new(None),
             known_good_tag: Mutex::new(None),
+            canary: OnceLock::new(),
         }
+    }
+
+    fn canary(&self) -> &CanarySeries {
+        self.canary.get_or_init(|| {
+            let s = CanarySeries::default();
+            for w in &s.weights {
+                w.store(-1, Relaxed);
+            }
+            Box::new(s)
+        })
+    }
+
+    /// Makes the canary series exist at their zero values (a canary target, before its first deploy).
+    pub fn canary_target(&self) {
+        self.canary();
+    }
+
+    pub fn canary_weights(&self, w: crate::store::Weights) {
+        let c = self.canary();
+        c.weights[0].store(i64::from(w.blue), Relaxed);
+        c.weights[1].store(i64::from(w.green), Relaxed);
+    }
+
+    pub fn canary_stepped(&self) {
+        self.canary().steps.fetch_add(1, Relaxed);
+    }
+
+    pub fn canary_ended(&self, promoted: bool) {
+        let c = self.canary();
+        if promoted { &c.promotions } else { &c.aborts }.fetch_add(1, Relaxed);
+    }
+
+    pub fn canary_flipped_back(&self) {
+        self.canary().flip_backs.fetch_add(1, Relaxed);
     }
 
     /// 1 for `state` (one of [`STATES`]), 0 for the others.

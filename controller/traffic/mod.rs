@@ -99,6 +99,8 @@ pub enum TrafficError {
     UnknownServer { backend: String, server: String },
     #[error("cannot read the load balancer's statistics: {0}")]
     Stats(String),
+    #[error("cannot record the weight change in the store, so it was not made: {0}")]
+    Record(String),
 }
 
 /// Steers one target's traffic. Implementations must apply a whole weight change at once: an

@@ -56,6 +56,7 @@ pub fn ui(reads_need_token: bool) -> Ui {
         reads_need_token,
         metrics: Arc::new(crate::telemetry::Metrics::new()),
         alert_window_ms: 0,
+        canaries: Arc::default(),
     };
     let (events, _) = broadcast::channel(1024);
     let shutdown = CancellationToken::new();

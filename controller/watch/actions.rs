@@ -71,6 +71,12 @@ impl Watcher {
         // the intent stays on record and the next start resumes it.
         // Boxed: the rollback's state machine is large and rare; inline, every watcher task
         // (one per target, allocated whole at spawn) would carry its size all the time.
+        if let Some(canary) = self.canary.clone() {
+            return tokio::select! {
+                result = Box::pin(canary.roll_back(&self.target, request)) => result,
+                _ = self.shutdown.cancelled() => Err(RollbackError::Interrupted { target: self.id.clone() }),
+            };
+        }
         tokio::select! {
             result = Box::pin(self.rollbacker.rollback(&self.target, request, on_step)) => result,
             _ = self.shutdown.cancelled() => Err(RollbackError::Interrupted { target: self.id.clone() }),

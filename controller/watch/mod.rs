@@ -3,6 +3,7 @@
 //! decisions out — record a deploy, promote a tag, or roll back through the [`Rollbacker`]. Being
 //! one sequential task is what guarantees at most one rollback in flight per target.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ mod tests;
 pub use status::{StatusBoard, StatusSlot, TargetStatus, WindowProgress};
 
 use crate::analysis::{Evidence, MetricVerdict, Population};
+use crate::canary::runner::CanaryHandle;
 use crate::config::TargetConfig;
 use crate::detect::Wake;
 use crate::engine::{EngineView, ListingId};
@@ -103,6 +105,8 @@ pub struct Watcher {
     sampler: sampler::Sampler,
     /// Cancels a rollback in flight at shutdown (its intent stays for the next start).
     shutdown: CancellationToken,
+    /// A canary target's runner: it does this target's rollbacks, by weight.
+    canary: Option<CanaryHandle>,
 }
 
 /// What the controller shares with every watcher.
@@ -120,6 +124,8 @@ pub struct Shared {
     pub webhook: Option<url::Url>,
     /// Asked before every rollback: only the leader acts.
     pub lease: Arc<dyn crate::lease::Lease>,
+    /// The runners of canary targets: their rollbacks move traffic between slots.
+    pub canaries: Arc<HashMap<TargetId, CanaryHandle>>,
 }
 
 impl Watcher {
@@ -140,7 +146,9 @@ impl Watcher {
             metrics,
             webhook,
             lease,
+            canaries,
         } = shared;
+        let canary = canaries.get(&target.id()).cloned();
         let id = target.id();
         let series = metrics.target(&id);
         let repository = target.executor.image_repository(&target.role);
@@ -177,6 +185,7 @@ impl Watcher {
             saved_control,
             sampler: sampler::Sampler::default(),
             shutdown: CancellationToken::new(),
+            canary,
         }
     }
 

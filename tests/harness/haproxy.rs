@@ -33,6 +33,8 @@ pub struct Haproxy {
     /// Taken from the pidfile once the daemon is up; `None` only if start failed midway.
     pid: Option<i32>,
     dir: tempfile::TempDir,
+    /// The ports of the first two servers (the blue and the green slot).
+    slot_ports: [u16; 2],
 }
 
 impl Haproxy {
@@ -81,7 +83,9 @@ impl Haproxy {
             status.success(),
             "haproxy refused to start ({status}):\n{err}"
         );
+        let slot_port = |i: usize| slots.get(i).map_or(0, |s| s.1);
         let mut h = Haproxy {
+            slot_ports: [slot_port(0), slot_port(1)],
             port,
             metrics_port,
             socket,
@@ -417,6 +421,8 @@ impl Haproxy {
             step_min,
             step_min_requests: 20,
             hold: Duration::from_secs(600),
+            ports: self.slot_ports,
+            port_var: "APP_PORT".into(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! answer with the watcher's outcome, or `503 busy` when its queue is full (nothing changed).
 //! Connection-level limits live in [`crate::server`].
 
+mod canary;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub struct ApiState {
     pub reads_need_token: bool,
     pub metrics: Arc<crate::telemetry::Metrics>,
     pub alert_window_ms: i64,
+    /// The runners of canary targets (deploys, promote, abort).
+    pub canaries: Arc<HashMap<TargetId, crate::canary::runner::CanaryHandle>>,
 }
 
 /// Longest strings accepted in an order's fields.
@@ -81,6 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/rollbacks", get(rollbacks))
         .route("/api/v1/incidents", get(rollbacks))
+        .route("/api/v1/canaries", get(canary::canaries))
         .layer(GlobalConcurrencyLimitLayer::new(READ_CONCURRENCY));
     let orders = Router::new()
         .route("/api/v1/deploys", post(deploy))
@@ -88,6 +93,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/targets/{env}/{role}/pause", post(pause))
         .route("/api/v1/targets/{env}/{role}/resume", post(resume))
         .route("/api/v1/targets/{env}/{role}/rollback", post(rollback))
+        .route(
+            "/api/v1/targets/{env}/{role}/promote",
+            post(canary::promote),
+        )
+        .route("/api/v1/targets/{env}/{role}/abort", post(canary::abort))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             ORDER_TIMEOUT,
@@ -484,6 +494,9 @@ struct DeployBody {
     tag: String,
     commit_sha: Option<String>,
     pipeline_url: Option<String>,
+    /// `replace` (register a deploy CI made) or `canary` (rollwatch makes it); unset: the
+    /// target's configured strategy.
+    strategy: Option<String>,
 }
 
 impl Capped for DeployBody {
@@ -492,6 +505,7 @@ impl Capped for DeployBody {
         cap("role", Some(&self.role), MAX_NAME)?;
         cap("tag", Some(&self.tag), MAX_TAG)?;
         cap("commit_sha", self.commit_sha.as_deref(), MAX_NAME)?;
+        cap("strategy", self.strategy.as_deref(), MAX_NAME)?;
         cap("pipeline_url", self.pipeline_url.as_deref(), MAX_URL)
     }
 }
@@ -512,6 +526,36 @@ async fn deploy(
                 StatusCode::BAD_REQUEST,
                 format!("commit_sha {sha:?} is not a 40-hex commit SHA"),
             ));
+        }
+    }
+    let canary = state.canaries.get(&id);
+    match (body.strategy.as_deref(), canary) {
+        (None | Some("canary"), Some(handle)) => {
+            let order = crate::canary::runner::DeployOrder {
+                tag,
+                commit_sha: body.commit_sha,
+                pipeline_url: body.pipeline_url,
+            };
+            return canary::deploy(&id, handle, order).await;
+        }
+        (None | Some("replace"), None) => {}
+        (Some("canary"), None) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!("strategy \"canary\": {id} is configured with strategy \"replace\"; set strategy = \"canary\" and its [targets.canary] table, or leave strategy out"),
+            ))
+        }
+        (Some("replace"), Some(_)) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!("strategy \"replace\": {id} is configured with strategy \"canary\", so rollwatch makes its deploys; leave strategy out (or say \"canary\")"),
+            ))
+        }
+        (Some(other), _) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!("strategy {other:?}: use \"replace\" or \"canary\""),
+            ))
         }
     }
     let record = DeployRecord {

@@ -1,0 +1,298 @@
+//! Taking traffic back on a canary target, and finishing after a crash. A regression during
+//! the hold flips all traffic to the held slot in one weight change (recorded as a rollback,
+//! so incidents, metrics and the verdict core see it like any other); at start, a deploy a
+//! crash interrupted is aborted, a hold is resumed or ended, a flip half-done is finished.
+
+use std::time::{Duration, Instant};
+
+use super::record::Recorded;
+use super::runner::{CanaryRunner, Phase};
+use crate::rollback::{RollbackError, RollbackRequest};
+use crate::store::{
+    now_ms, CanaryRecord, CanaryState, RollbackIntent, RollbackOutcome, RollbackRecord,
+    RollbackState, StepRecord, StoreError,
+};
+use crate::tag::Tag;
+use crate::traffic::{Slot, TrafficDriver};
+
+/// How long the held slot's `/health` may take to answer after the flip.
+const VALIDATE_WITHIN: Duration = Duration::from_secs(10);
+
+fn step(name: &str, started: (Instant, i64), ok: bool, detail: String) -> StepRecord {
+    StepRecord {
+        name: name.into(),
+        started_at_ms: started.1,
+        duration_ms: i64::try_from(started.0.elapsed().as_millis()).unwrap_or(i64::MAX),
+        ok,
+        detail,
+    }
+}
+
+fn begun() -> (Instant, i64) {
+    (Instant::now(), now_ms())
+}
+
+pub(super) async fn flip_back(
+    r: &mut CanaryRunner,
+    request: RollbackRequest,
+) -> Result<RollbackRecord, RollbackError> {
+    let (target, driver, _, journal) = r.parts();
+    let id = target.id();
+    let store = journal.store.clone();
+    let held = store
+        .unfinished_canary(id.clone())
+        .await?
+        .filter(|c| c.state == CanaryState::Holding);
+    let Some(held) = held else {
+        return Err(RollbackError::Canary {
+            target: id.clone(),
+            why: format!(
+                "no slot is held (the last canary deploy's hold ended, or none was promoted), so no old version runs to move traffic back to; roll back with `rollwatch deploy {} {} <known-good tag>`",
+                id.env, id.role
+            ),
+        });
+    };
+    let (old, new) = (held.slot.other(), held.slot);
+    let to_tag = held
+        .from_tag
+        .as_deref()
+        .and_then(|t| Tag::parse(t).ok())
+        .ok_or_else(|| RollbackError::Canary {
+            target: id.clone(),
+            why: format!(
+                "canary #{} has no valid tag on record for the held slot",
+                held.id
+            ),
+        })?;
+    let rid = store
+        .begin_rollback(RollbackIntent {
+            target: id.clone(),
+            trigger: request.trigger,
+            reason: request.reason.clone(),
+            from_tag: Some(held.tag.clone()),
+            from_image: None,
+            to_tag: to_tag.clone(),
+            dry_run: request.dry_run,
+        })
+        .await?;
+    let mut steps = Vec::new();
+    if request.dry_run {
+        return finish(&store, rid, RollbackState::DryRun, steps, None).await;
+    }
+    let t = begun();
+    let recorded = Recorded::new(driver, journal.clone(), held.id, held.weights);
+    if let Err(e) = recorded.set_weights(&[(old, 100), (new, 0)]).await {
+        let why = e.to_string();
+        steps.push(step("flip weights", t, false, why.clone()));
+        finish(&store, rid, RollbackState::Failed, steps, Some(why.clone())).await?;
+        return Err(RollbackError::CanaryFailed {
+            id: rid,
+            target: id,
+            why,
+        });
+    }
+    let detail = format!("{} 100, {} 0", old.name(), new.name());
+    steps.push(step("flip weights", t, true, detail));
+    r.enter(Phase::Idle);
+    let site = r.slot_site().await;
+    let t = begun();
+    let health = match &site {
+        Ok(site) => validate(r, site.port_of(old)).await,
+        Err(e) => Err(e.clone()),
+    };
+    steps.push(step(
+        "validate held slot",
+        t,
+        health.is_ok(),
+        health.clone().err().unwrap_or_else(|| "/health ok".into()),
+    ));
+    let t = begun();
+    let removed = match &site {
+        Ok(site) => site
+            .remove(r.parts().2, new)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    };
+    steps.push(step(
+        "remove new slot",
+        t,
+        removed.is_ok(),
+        removed.clone().err().unwrap_or_default(),
+    ));
+    let journal = r.parts().3.clone();
+    let reason = format!("flipped back to {to_tag}: {}", request.reason);
+    store
+        .canary_state(held.id, CanaryState::FlippedBack, reason.clone(), None)
+        .await?;
+    journal.series.canary_flipped_back();
+    journal
+        .event("canary_flipped_back", &held.tag, reason)
+        .await;
+    match health {
+        Ok(()) => finish(&store, rid, RollbackState::Succeeded, steps, None).await,
+        Err(why) => {
+            finish(&store, rid, RollbackState::Failed, steps, Some(why.clone())).await?;
+            Err(RollbackError::CanaryFailed {
+                id: rid,
+                target: id,
+                why: format!(
+                    "all traffic is on {to_tag} again, but its /health did not answer ok: {why}"
+                ),
+            })
+        }
+    }
+}
+
+async fn validate(r: &CanaryRunner, port: u16) -> Result<(), String> {
+    let path = r.parts().0.health.url.0.path().to_string();
+    let url =
+        url::Url::parse(&format!("http://127.0.0.1:{port}{path}")).map_err(|e| e.to_string())?;
+    r.prober()
+        .wait_healthy(
+            &url,
+            Duration::from_secs(2),
+            Duration::from_millis(100),
+            VALIDATE_WITHIN,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|f| f.to_string())
+}
+
+async fn finish(
+    store: &crate::store::Store,
+    rid: i64,
+    state: RollbackState,
+    steps: Vec<StepRecord>,
+    error: Option<String>,
+) -> Result<RollbackRecord, RollbackError> {
+    store
+        .finish_rollback(
+            rid,
+            RollbackOutcome {
+                state,
+                to_digest: None,
+                steps,
+                output: String::new(),
+                error,
+            },
+        )
+        .await?;
+    store.rollback(rid).await?.ok_or_else(|| {
+        RollbackError::Store(StoreError::Corrupt(format!("rollback #{rid} vanished")))
+    })
+}
+
+/// Finishes the target's unfinished canary deploy, if a crash left one.
+pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
+    let (target, driver, _, journal) = r.parts();
+    let id = target.id();
+    let store = journal.store.clone();
+    let Some(rec) = store.unfinished_canary(id.clone()).await? else {
+        return finish_flip_intents(r, false).await;
+    };
+    let recorded = Recorded::new(driver, journal.clone(), rec.id, rec.weights);
+    if !rec.applied {
+        // The balancer may not have the change last meant: make it so first.
+        let w = rec.weights;
+        if let Err(e) = recorded
+            .set_weights(&[(Slot::Blue, w.blue), (Slot::Green, w.green)])
+            .await
+        {
+            tracing::error!(target_id = %id, error = %e, "cannot re-apply the weights on record after a restart");
+            return Ok(());
+        }
+    }
+    match rec.state {
+        CanaryState::Starting | CanaryState::Stepping => abort_interrupted(r, &rec).await,
+        CanaryState::Holding if rec.weights.of(rec.slot) == 0 => {
+            // A flip back was under way: it is finished.
+            remove_slot(r, rec.slot).await;
+            store
+                .canary_state(
+                    rec.id,
+                    CanaryState::FlippedBack,
+                    format!("{}; flip back finished after a restart", rec.reason),
+                    None,
+                )
+                .await?;
+            finish_flip_intents(r, true).await
+        }
+        CanaryState::Holding => {
+            let until_ms = rec.hold_until_ms.unwrap_or(0);
+            r.enter(Phase::Holding {
+                id: rec.id,
+                tag: rec.tag.clone(),
+                until_ms,
+            });
+            finish_flip_intents(r, false).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A deploy stopped mid-way: all traffic back to the slot it came from, the canary removed.
+async fn abort_interrupted(r: &mut CanaryRunner, rec: &CanaryRecord) -> Result<(), StoreError> {
+    let (_, driver, _, journal) = r.parts();
+    let journal = journal.clone();
+    let live = rec.slot.other();
+    let recorded = Recorded::new(driver, journal.clone(), rec.id, rec.weights);
+    if let Err(e) = recorded.set_weights(&[(live, 100), (rec.slot, 0)]).await {
+        tracing::error!(target_id = %journal.target, error = %e, "cannot move traffic back after a restart; trying again at the next start");
+        return Ok(());
+    }
+    remove_slot(r, rec.slot).await;
+    let at = rec.steps.last().map_or(0, |s| s.0);
+    let reason = format!(
+        "rollwatch stopped during this deploy (the canary had {at}% of the traffic); aborted when it started again: all traffic back on {}, the canary's containers removed",
+        rec.from_tag.as_deref().unwrap_or("the live slot")
+    );
+    journal
+        .store
+        .canary_state(rec.id, CanaryState::Aborted, reason.clone(), None)
+        .await?;
+    journal.series.canary_ended(false);
+    journal.event("canary_aborted", &rec.tag, reason).await;
+    Ok(())
+}
+
+async fn remove_slot(r: &CanaryRunner, slot: Slot) {
+    let removed = match r.slot_site().await {
+        Ok(site) => site
+            .remove(r.parts().2, slot)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        tracing::error!(slot = slot.name(), error = %e, "cannot remove the slot's containers; remove them by hand");
+    }
+}
+
+/// The watcher's flip-back rollbacks a crash left as intents: finished as succeeded when the
+/// flip is done (`done`), else failed (the weights were never changed).
+async fn finish_flip_intents(r: &CanaryRunner, done: bool) -> Result<(), StoreError> {
+    let journal = r.parts().3;
+    let store = &journal.store;
+    for rec in store.unfinished_rollbacks().await? {
+        if rec.target != journal.target {
+            continue;
+        }
+        let (state, error) = if done {
+            (RollbackState::Succeeded, None)
+        } else {
+            let why = "rollwatch stopped before the flip back changed any weight; the watcher judges again";
+            (RollbackState::Failed, Some(why.to_string()))
+        };
+        let outcome = RollbackOutcome {
+            state,
+            to_digest: None,
+            steps: rec.steps.clone(),
+            output: String::new(),
+            error,
+        };
+        store.finish_rollback(rec.id, outcome).await?;
+    }
+    Ok(())
+}
