@@ -72,6 +72,8 @@ struct Flip {
     weight: Duration,
     /// The first `show stat` reading with all traffic on the old slot; `None`: never seen.
     all_on_old: Option<Duration>,
+    /// Until `flip_back` returned: the weight change and the new slot's containers removed.
+    returned: Duration,
     /// Requests HAProxy sent to the new slot after the verdict (before the weights took).
     late_to_new: u64,
     /// Median time between two readings.
@@ -164,9 +166,10 @@ async fn flip_rounds() -> Vec<Flip> {
     for round in 1..=ROUNDS {
         let f = flip_round(&b).await;
         eprintln!(
-            "flip {round}: weight {} ms, all on old {}, {} late to new, poll gap {} µs, load ok {} failed {} (deploy failed {})",
+            "flip {round}: weight {} ms, all on old {}, returned {} ms, {} late to new, poll gap {} µs, load ok {} failed {} (deploy failed {})",
             ms(f.weight),
             f.all_on_old.map_or("never".into(), |d| format!("{} ms", ms(d))),
+            ms(f.returned),
             f.late_to_new,
             f.poll_gap.as_micros(),
             f.load.ok,
@@ -193,6 +196,7 @@ async fn flip_round(b: &FlipBed) -> Flip {
     tokio::time::sleep(LEAD_IN + phase()).await;
     let verdict = Instant::now();
     let weight = d.flip_back(&held).await.expect("flip back");
+    let returned = verdict.elapsed();
     tokio::time::sleep(SETTLE).await;
     let readings = poller.stop();
     let load = load.stop();
@@ -201,6 +205,7 @@ async fn flip_round(b: &FlipBed) -> Flip {
     Flip {
         weight,
         all_on_old: all_on_old_after(&readings, verdict),
+        returned,
         late_to_new: last.new.stot.saturating_sub(before.new.stot),
         poll_gap: median_gap(&readings),
         load,
@@ -447,6 +452,7 @@ fn total(loads: impl Iterator<Item = Load>) -> Load {
 fn report(flips: &[Flip], replaces: &[Replace], took: Duration) -> String {
     let weights: Vec<Duration> = flips.iter().map(|f| f.weight).collect();
     let on_old: Vec<Duration> = flips.iter().filter_map(|f| f.all_on_old).collect();
+    let returned: Vec<Duration> = flips.iter().map(|f| f.returned).collect();
     let rollbacks: Vec<Duration> = replaces.iter().map(|r| r.took).collect();
     let gaps: Vec<Duration> = flips.iter().map(|f| f.poll_gap).collect();
     let flip_load = total(flips.iter().map(|f| f.load));
@@ -482,9 +488,14 @@ fn report(flips: &[Flip], replaces: &[Replace], took: Duration) -> String {
         "< 1 s",
     );
     s += &row(
+        "flip-back: new slot's containers removed (flip_back returned)",
+        &returned,
+        "-",
+    );
+    s += &row(
         "replace: rollback validated on the old version",
         &rollbacks,
-        "",
+        "-",
     );
     s += &format!(
         "\nFailed requests at the load generator: flip-back {} of {} (from {} s before each verdict \
