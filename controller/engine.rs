@@ -105,18 +105,22 @@ impl Snapshot {
     }
 
     fn matching(&self, selector: &Selector) -> Vec<&ContainerInfo> {
-        let candidates: Option<&Vec<usize>> =
-            match (&selector.compose_project, &selector.compose_service) {
-                (Some(p), Some(s)) => self.by_service.get(p).and_then(|m| m.get(s)),
-                (Some(p), None) => self.by_project.get(p),
-                (None, _) => {
-                    return self
-                        .all
-                        .iter()
-                        .filter(|c| selector.matches(&c.labels))
-                        .collect()
-                }
-            };
+        let project = selector
+            .compose_project
+            .as_ref()
+            .filter(|_| !selector.slots);
+        let candidates: Option<&Vec<usize>> = match (project, &selector.compose_service) {
+            (Some(p), Some(s)) => self.by_service.get(p).and_then(|m| m.get(s)),
+            (Some(p), None) => self.by_project.get(p),
+            // No one project to look up (none, or a canary target's two slot projects).
+            (None, _) => {
+                return self
+                    .all
+                    .iter()
+                    .filter(|c| selector.matches(&c.labels))
+                    .collect()
+            }
+        };
         candidates
             .map(|ix| {
                 ix.iter()

@@ -186,7 +186,10 @@ async fn flip_rounds() -> Vec<Flip> {
 async fn flip_round(b: &FlipBed) -> Flip {
     let d = canary(b);
     let deploy_load = Loader::start(b.h.port);
-    let (slot, outcome) = d.deploy(OLD, NEW).await.expect("the canary deploy ran");
+    let (slot, outcome) = d
+        .deploy(&(), Slot::Blue, OLD, NEW)
+        .await
+        .expect("the canary deploy ran");
     assert!(outcome.promoted, "not promoted: {}", outcome.reason);
     let held = d.held(slot, outcome.ended_ms);
     // A fresh load generator per window: each is bounded to two minutes.

@@ -94,6 +94,16 @@ pub(super) async fn flip_back(
     let detail = format!("{} 100, {} 0", old.name(), new.name());
     steps.push(step("flip weights", t, true, detail));
     r.enter(Phase::Idle);
+    // All traffic is on the old version now: say so before the slower clean-up.
+    let journal = r.parts().3.clone();
+    let reason = format!("flipped back to {to_tag}: {}", request.reason);
+    store
+        .canary_state(held.id, CanaryState::FlippedBack, reason.clone(), None)
+        .await?;
+    journal.series.canary_flipped_back();
+    journal
+        .event("canary_flipped_back", &held.tag, reason)
+        .await;
     let site = r.slot_site().await;
     let t = begun();
     let health = match &site {
@@ -106,6 +116,7 @@ pub(super) async fn flip_back(
         health.is_ok(),
         health.clone().err().unwrap_or_else(|| "/health ok".into()),
     ));
+    // A hung version takes its stop timeout to go; it no longer gets any traffic meanwhile.
     let t = begun();
     let removed = match &site {
         Ok(site) => site
@@ -120,15 +131,6 @@ pub(super) async fn flip_back(
         removed.is_ok(),
         removed.clone().err().unwrap_or_default(),
     ));
-    let journal = r.parts().3.clone();
-    let reason = format!("flipped back to {to_tag}: {}", request.reason);
-    store
-        .canary_state(held.id, CanaryState::FlippedBack, reason.clone(), None)
-        .await?;
-    journal.series.canary_flipped_back();
-    journal
-        .event("canary_flipped_back", &held.tag, reason)
-        .await;
     match health {
         Ok(()) => finish(&store, rid, RollbackState::Succeeded, steps, None).await,
         Err(why) => {

@@ -64,6 +64,13 @@ enum Order {
     },
 }
 
+/// What a deploy order answers: its record id once accepted (or why it was refused), then
+/// the finished record.
+pub type DeployAnswers = (
+    oneshot::Receiver<Result<i64, String>>,
+    oneshot::Receiver<CanaryRecord>,
+);
+
 /// How the API, the CLI and the watcher reach a canary target's runner.
 #[derive(Clone)]
 pub struct CanaryHandle {
@@ -94,17 +101,7 @@ impl CanaryHandle {
     }
 
     /// Queues a deploy; returns (accepted: its record id or why not, done: the finished record).
-    #[allow(clippy::type_complexity)]
-    pub fn deploy(
-        &self,
-        order: DeployOrder,
-    ) -> Result<
-        (
-            oneshot::Receiver<Result<i64, String>>,
-            oneshot::Receiver<CanaryRecord>,
-        ),
-        OrderError,
-    > {
+    pub fn deploy(&self, order: DeployOrder) -> Result<DeployAnswers, OrderError> {
         let (accepted, accepted_rx) = oneshot::channel();
         let (done, done_rx) = oneshot::channel();
         self.send(Order::Deploy {

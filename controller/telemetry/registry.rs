@@ -184,7 +184,8 @@ fn render_canaries(out: &mut String, targets: &[Arc<TargetSeries>]) {
             }
         }
     });
-    let counters: [(FamilyDoc, fn(&CanarySeries) -> u64); 4] = [
+    type Read = fn(&CanarySeries) -> u64;
+    let counters: [(FamilyDoc, Read); 4] = [
         (CANARY_STEPS, |c: &CanarySeries| c.steps.load(R)),
         (CANARY_PROMOTIONS, |c: &CanarySeries| c.promotions.load(R)),
         (CANARY_ABORTS, |c: &CanarySeries| c.aborts.load(R)),

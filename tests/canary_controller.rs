@@ -1,0 +1,417 @@
+//! Canary deploys as users run them: `rollwatch run` watches a canary target (two compose
+//! slot projects behind HAProxy, its health URL on HAProxy's frontend) and CI calls
+//! `rollwatch deploy staging backend <tag>` instead of `up -d`, under ~50 req/s from a bounded
+//! loopback load generator. Each test asserts on outcomes: the exit code, HAProxy's weights
+//! read over its Runtime API, the store's record of them, the containers that run, the
+//! exported metrics, and the load generator's failed requests.
+
+mod harness;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::haproxy::{load_through, Haproxy};
+use harness::*;
+use rollwatch::canary::slots::SlotSite;
+use rollwatch::rollback::LocalRunner;
+use rollwatch::traffic::Slot;
+
+/// A canary target: v1.0.0 live in the blue slot at weight 100, green empty at weight 0.
+struct Bed {
+    d: ComposeDeployment,
+    site: SlotSite,
+    h: Haproxy,
+    config: PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for slot in [Slot::Blue, Slot::Green] {
+            for name in project_containers(&self.site.project_of(slot)) {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", &name])
+                    .output();
+            }
+        }
+    }
+}
+
+async fn bed(prefix: &str, tags: &[&str], hold: &str) -> Bed {
+    let app = app_with_images(prefix, &[&["v1.0.0"], tags].concat());
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    d.compose(&["down"]);
+    let site = SlotSite {
+        dir: d.dir(),
+        project: d.project.clone(),
+        env_file: ".env".into(),
+        registry: format!("{REGISTRY}/{app}"),
+        compose: vec!["docker-compose".into()],
+        port_var: "APP_PORT".into(),
+        ports: [free_port(), free_port()],
+    };
+    let runner: Arc<dyn rollwatch::rollback::CommandRunner> =
+        Arc::new(LocalRunner::new(Duration::from_secs(120)));
+    site.start(&runner, Slot::Blue, "v1.0.0")
+        .await
+        .expect("blue slot");
+    wait_healthy_version(site.port_of(Slot::Blue), "v1.0.0");
+    let h = Haproxy::start(&[
+        ("blue", site.port_of(Slot::Blue), 100),
+        ("green", site.port_of(Slot::Green), 0),
+    ]);
+    h.wait_server_up("blue", Duration::from_secs(10));
+    let extra = format!(
+        r#"strategy = "canary"
+watch = {{ interval = "500ms", bake = "90s", grace = "0s" }}
+[targets.canary]
+ports = [{blue}, {green}]
+steps = [10, 50, 100]
+step_min = "2s"
+step_min_requests = 20
+hold = "{hold}"
+traffic = {{ kind = "haproxy", socket = "{socket}", backend = "be", servers = ["blue", "green"] }}
+"#,
+        blue = site.port_of(Slot::Blue),
+        green = site.port_of(Slot::Green),
+        socket = h.socket.display(),
+    );
+    let config = d.write_config(&format!("{REGISTRY}/{app}"), &extra);
+    // The health URL users reach: HAProxy's frontend, not a slot.
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("127.0.0.1:{}/health", d.port),
+        &format!("127.0.0.1:{}/health", h.port),
+    );
+    std::fs::write(&config, text).expect("config");
+    Bed { d, site, h, config }
+}
+
+impl Bed {
+    fn db(&self) -> PathBuf {
+        self.d.db()
+    }
+
+    /// HAProxy's weights of (blue, green), read over its Runtime API.
+    fn weights(&self) -> (u32, u32) {
+        let w = |s: &str| {
+            let answer = self.h.runtime(&format!("get weight be/{s}"));
+            answer
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("get weight be/{s}: {answer:?}"))
+        };
+        (w("blue"), w("green"))
+    }
+
+    /// The newest canary record.
+    fn newest(&self) -> Option<Canary> {
+        query(
+            &self.db(),
+            "SELECT state, blue, green, applied, steps, reason, ended_ms FROM canaries ORDER BY id DESC LIMIT 1",
+            |r| {
+                Ok(Canary {
+                    state: r.get(0)?,
+                    weights: (r.get(1)?, r.get(2)?),
+                    applied: r.get(3)?,
+                    steps: r.get(4)?,
+                    reason: r.get(5)?,
+                    ended_ms: r.get(6)?,
+                })
+            },
+        )
+        .into_iter()
+        .next()
+    }
+
+    fn controller(&self, env: &[(&str, &str)]) -> Controller {
+        let c = Controller::start(&self.config, env);
+        wait_for(Duration::from_secs(20), "the controller's API", || {
+            http_get(self.d.api_port, "/healthz").filter(|(s, _)| *s == 200)
+        });
+        c
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = http_get(self.d.api_port, "/metrics")?;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+#[derive(Debug)]
+struct Canary {
+    state: String,
+    weights: (u32, u32),
+    applied: bool,
+    steps: String,
+    reason: String,
+    ended_ms: Option<i64>,
+}
+
+/// The first step's time from the stored steps (`[[10, ms], ...]`).
+fn first_step_ms(steps: &str) -> i64 {
+    let v: Vec<(u32, i64)> = serde_json::from_str(steps).expect("steps json");
+    v.first().expect("a first step").1
+}
+
+/// The demo service's own request counter on `port`, sampled until `stop`: the largest value.
+fn count_requests(
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = seen.clone();
+    let t = std::thread::spawn(move || {
+        for _ in 0..3000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(c) = demo_counters(port) {
+                let n: f64 = c
+                    .split(',')
+                    .nth(1)
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0.0);
+                s.fetch_max(n as u64, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (seen, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollwatch_deploy_aborts_a_version_failing_a_quarter_of_requests_and_marks_it_bad() {
+    let b = bed("ccbad", &["v1.6.0"], "10m").await;
+    let _c = b.controller(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let (seen, counter) = count_requests(b.site.port_of(Slot::Green), stop.clone());
+    let config = b.config.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.6.0"))
+        .await
+        .expect("deploy thread");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.join().expect("load");
+    let _ = counter.join();
+    let r = b.newest().expect("a canary record");
+    let out_after = r.ended_ms.expect("ended") - first_step_ms(&r.steps);
+    eprintln!(
+        "{out}\naborted {out_after} ms after its first non-zero weight; {} requests reached v1.6.0 by its own counter; load ok {ok}, failed {failed}",
+        seen.load(Ordering::Relaxed)
+    );
+    assert_eq!(code, 1, "exit 1 for an aborted deploy: {out}");
+    assert!(out.contains("aborted"), "{out}");
+    assert!(
+        out.contains("10%"),
+        "the steps are shown as they happen: {out}"
+    );
+    assert_eq!(r.state, "aborted", "{r:?}");
+    assert!(r.reason.contains("regressed"), "{}", r.reason);
+    assert!(out_after < 30_000, "{out_after} ms");
+    assert_eq!(b.weights(), (100, 0), "all traffic back on blue");
+    assert_eq!(
+        (r.weights, r.applied),
+        ((100, 0), true),
+        "the store matches HAProxy"
+    );
+    assert!(project_containers(&b.site.project_of(Slot::Green)).is_empty());
+    assert!(
+        seen.load(Ordering::Relaxed) > 0,
+        "the canary took part of the traffic"
+    );
+    let bad = query(&b.db(), "SELECT tag FROM bad_tags", |r| {
+        r.get::<_, String>(0)
+    });
+    assert_eq!(bad, vec!["v1.6.0".to_string()]);
+    assert_eq!(b.metric("rollwatch_canary_aborts_total{"), Some(1.0));
+    assert_eq!(
+        b.metric("rollwatch_canary_weight{env=\"staging\",role=\"backend\",slot=\"green\"}"),
+        Some(0.0)
+    );
+    let history = rollwatch(&b.config)
+        .args(["history"])
+        .output()
+        .expect("history");
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.contains("v1.0.0 -> v1.6.0") && history.contains("aborted"),
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollwatch_deploy_promotes_a_good_version_with_no_failed_request_and_abort_flips_back() {
+    let b = bed("ccgood", &["v1.0.1"], "10m").await;
+    let _c = b.controller(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let config = b.config.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
+        .await
+        .expect("deploy thread");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.join().expect("load");
+    eprintln!("{out}\nload ok {ok}, failed {failed}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(failed, 0, "failed requests at the load generator ({ok} ok)");
+    let r = b.newest().expect("record");
+    assert_eq!(r.state, "holding", "{r:?}");
+    let steps: Vec<(u32, i64)> = serde_json::from_str(&r.steps).expect("steps");
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![10, 50, 100]
+    );
+    assert_eq!(b.weights(), (0, 100));
+    assert_eq!((r.weights, r.applied), ((0, 100), true));
+    assert!(health(b.h.port).is_some_and(|h| h.contains("v1.0.1")));
+    assert!(
+        health(b.site.port_of(Slot::Blue)).is_some_and(|h| h.contains("v1.0.0")),
+        "the old version is held, running at weight 0"
+    );
+    assert_eq!(b.metric("rollwatch_canary_promotions_total{"), Some(1.0));
+
+    // A person aborts during the hold: all traffic back to blue by weight, green removed.
+    let out = rollwatch(&b.config)
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .args(["abort", "staging", "backend"])
+        .output()
+        .expect("abort");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("all traffic back on v1.0.0"), "{text}");
+    assert_eq!(b.weights(), (100, 0));
+    let r = b.newest().expect("record");
+    assert_eq!((r.state.as_str(), r.weights), ("flipped_back", (100, 0)));
+    assert!(project_containers(&b.site.project_of(Slot::Green)).is_empty());
+    let rows = rollback_rows(&b.db());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].4.as_str()),
+        ("succeeded", "v1.0.0")
+    );
+}
+
+fn deploy_with(config: &std::path::Path, tag: &str) -> (i32, String) {
+    let out = rollwatch(config)
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .args(["deploy", "staging", "backend", tag, "--timeout", "150s"])
+        .output()
+        .expect("rollwatch deploy");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_a_mid_deploy_step_then_restart_aborts_cleanly_with_weights_matching_the_store() {
+    let b = bed("cckill", &["v1.0.1"], "10m").await;
+    let mut c = b.controller(&[("ROLLWATCH_FAULT_POINT", "canary-mid-step")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let config = b.config.clone();
+    let deploy = std::thread::spawn(move || deploy_with(&config, "v1.0.1"));
+    // The fault point holds the deploy at its 50% step: the crash comes there.
+    wait_for(Duration::from_secs(90), "the 50% step on record", || {
+        b.newest().filter(|r| r.steps.contains("[50,"))
+    });
+    assert_eq!(b.weights(), (50, 50), "mid-deploy: both slots take traffic");
+    c.kill9();
+    let (code, out) = deploy.join().expect("deploy thread");
+    assert_ne!(code, 0, "the deploy did not finish: {out}");
+    let r = b.newest().expect("record");
+    assert_eq!(
+        r.state, "stepping",
+        "the store still says mid-deploy: {r:?}"
+    );
+
+    let _c = b.controller(&[]);
+    let r = wait_for(
+        Duration::from_secs(60),
+        "the interrupted deploy aborted",
+        || b.newest().filter(|r| r.state == "aborted"),
+    );
+    assert!(
+        r.reason.contains("stopped during this deploy"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(b.weights(), (100, 0), "exactly one slot takes traffic");
+    assert_eq!(
+        (r.weights, r.applied),
+        (b.weights(), true),
+        "HAProxy matches the store"
+    );
+    assert!(project_containers(&b.site.project_of(Slot::Green)).is_empty());
+    assert!(health(b.h.port).is_some_and(|h| h.contains("v1.0.0")));
+    let bad = query(&b.db(), "SELECT tag FROM bad_tags", |r| {
+        r.get::<_, String>(0)
+    });
+    assert!(
+        bad.is_empty(),
+        "an interrupted deploy was not judged bad: {bad:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_found_by_the_watcher_during_the_hold_flips_traffic_back_by_weight() {
+    let b = bed("ccflip", &["v1.0.1"], "10m").await;
+    let _c = b.controller(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let config = b.config.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
+        .await
+        .expect("deploy thread");
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(b.weights(), (0, 100));
+    // The new version hangs (SIGSTOP, not `docker pause`: the cgroup-v1 freezer here froze
+    // dockerd too): HAProxy's checks take it DOWN, and /health on the frontend fails.
+    let green = project_containers(&b.site.project_of(Slot::Green));
+    assert_eq!(green.len(), 1, "{green:?}");
+    let paused = Instant::now();
+    sh("docker", &["kill", "--signal", "STOP", &green[0]]);
+    let r = wait_for(Duration::from_secs(60), "the watcher's flip back", || {
+        b.newest().filter(|r| r.state == "flipped_back")
+    });
+    eprintln!(
+        "flipped back {} ms after the new version hung",
+        paused.elapsed().as_millis()
+    );
+    assert_eq!(b.weights(), (100, 0));
+    assert_eq!((r.weights, r.applied), ((100, 0), true));
+    let regressed = event_at_ms(&b.db(), "regressed", "v1.0.1").expect("the watcher's verdict");
+    let flipped = event_at_ms(&b.db(), "canary_flipped_back", "v1.0.1").expect("flip event");
+    eprintln!(
+        "verdict -> all traffic on v1.0.0 took {} ms",
+        flipped - regressed
+    );
+    assert!(health(b.h.port).is_some_and(|h| h.contains("v1.0.0")));
+    let rows = rollback_rows(&b.db());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].1, "health",
+        "the watcher's health verdict: {rows:?}"
+    );
+    assert_eq!(rows[0].4, "v1.0.0");
+    assert_eq!(b.metric("rollwatch_canary_flip_backs_total{"), Some(1.0));
+}
