@@ -60,6 +60,13 @@ async fn target_checks(t: &TargetConfig) -> Vec<Check> {
     let repository = t.executor.image_repository(&t.role);
     rows.push(row("registry", registry(&repository).await));
     let containers = containers.unwrap_or_default();
+    if t.strategy == crate::config::Strategy::Canary {
+        // Its slots, not the compose executor's project, are what a deploy runs.
+        for (check, outcome) in crate::canary::runner::preflight(t).await {
+            rows.push(row(check, outcome));
+        }
+        return rows;
+    }
     match &t.executor {
         ExecutorConfig::Compose(c) => {
             let tag = running_tag_of(&containers, &repository)

@@ -247,6 +247,16 @@ async fn rollwatch_deploy_aborts_a_version_failing_a_quarter_of_requests_and_mar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollwatch_deploy_promotes_a_good_version_with_no_failed_request_and_abort_flips_back() {
     let b = bed("ccgood", &["v1.0.1"], "10m").await;
+    let probe = rollwatch(&b.config)
+        .args(["check-config", "--probe"])
+        .output()
+        .expect("check-config --probe");
+    let table = String::from_utf8_lossy(&probe.stdout);
+    assert_eq!(probe.status.code(), Some(0), "{table}");
+    assert!(
+        table.contains("blue UP weight 100") && table.contains("-green on ports"),
+        "{table}"
+    );
     let _c = b.controller(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load_through(b.h.port, 50, stop.clone());
@@ -414,4 +424,85 @@ async fn a_regression_found_by_the_watcher_during_the_hold_flips_traffic_back_by
     );
     assert_eq!(rows[0].4, "v1.0.0");
     assert_eq!(b.metric("rollwatch_canary_flip_backs_total{"), Some(1.0));
+}
+
+/// Runs `rollwatch <args>` against the bed's controller; (exit code, stdout and stderr).
+fn cli(config: &std::path::Path, args: &[&str], token: bool) -> (i32, String) {
+    let mut cmd = rollwatch(config);
+    if token {
+        cmd.env("ROLLWATCH_API_TOKEN", TOKEN);
+    } else {
+        cmd.env_remove("ROLLWATCH_API_TOKEN");
+    }
+    let out = cmd.args(args).output().expect("rollwatch");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_failed_orders_say_why_and_leave_the_traffic_where_it_was() {
+    let b = bed("ccrefuse", &[], "10m").await;
+    let _c = b.controller(&[]);
+    let c = &b.config;
+    for (args, token, code, says) in [
+        (
+            &["abort", "staging", "backend"][..],
+            true,
+            2,
+            "no canary deploy is in flight",
+        ),
+        (
+            &["promote", "staging", "backend"][..],
+            true,
+            2,
+            "no canary deploy is in flight",
+        ),
+        (
+            &["deploy", "staging", "backend", "v1.0.0"][..],
+            true,
+            2,
+            "already takes the traffic",
+        ),
+        (
+            &["deploy", "staging", "backend", "v1.0.1"][..],
+            false,
+            2,
+            "ROLLWATCH_API_TOKEN",
+        ),
+        (
+            &["deploy", "staging", "backend", "not a tag"][..],
+            true,
+            2,
+            "not a tag",
+        ),
+    ] {
+        let (got, out) = cli(c, args, token);
+        assert_eq!(got, code, "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+        assert_eq!(b.weights(), (100, 0), "{args:?} changed the weights");
+    }
+    assert!(b.newest().is_none(), "no deploy was recorded for a refusal");
+
+    // A tag the registry does not have: started nowhere, no traffic moved, not marked bad.
+    let (got, out) = cli(c, &["deploy", "staging", "backend", "v9.9.9"], true);
+    assert_eq!(got, 1, "{out}");
+    assert!(out.contains("could not be started"), "{out}");
+    let r = b.newest().expect("the attempt is on record");
+    assert_eq!(
+        (r.state.as_str(), r.weights),
+        ("aborted", (100, 0)),
+        "{r:?}"
+    );
+    assert_eq!(b.weights(), (100, 0));
+    assert!(project_containers(&b.site.project_of(Slot::Green)).is_empty());
+    let bad = query(&b.db(), "SELECT tag FROM bad_tags", |r| {
+        r.get::<_, String>(0)
+    });
+    assert!(bad.is_empty(), "{bad:?}");
 }

@@ -28,6 +28,12 @@ pub enum DeployError {
     Slot(#[from] SlotError),
     #[error(transparent)]
     Traffic(#[from] TrafficError),
+    #[error("{tag} could not be started in the {slot} slot: {why}; no traffic went to it")]
+    NotStarted {
+        tag: String,
+        slot: &'static str,
+        why: String,
+    },
     #[error("{tag} in the {slot} slot never answered /health ok within {}: {why}; its containers were removed and no traffic went to it", humantime::format_duration(*.within))]
     NeverHealthy {
         tag: String,
@@ -124,7 +130,15 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
     ) -> Result<(Slot, Outcome), DeployError> {
         let idle = live.other();
         self.site.check(&self.runner).await?;
-        self.site.start(&self.runner, idle, tag).await?;
+        if let Err(e) = self.site.start(&self.runner, idle, tag).await {
+            // Whatever part of it started goes again; no traffic went to it.
+            let _ = self.site.remove(&self.runner, idle).await;
+            return Err(DeployError::NotStarted {
+                tag: tag.to_string(),
+                slot: idle.name(),
+                why: e.to_string(),
+            });
+        }
         if let Err(why) = self.until_up(idle).await {
             self.site.remove(&self.runner, idle).await?;
             return Err(DeployError::NeverHealthy {

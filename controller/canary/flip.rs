@@ -207,7 +207,10 @@ pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
         }
     }
     match rec.state {
-        CanaryState::Starting | CanaryState::Stepping => abort_interrupted(r, &rec).await,
+        CanaryState::Starting | CanaryState::Stepping => {
+            let why = "rollwatch stopped during this deploy and aborted it when it started again";
+            abort_unfinished(r, &rec, why).await.map(|_| ())
+        }
         CanaryState::Holding if rec.weights.of(rec.slot) == 0 => {
             // A flip back was under way: it is finished.
             remove_slot(r, rec.slot).await;
@@ -234,20 +237,27 @@ pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
     }
 }
 
-/// A deploy stopped mid-way: all traffic back to the slot it came from, the canary removed.
-async fn abort_interrupted(r: &mut CanaryRunner, rec: &CanaryRecord) -> Result<(), StoreError> {
+/// A deploy stopped mid-way (`why`, completed by where it stood): all traffic back to the
+/// slot it came from, the canary removed, the record aborted. Returns the reason written, or
+/// `None` when the balancer could not be told (the record stays unfinished, for the next
+/// start to try again).
+pub(super) async fn abort_unfinished(
+    r: &CanaryRunner,
+    rec: &CanaryRecord,
+    why: &str,
+) -> Result<Option<String>, StoreError> {
     let (_, driver, _, journal) = r.parts();
     let journal = journal.clone();
     let live = rec.slot.other();
     let recorded = Recorded::new(driver, journal.clone(), rec.id, rec.weights);
     if let Err(e) = recorded.set_weights(&[(live, 100), (rec.slot, 0)]).await {
-        tracing::error!(target_id = %journal.target, error = %e, "cannot move traffic back after a restart; trying again at the next start");
-        return Ok(());
+        tracing::error!(target_id = %journal.target, error = %e, "cannot move traffic back to the live slot; the next start of rollwatch tries again");
+        return Ok(None);
     }
     remove_slot(r, rec.slot).await;
     let at = rec.steps.last().map_or(0, |s| s.0);
     let reason = format!(
-        "rollwatch stopped during this deploy (the canary had {at}% of the traffic); aborted when it started again: all traffic back on {}, the canary's containers removed",
+        "{why} (the canary had {at}% of the traffic); aborted: all traffic back on {}, the canary's containers removed",
         rec.from_tag.as_deref().unwrap_or("the live slot")
     );
     journal
@@ -255,8 +265,10 @@ async fn abort_interrupted(r: &mut CanaryRunner, rec: &CanaryRecord) -> Result<(
         .canary_state(rec.id, CanaryState::Aborted, reason.clone(), None)
         .await?;
     journal.series.canary_ended(false);
-    journal.event("canary_aborted", &rec.tag, reason).await;
-    Ok(())
+    journal
+        .event("canary_aborted", &rec.tag, reason.clone())
+        .await;
+    Ok(Some(reason))
 }
 
 async fn remove_slot(r: &CanaryRunner, slot: Slot) {

@@ -183,16 +183,7 @@ impl CanaryRunner {
         if target.strategy != crate::config::Strategy::Canary {
             return None;
         }
-        let TrafficConfig::Haproxy {
-            socket,
-            backend,
-            servers,
-        } = &config.traffic;
-        let driver = Haproxy {
-            socket: socket.clone(),
-            backend: backend.clone(),
-            servers: servers.clone(),
-        };
+        let driver = driver_of(&config);
         let step_timeout = match &target.executor {
             ExecutorConfig::Compose(c) => c.step_timeout,
             ExecutorConfig::Docker(_) => crate::config::DEFAULT_STEP_TIMEOUT,
@@ -295,36 +286,8 @@ impl CanaryRunner {
         }
     }
 
-    fn site(&self) -> Result<SlotSite, String> {
-        let ExecutorConfig::Compose(x) = &self.target.executor else {
-            return Err("a canary target needs a compose executor".into());
-        };
-        let (Some(dir), Some(project)) = (&x.dir, &self.target.selector.compose_project) else {
-            return Err("a canary target needs executor.dir and selector.compose_project".into());
-        };
-        Ok(SlotSite {
-            dir: dir.clone(),
-            project: project.clone(),
-            env_file: x.env_file.clone(),
-            registry: x.registry.clone(),
-            compose: Vec::new(),
-            port_var: self.config.port_var.clone(),
-            ports: self.config.ports,
-        })
-    }
-
-    /// The site with its compose command found by trying, as the rollback executor does.
     async fn ready_site(&self) -> Result<SlotSite, String> {
-        let mut site = self.site()?;
-        let command = match &self.target.executor {
-            ExecutorConfig::Compose(x) => x.compose_command,
-            ExecutorConfig::Docker(_) => crate::config::ComposeCommand::Auto,
-        };
-        let flavor = crate::rollback::detect_flavor(&*self.runner, &site.dir, command)
-            .await
-            .map_err(|e| e.to_string())?;
-        site.compose = flavor.argv();
-        Ok(site)
+        ready_site(&self.target, &self.config, &*self.runner).await
     }
 
     fn deployer<'a, D: TrafficDriver>(
@@ -390,6 +353,9 @@ impl CanaryRunner {
             Ok(s) => s,
             Err(e) => return refuse(accepted, e),
         };
+        if let Err(e) = site.check(&self.runner).await {
+            return refuse(accepted, e.to_string());
+        }
         let plain = self.deployer(&site, &self.driver);
         let live = match plain.live_slot().await {
             Ok(s) => s,
@@ -468,6 +434,19 @@ impl CanaryRunner {
             .deploy(&steer, live, &live_tag, &tag)
             .await;
         self.set_phase(Phase::Idle);
+        if let Err(DeployError::Traffic(e)) = &result {
+            // The balancer failed mid-way: take traffic back now, not at the next start.
+            let why = format!("the load balancer failed during the deploy: {e}");
+            if let Ok(Some(rec)) = self.store().canary(id).await {
+                match super::flip::abort_unfinished(self, &rec, &why).await {
+                    Ok(Some(_)) => return self.store().canary(id).await.ok().flatten(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record the abort of canary deploy #{id}")
+                    }
+                }
+            }
+        }
         let (state, reason, hold) = self.conclude(&tag, result).await;
         if let Err(e) = self.store().canary_state(id, state, reason, hold).await {
             tracing::error!(error = %e, "cannot record the end of canary deploy #{id}");
@@ -516,6 +495,14 @@ impl CanaryRunner {
                     .await;
                 (CanaryState::Aborted, reason, None)
             }
+            Err(e @ DeployError::NotStarted { .. }) => {
+                // Not the version's fault (a pull, the compose file): not marked bad.
+                series.canary_ended(false);
+                self.journal
+                    .event("canary_aborted", tag, e.to_string())
+                    .await;
+                (CanaryState::Aborted, e.to_string(), None)
+            }
             Err(e @ DeployError::NeverHealthy { .. }) => {
                 series.canary_ended(false);
                 self.mark_bad(tag, &e.to_string()).await;
@@ -524,8 +511,17 @@ impl CanaryRunner {
                     .await;
                 (CanaryState::Aborted, e.to_string(), None)
             }
-            Err(e) => {
+            Err(e @ DeployError::Traffic(_)) => {
+                // The balancer could not be told to take traffic back: the record stays
+                // unfinished so that the next start of rollwatch aborts what is left.
                 let reason = format!("{e}; the store holds the weights last meant, and the next start of rollwatch aborts what is left");
+                self.journal
+                    .event("canary_failed", tag, reason.clone())
+                    .await;
+                (CanaryState::Stepping, reason, None)
+            }
+            Err(e) => {
+                let reason = e.to_string();
                 self.journal
                     .event("canary_failed", tag, reason.clone())
                     .await;
@@ -624,6 +620,91 @@ impl CanaryRunner {
     async fn recover(&mut self) -> Result<(), StoreError> {
         super::flip::recover(self).await
     }
+}
+
+/// Where a canary target's slots run, from its config (checked at load: a compose executor
+/// with `dir`, and `selector.compose_project`).
+fn slot_site(target: &TargetConfig, config: &CanaryConfig) -> Result<SlotSite, String> {
+    let ExecutorConfig::Compose(x) = &target.executor else {
+        return Err("a canary target needs a compose executor".into());
+    };
+    let (Some(dir), Some(project)) = (&x.dir, &target.selector.compose_project) else {
+        return Err("a canary target needs executor.dir and selector.compose_project".into());
+    };
+    Ok(SlotSite {
+        dir: dir.clone(),
+        project: project.clone(),
+        env_file: x.env_file.clone(),
+        registry: x.registry.clone(),
+        compose: Vec::new(),
+        port_var: config.port_var.clone(),
+        ports: config.ports,
+    })
+}
+
+/// The site with its compose command found by trying, as the rollback executor does.
+async fn ready_site(
+    target: &TargetConfig,
+    config: &CanaryConfig,
+    runner: &dyn CommandRunner,
+) -> Result<SlotSite, String> {
+    let mut site = slot_site(target, config)?;
+    let command = match &target.executor {
+        ExecutorConfig::Compose(x) => x.compose_command,
+        ExecutorConfig::Docker(_) => crate::config::ComposeCommand::Auto,
+    };
+    let flavor = crate::rollback::detect_flavor(runner, &site.dir, command)
+        .await
+        .map_err(|e| e.to_string())?;
+    site.compose = flavor.argv();
+    Ok(site)
+}
+
+fn driver_of(config: &CanaryConfig) -> Haproxy {
+    let TrafficConfig::Haproxy {
+        socket,
+        backend,
+        servers,
+    } = &config.traffic;
+    Haproxy {
+        socket: socket.clone(),
+        backend: backend.clone(),
+        servers: servers.clone(),
+    }
+}
+
+/// `check-config --probe` for a canary target, read-only: the load balancer answers with
+/// both servers, and the compose file can run as two slots side by side.
+pub async fn preflight(target: &TargetConfig) -> Vec<(&'static str, Result<String, String>)> {
+    let Some(config) = target.canary.as_ref() else {
+        return Vec::new();
+    };
+    let balancer = match driver_of(config).read().await {
+        Ok(slots) => Ok(slots
+            .iter()
+            .map(|s| format!("{} {} weight {}", s.slot.name(), s.status, s.weight))
+            .collect::<Vec<_>>()
+            .join(", ")),
+        Err(e) => Err(e.to_string()),
+    };
+    let runner: Arc<dyn CommandRunner> = Arc::new(LocalRunner::new(Duration::from_secs(30)));
+    let slots = match ready_site(target, config, &*runner).await {
+        Ok(site) => site
+            .check(&runner)
+            .await
+            .map_err(|e| e.to_string())
+            .map(|()| {
+                format!(
+                    "the compose file runs as {} and {} on ports {} and {}",
+                    site.project_of(Slot::Blue),
+                    site.project_of(Slot::Green),
+                    site.ports[0],
+                    site.ports[1]
+                )
+            }),
+        Err(e) => Err(e),
+    };
+    vec![("load balancer", balancer), ("slots", slots)]
 }
 
 /// The path (and query) of the target's health URL: each slot is asked on its own port.
