@@ -285,6 +285,14 @@ async fn rollwatch_deploy_promotes_a_good_version_with_no_failed_request_and_abo
         "the old version is held, running at weight 0"
     );
     assert_eq!(b.metric("rollwatch_canary_promotions_total{"), Some(1.0));
+    wait_for(
+        Duration::from_secs(10),
+        "the hold in the target's status",
+        || {
+            http_get(b.d.api_port, "/api/v1/targets")
+                .filter(|(_, body)| body.contains("v1.0.1 promoted; the old slot is held until"))
+        },
+    );
 
     // A person aborts during the hold: all traffic back to blue by weight, green removed.
     let out = rollwatch(&b.config)
@@ -505,4 +513,45 @@ async fn refused_and_failed_orders_say_why_and_leave_the_traffic_where_it_was() 
         r.get::<_, String>(0)
     });
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_survives_kill_9_and_ends_by_stopping_the_old_slot() {
+    let b = bed("cchold", &["v1.0.1"], "8s").await;
+    let mut c = b.controller(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let config = b.config.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
+        .await
+        .expect("deploy thread");
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(b.newest().expect("record").state, "holding");
+    // The controller dies during the hold; the next one picks the hold up from the store.
+    c.kill9();
+    assert!(
+        health(b.site.port_of(Slot::Blue)).is_some_and(|h| h.contains("v1.0.0")),
+        "the held slot runs on while rollwatch is down"
+    );
+    let _c = b.controller(&[]);
+    let r = wait_for(Duration::from_secs(60), "the hold's end", || {
+        b.newest().filter(|r| r.state == "promoted")
+    });
+    assert!(
+        r.reason.contains("the old slot was stopped"),
+        "{}",
+        r.reason
+    );
+    assert!(project_containers(&b.site.project_of(Slot::Blue)).is_empty());
+    assert_eq!(b.weights(), (0, 100));
+    assert_eq!((r.weights, r.applied), ((0, 100), true));
+    assert!(health(b.h.port).is_some_and(|h| h.contains("v1.0.1")));
+    wait_event(
+        &b.db(),
+        "canary_hold_ended",
+        "v1.0.1",
+        Duration::from_secs(5),
+    );
 }

@@ -39,6 +39,24 @@ pub enum Phase {
     Holding { id: i64, tag: String, until_ms: i64 },
 }
 
+impl Phase {
+    /// For status: `None` when idle.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Phase::Idle => None,
+            Phase::Deploying { id, tag } => Some(format!("canary #{id} of {tag} in flight")),
+            Phase::Holding { id, tag, until_ms } => {
+                let until = std::time::UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(*until_ms).unwrap_or(0));
+                Some(format!(
+                    "canary #{id} of {tag} promoted; the old slot is held until {} UTC",
+                    humantime::format_rfc3339_seconds(until)
+                ))
+            }
+        }
+    }
+}
+
 /// A new version to deploy.
 #[derive(Debug, Clone)]
 pub struct DeployOrder {

@@ -29,6 +29,8 @@ pub struct TargetStatus {
     pub window: Option<WindowProgress>,
     /// Whether the error-metrics source answered its last read; `None` without one.
     pub metrics_up: Option<bool>,
+    /// A canary target's deploy in flight or on hold, in words.
+    pub canary: Option<String>,
 }
 
 impl TargetStatus {
@@ -49,6 +51,7 @@ impl TargetStatus {
             halted: false,
             window: None,
             metrics_up: None,
+            canary: None,
         }
     }
 }
@@ -279,6 +282,11 @@ impl Watcher {
             }
             _ => None,
         };
+        let canary = self.canary.as_ref().and_then(|c| c.phase().describe());
+        let detail = match (&canary, detail) {
+            (Some(c), Some(d)) => Some(format!("{c}; {d}")),
+            (c, d) => c.clone().or(d),
+        };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         // Field by field into the entry, reusing its strings' buffers: this runs every round.
         status.state.clear();
@@ -291,6 +299,7 @@ impl Watcher {
         status.docker_reachable = self.docker_reachable;
         status.last_probe.clone_from(&self.last_probe);
         status.detail = detail;
+        status.canary = canary;
         status.halted = self.state.refusals >= crate::verdict::REFUSAL_LIMIT;
         status.metrics_up = self.feed.as_ref().map(|f| f.is_up());
         status.window = match &self.state.phase {
