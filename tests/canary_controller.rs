@@ -555,3 +555,50 @@ async fn the_hold_survives_kill_9_and_ends_by_stopping_the_old_slot() {
         Duration::from_secs(5),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_hold_a_regression_starts_the_known_good_version_and_switches_to_it() {
+    let b = bed("ccswitch", &["v1.0.1"], "2s").await;
+    let _c = b.controller(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_through(b.h.port, 50, stop.clone());
+    let config = b.config.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
+        .await
+        .expect("deploy thread");
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    assert_eq!(code, 0, "{out}");
+    wait_for(Duration::from_secs(30), "the hold's end", || {
+        b.newest().filter(|r| r.state == "promoted")
+    });
+    assert!(project_containers(&b.site.project_of(Slot::Blue)).is_empty());
+    record_newest_known_good(&b.db(), "v1.0.0");
+    let green = project_containers(&b.site.project_of(Slot::Green));
+    sh("docker", &["kill", "--signal", "STOP", &green[0]]);
+    let (state, trigger, _, from, to) =
+        wait_for(Duration::from_secs(90), "the switch back", || {
+            rollback_rows(&b.db()).into_iter().find(|r| r.0 != "intent")
+        });
+    assert_eq!(
+        (
+            state.as_str(),
+            trigger.as_str(),
+            from.as_deref(),
+            to.as_str()
+        ),
+        ("succeeded", "health", Some("v1.0.1"), "v1.0.0")
+    );
+    assert_eq!(
+        b.weights(),
+        (100, 0),
+        "the known-good version, in blue, takes all"
+    );
+    assert!(health(b.h.port).is_some_and(|h| h.contains("v1.0.0")));
+    assert!(project_containers(&b.site.project_of(Slot::Green)).is_empty());
+    let r = b.newest().expect("record");
+    assert_eq!(
+        (r.state.as_str(), r.weights, r.applied),
+        ("promoted", (100, 0), true)
+    );
+}

@@ -83,7 +83,7 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
 
     /// The new slot answers its /health, and the balancer's own checks see it up too (else
     /// the judge would call it DOWN).
-    async fn until_up(&self, slot: Slot) -> Result<(), String> {
+    pub async fn until_up(&self, slot: Slot) -> Result<(), String> {
         let url = format!(
             "http://127.0.0.1:{}{}",
             self.site.port_of(slot),

@@ -44,13 +44,8 @@ pub(super) async fn flip_back(
         .await?
         .filter(|c| c.state == CanaryState::Holding);
     let Some(held) = held else {
-        return Err(RollbackError::Canary {
-            target: id.clone(),
-            why: format!(
-                "no slot is held (the last canary deploy's hold ended, or none was promoted), so no old version runs to move traffic back to; roll back with `rollwatch deploy {} {} <known-good tag>`",
-                id.env, id.role
-            ),
-        });
+        // Nothing held: the known-good version starts in the idle slot and takes everything.
+        return switch_back(r, request).await;
     };
     let (old, new) = (held.slot.other(), held.slot);
     let to_tag = held
@@ -144,6 +139,160 @@ pub(super) async fn flip_back(
             })
         }
     }
+}
+
+/// A rollback with no held slot: the known-good tag (or the one asked for) is started in the
+/// idle slot, and once its /health and the balancer's check pass, takes all traffic in one
+/// weight change; the bad slot is removed. Recorded as a rollback and as a canary deploy of
+/// the good tag (its weight changes are intents like any other; a crash mid-way is aborted at
+/// the next start, and the watcher judges again).
+async fn switch_back(
+    r: &mut CanaryRunner,
+    request: RollbackRequest,
+) -> Result<RollbackRecord, RollbackError> {
+    let (target, driver, _, journal) = r.parts();
+    let id = target.id();
+    let store = journal.store.clone();
+    let refused = |why: String| RollbackError::Canary {
+        target: id.clone(),
+        why,
+    };
+    let to_tag = match request.tag.clone() {
+        Some(t) => t,
+        None => store
+            .last_known_good(id.clone(), request.failing_tag.clone())
+            .await?
+            .ok_or_else(|| refused("no known-good tag is on record to roll back to; roll back with `rollwatch deploy <env> <role> <tag>`".into()))?,
+    };
+    let [blue, green] = driver.read().await.map_err(|e| refused(e.to_string()))?;
+    let live = if green.weight > blue.weight {
+        Slot::Green
+    } else {
+        Slot::Blue
+    };
+    let weights = crate::store::Weights {
+        blue: blue.weight,
+        green: green.weight,
+    };
+    let rid = store
+        .begin_rollback(RollbackIntent {
+            target: id.clone(),
+            trigger: request.trigger,
+            reason: request.reason.clone(),
+            from_tag: request.failing_tag.clone(),
+            from_image: None,
+            to_tag: to_tag.clone(),
+            dry_run: request.dry_run,
+        })
+        .await?;
+    if request.dry_run {
+        return finish(&store, rid, RollbackState::DryRun, Vec::new(), None).await;
+    }
+    let cid = store
+        .begin_canary(crate::store::CanaryStart {
+            target: id.clone(),
+            tag: to_tag.to_string(),
+            from_tag: request.failing_tag.clone(),
+            slot: live.other(),
+            weights,
+            commit_sha: None,
+            pipeline_url: None,
+        })
+        .await?;
+    let (steps, outcome) = switch_steps(r, cid, live, weights, to_tag.as_str()).await;
+    let (state, error, canary_state) = match &outcome {
+        Ok(()) => (RollbackState::Succeeded, None, CanaryState::Promoted),
+        Err(why) => (
+            RollbackState::Failed,
+            Some(why.clone()),
+            CanaryState::Aborted,
+        ),
+    };
+    let reason = match &outcome {
+        Ok(()) => format!(
+            "rollback to {to_tag}, all traffic at once: {}",
+            request.reason
+        ),
+        Err(why) => format!("rollback to {to_tag} failed, traffic left on the live slot: {why}"),
+    };
+    store.canary_state(cid, canary_state, reason, None).await?;
+    let record = finish(&store, rid, state, steps, error).await?;
+    match outcome {
+        Ok(()) => Ok(record),
+        Err(why) => Err(RollbackError::CanaryFailed {
+            id: rid,
+            target: id,
+            why,
+        }),
+    }
+}
+
+/// Start, wait, switch, remove: the steps of [`switch_back`], each recorded.
+async fn switch_steps(
+    r: &CanaryRunner,
+    cid: i64,
+    live: Slot,
+    weights: crate::store::Weights,
+    tag: &str,
+) -> (Vec<StepRecord>, Result<(), String>) {
+    let mut steps = Vec::new();
+    let idle = live.other();
+    let site = match r.slot_site().await {
+        Ok(s) => s,
+        Err(e) => return (steps, Err(e)),
+    };
+    let (_, driver, runner, journal) = r.parts();
+    let t = begun();
+    let started = site
+        .start(runner, idle, tag)
+        .await
+        .map_err(|e| e.to_string());
+    steps.push(step(
+        "start slot",
+        t,
+        started.is_ok(),
+        started.clone().err().unwrap_or_default(),
+    ));
+    let t = begun();
+    let up = match started {
+        Ok(()) => r.deployer_for(&site).until_up(idle).await,
+        Err(e) => Err(e),
+    };
+    steps.push(step(
+        "wait healthy",
+        t,
+        up.is_ok(),
+        up.clone().err().unwrap_or_default(),
+    ));
+    if let Err(e) = up {
+        let _ = site.remove(runner, idle).await;
+        return (steps, Err(e));
+    }
+    let t = begun();
+    let recorded = Recorded::new(driver, journal.clone(), cid, weights);
+    let switched = recorded
+        .set_weights(&[(idle, 100), (live, 0)])
+        .await
+        .map_err(|e| e.to_string());
+    let detail = format!("{} 100, {} 0", idle.name(), live.name());
+    steps.push(step(
+        "switch weights",
+        t,
+        switched.is_ok(),
+        switched.clone().err().unwrap_or(detail),
+    ));
+    if let Err(e) = switched {
+        return (steps, Err(e));
+    }
+    let t = begun();
+    let removed = site.remove(runner, live).await.map_err(|e| e.to_string());
+    steps.push(step(
+        "remove bad slot",
+        t,
+        removed.is_ok(),
+        removed.err().unwrap_or_default(),
+    ));
+    (steps, Ok(()))
 }
 
 async fn validate(r: &CanaryRunner, port: u16) -> Result<(), String> {

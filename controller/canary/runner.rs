@@ -748,6 +748,10 @@ impl CanaryRunner {
         self.ready_site().await
     }
 
+    pub(super) fn deployer_for<'a>(&'a self, site: &'a SlotSite) -> CanaryDeploy<'a, Haproxy> {
+        self.deployer(site, &self.driver)
+    }
+
     pub(super) fn enter(&self, phase: Phase) {
         self.set_phase(phase);
     }

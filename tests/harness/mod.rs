@@ -760,7 +760,7 @@ pub fn query<T>(
 pub fn record_newest_known_good(db: &Path, tag: &str) {
     let conn = rusqlite::Connection::open(db).expect("open store");
     conn.execute(
-        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', ?1, NULL, (SELECT MAX(promoted_at_ms) + 1 FROM known_good))",
+        "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES ('staging', 'backend', ?1, NULL, (SELECT COALESCE(MAX(promoted_at_ms), 0) + 1 FROM known_good))",
         [tag],
     )
     .expect("insert known-good tag");
