@@ -338,7 +338,7 @@ impl CanaryRunner {
     }
 
     /// The tag running in `slot`'s compose project, read from Docker.
-    async fn tag_in(&self, site: &SlotSite, slot: Slot) -> Option<String> {
+    pub(super) async fn tag_in(&self, site: &SlotSite, slot: Slot) -> Option<String> {
         let docker = crate::docker::DockerClient::connect(&self.target.docker)
             .await
             .ok()?;
