@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use harness::haproxy::{load_through, Haproxy};
+use harness::slots::SlotBed;
 use harness::*;
 use rollwatch::analysis::MetricPolicy;
 use rollwatch::canary::deploy::CanaryDeploy;
@@ -126,27 +127,7 @@ struct FlipBed {
 /// v1.0.0 live in the blue slot at weight 100 behind HAProxy; green empty at weight 0. The
 /// same shape as tests/canary_deploy.rs, with shorter steps: the steps are not measured here.
 async fn flip_bed() -> FlipBed {
-    let app = app_with_images("bflip", &[OLD, NEW]);
-    let d = ComposeDeployment::up(&app, "staging", "backend", OLD);
-    d.compose(&["down"]);
-    let site = SlotSite {
-        dir: d.dir(),
-        project: d.project.clone(),
-        env_file: ".env".into(),
-        registry: format!("{REGISTRY}/{app}"),
-        compose: vec!["docker-compose".into()],
-        port_var: "APP_PORT".into(),
-        ports: [free_port(), free_port()],
-    };
-    site.start(&runner(), Slot::Blue, OLD)
-        .await
-        .expect("blue slot");
-    wait_healthy_version(site.port_of(Slot::Blue), OLD);
-    let h = Haproxy::start(&[
-        ("blue", site.port_of(Slot::Blue), 100),
-        ("green", site.port_of(Slot::Green), 0),
-    ]);
-    h.wait_server_up("blue", Duration::from_secs(10));
+    let SlotBed { d, site, h } = SlotBed::start("bflip", OLD, &[NEW]).await;
     let driver = h.driver();
     let config = CanaryConfig {
         steps: vec![50, 100],
@@ -667,48 +648,12 @@ impl Drop for CtrlBed {
 }
 
 async fn ctrl_bed() -> CtrlBed {
-    let app = app_with_images("bcflip", &[OLD, NEW]);
-    let d = ComposeDeployment::up(&app, "staging", "backend", OLD);
-    d.compose(&["down"]);
-    let site = SlotSite {
-        dir: d.dir(),
-        project: d.project.clone(),
-        env_file: ".env".into(),
-        registry: format!("{REGISTRY}/{app}"),
-        compose: vec!["docker-compose".into()],
-        port_var: "APP_PORT".into(),
-        ports: [free_port(), free_port()],
-    };
-    site.start(&runner(), Slot::Blue, OLD)
-        .await
-        .expect("blue slot");
-    wait_healthy_version(site.port_of(Slot::Blue), OLD);
-    let h = Haproxy::start(&[
-        ("blue", site.port_of(Slot::Blue), 100),
-        ("green", site.port_of(Slot::Green), 0),
-    ]);
-    h.wait_server_up("blue", Duration::from_secs(10));
-    let extra = format!(
-        r#"strategy = "canary"
-{WATCH}
-[targets.canary]
-ports = [{blue}, {green}]
-steps = [50, 100]
-step_min = "1s"
-step_min_requests = 10
-hold = "10m"
-traffic = {{ kind = "haproxy", socket = "{socket}", backend = "be", servers = ["blue", "green"] }}
-"#,
-        blue = site.port_of(Slot::Blue),
-        green = site.port_of(Slot::Green),
-        socket = h.socket.display(),
+    let bed = SlotBed::start("bcflip", OLD, &[NEW]).await;
+    let config = bed.write_config(
+        WATCH,
+        "steps = [50, 100]\nstep_min = \"1s\"\nstep_min_requests = 10\nhold = \"10m\"",
     );
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), &extra);
-    let text = std::fs::read_to_string(&config).expect("config").replace(
-        &format!("127.0.0.1:{}/health", d.port),
-        &format!("127.0.0.1:{}/health", h.port),
-    );
-    std::fs::write(&config, text).expect("config");
+    let SlotBed { d, site, h } = bed;
     CtrlBed { d, site, h, config }
 }
 

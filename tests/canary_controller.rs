@@ -12,79 +12,33 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::haproxy::{load_through, Haproxy};
+use harness::haproxy::load_through;
+use harness::slots::SlotBed;
 use harness::*;
-use rollwatch::canary::slots::SlotSite;
-use rollwatch::rollback::LocalRunner;
 use rollwatch::traffic::Slot;
 
 /// A canary target: v1.0.0 live in the blue slot at weight 100, green empty at weight 0.
 struct Bed {
-    d: ComposeDeployment,
-    site: SlotSite,
-    h: Haproxy,
+    slots: SlotBed,
     config: PathBuf,
 }
 
-impl Drop for Bed {
-    fn drop(&mut self) {
-        for slot in [Slot::Blue, Slot::Green] {
-            for name in project_containers(&self.site.project_of(slot)) {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f", &name])
-                    .output();
-            }
-        }
+impl std::ops::Deref for Bed {
+    type Target = SlotBed;
+    fn deref(&self) -> &SlotBed {
+        &self.slots
     }
 }
 
 async fn bed(prefix: &str, tags: &[&str], hold: &str) -> Bed {
-    let app = app_with_images(prefix, &[&["v1.0.0"], tags].concat());
-    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    d.compose(&["down"]);
-    let site = SlotSite {
-        dir: d.dir(),
-        project: d.project.clone(),
-        env_file: ".env".into(),
-        registry: format!("{REGISTRY}/{app}"),
-        compose: vec!["docker-compose".into()],
-        port_var: "APP_PORT".into(),
-        ports: [free_port(), free_port()],
-    };
-    let runner: Arc<dyn rollwatch::rollback::CommandRunner> =
-        Arc::new(LocalRunner::new(Duration::from_secs(120)));
-    site.start(&runner, Slot::Blue, "v1.0.0")
-        .await
-        .expect("blue slot");
-    wait_healthy_version(site.port_of(Slot::Blue), "v1.0.0");
-    let h = Haproxy::start(&[
-        ("blue", site.port_of(Slot::Blue), 100),
-        ("green", site.port_of(Slot::Green), 0),
-    ]);
-    h.wait_server_up("blue", Duration::from_secs(10));
-    let extra = format!(
-        r#"strategy = "canary"
-watch = {{ interval = "500ms", bake = "90s", grace = "0s" }}
-[targets.canary]
-ports = [{blue}, {green}]
-steps = [10, 50, 100]
-step_min = "2s"
-step_min_requests = 20
-hold = "{hold}"
-traffic = {{ kind = "haproxy", socket = "{socket}", backend = "be", servers = ["blue", "green"] }}
-"#,
-        blue = site.port_of(Slot::Blue),
-        green = site.port_of(Slot::Green),
-        socket = h.socket.display(),
+    let slots = SlotBed::start(prefix, "v1.0.0", tags).await;
+    let config = slots.write_config(
+        r#"watch = { interval = "500ms", bake = "90s", grace = "0s" }"#,
+        &format!(
+            "steps = [10, 50, 100]\nstep_min = \"2s\"\nstep_min_requests = 20\nhold = \"{hold}\""
+        ),
     );
-    let config = d.write_config(&format!("{REGISTRY}/{app}"), &extra);
-    // The health URL users reach: HAProxy's frontend, not a slot.
-    let text = std::fs::read_to_string(&config).expect("config").replace(
-        &format!("127.0.0.1:{}/health", d.port),
-        &format!("127.0.0.1:{}/health", h.port),
-    );
-    std::fs::write(&config, text).expect("config");
-    Bed { d, site, h, config }
+    Bed { slots, config }
 }
 
 impl Bed {
@@ -125,6 +79,23 @@ impl Bed {
         .next()
     }
 
+    /// `rollwatch deploy staging backend <tag>` under ~50 req/s through HAProxy, kept up
+    /// until half a second after the deploy ended.
+    fn deploy_under_load(&self, tag: &str) -> Deployed {
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = load_through(self.h.port, 50, stop.clone());
+        let (code, out) = deploy_with(&self.config, tag);
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = traffic.join().expect("load");
+        Deployed {
+            code,
+            out,
+            ok,
+            failed,
+        }
+    }
+
     fn controller(&self, env: &[(&str, &str)]) -> Controller {
         let c = Controller::start(&self.config, env);
         wait_for(Duration::from_secs(20), "the controller's API", || {
@@ -140,6 +111,14 @@ impl Bed {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }
+}
+
+struct Deployed {
+    code: i32,
+    out: String,
+    /// Requests the load generator saw answered 2xx, and not.
+    ok: u64,
+    failed: u64,
 }
 
 #[derive(Debug)]
@@ -189,14 +168,14 @@ async fn rollwatch_deploy_aborts_a_version_failing_a_quarter_of_requests_and_mar
     let b = bed("ccbad", &["v1.6.0"], "10m").await;
     let _c = b.controller(&[]);
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load_through(b.h.port, 50, stop.clone());
     let (seen, counter) = count_requests(b.site.port_of(Slot::Green), stop.clone());
-    let config = b.config.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.6.0"))
-        .await
-        .expect("deploy thread");
+    let Deployed {
+        code,
+        out,
+        ok,
+        failed,
+    } = b.deploy_under_load("v1.6.0");
     stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = traffic.join().expect("load");
     let _ = counter.join();
     let r = b.newest().expect("a canary record");
     let out_after = r.ended_ms.expect("ended") - first_step_ms(&r.steps);
@@ -258,15 +237,12 @@ async fn rollwatch_deploy_promotes_a_good_version_with_no_failed_request_and_abo
         "{table}"
     );
     let _c = b.controller(&[]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load_through(b.h.port, 50, stop.clone());
-    let config = b.config.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
-        .await
-        .expect("deploy thread");
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = traffic.join().expect("load");
+    let Deployed {
+        code,
+        out,
+        ok,
+        failed,
+    } = b.deploy_under_load("v1.0.1");
     eprintln!("{out}\nload ok {ok}, failed {failed}");
     assert_eq!(code, 0, "{out}");
     assert_eq!(failed, 0, "failed requests at the load generator ({ok} ok)");
@@ -392,14 +368,7 @@ async fn kill_9_at_a_mid_deploy_step_then_restart_aborts_cleanly_with_weights_ma
 async fn a_regression_found_by_the_watcher_during_the_hold_flips_traffic_back_by_weight() {
     let b = bed("ccflip", &["v1.0.1"], "10m").await;
     let _c = b.controller(&[]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load_through(b.h.port, 50, stop.clone());
-    let config = b.config.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
-        .await
-        .expect("deploy thread");
-    stop.store(true, Ordering::Relaxed);
-    let _ = traffic.join();
+    let Deployed { code, out, .. } = b.deploy_under_load("v1.0.1");
     assert_eq!(code, 0, "{out}");
     assert_eq!(b.weights(), (0, 100));
     // The new version hangs (SIGSTOP, not `docker pause`: the cgroup-v1 freezer here froze
@@ -519,14 +488,7 @@ async fn refused_and_failed_orders_say_why_and_leave_the_traffic_where_it_was() 
 async fn the_hold_survives_kill_9_and_ends_by_stopping_the_old_slot() {
     let b = bed("cchold", &["v1.0.1"], "8s").await;
     let mut c = b.controller(&[]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load_through(b.h.port, 50, stop.clone());
-    let config = b.config.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
-        .await
-        .expect("deploy thread");
-    stop.store(true, Ordering::Relaxed);
-    let _ = traffic.join();
+    let Deployed { code, out, .. } = b.deploy_under_load("v1.0.1");
     assert_eq!(code, 0, "{out}");
     assert_eq!(b.newest().expect("record").state, "holding");
     // The controller dies during the hold; the next one picks the hold up from the store.
@@ -560,14 +522,7 @@ async fn the_hold_survives_kill_9_and_ends_by_stopping_the_old_slot() {
 async fn after_the_hold_a_regression_starts_the_known_good_version_and_switches_to_it() {
     let b = bed("ccswitch", &["v1.0.1"], "2s").await;
     let _c = b.controller(&[]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load_through(b.h.port, 50, stop.clone());
-    let config = b.config.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || deploy_with(&config, "v1.0.1"))
-        .await
-        .expect("deploy thread");
-    stop.store(true, Ordering::Relaxed);
-    let _ = traffic.join();
+    let Deployed { code, out, .. } = b.deploy_under_load("v1.0.1");
     assert_eq!(code, 0, "{out}");
     wait_for(Duration::from_secs(30), "the hold's end", || {
         b.newest().filter(|r| r.state == "promoted")

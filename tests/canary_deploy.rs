@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness::haproxy::{load_through, Haproxy};
+use harness::slots::SlotBed;
 use harness::*;
 use rollwatch::analysis::MetricPolicy;
 use rollwatch::canary::deploy::CanaryDeploy;
@@ -33,29 +34,7 @@ struct Bed {
 
 /// v1.0.0 live in the blue slot at weight 100; green empty at weight 0.
 async fn bed(prefix: &str, tags: &[&str]) -> Bed {
-    let app = app_with_images(prefix, &[&["v1.0.0"], tags].concat());
-    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
-    d.compose(&["down"]);
-    let site = SlotSite {
-        dir: d.dir(),
-        project: d.project.clone(),
-        env_file: ".env".into(),
-        registry: format!("{REGISTRY}/{app}"),
-        compose: vec!["docker-compose".into()],
-        port_var: "APP_PORT".into(),
-        ports: [free_port(), free_port()],
-    };
-    let runner: Arc<dyn rollwatch::rollback::CommandRunner> =
-        Arc::new(LocalRunner::new(Duration::from_secs(120)));
-    site.start(&runner, Slot::Blue, "v1.0.0")
-        .await
-        .expect("blue slot");
-    wait_healthy_version(site.port_of(Slot::Blue), "v1.0.0");
-    let h = Haproxy::start(&[
-        ("blue", site.port_of(Slot::Blue), 100),
-        ("green", site.port_of(Slot::Green), 0),
-    ]);
-    h.wait_server_up("blue", Duration::from_secs(10));
+    let SlotBed { d, site, h } = SlotBed::start(prefix, "v1.0.0", tags).await;
     let driver = h.driver();
     let config = h.canary_config(Duration::from_secs(3));
     Bed {

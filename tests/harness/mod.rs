@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod haproxy;
+pub mod slots;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
