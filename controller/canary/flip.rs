@@ -48,6 +48,21 @@ pub(super) async fn flip_back(
         return switch_back(r, request).await;
     };
     let (old, new) = (held.slot.other(), held.slot);
+    if let Some(asked) = request
+        .tag
+        .as_ref()
+        .filter(|t| held.from_tag.as_deref() != Some(t.as_str()))
+    {
+        return Err(RollbackError::Canary {
+            target: id.clone(),
+            why: format!(
+                "during the hold a rollback goes back to the held {} by weight, not to {asked}; roll back without a tag, or deploy {asked} with `rollwatch deploy {} {} {asked}`",
+                held.from_tag.as_deref().unwrap_or("version"),
+                id.env,
+                id.role
+            ),
+        });
+    }
     let to_tag = held
         .from_tag
         .as_deref()
@@ -170,6 +185,15 @@ async fn switch_back(
     } else {
         Slot::Blue
     };
+    if let Ok(site) = r.slot_site().await {
+        // A canary aborted meanwhile already put the traffic back on it.
+        if r.tag_in(&site, live).await.as_deref() == Some(to_tag.as_str()) {
+            return Err(refused(format!(
+                "{to_tag} already takes all the traffic (slot {})",
+                live.name()
+            )));
+        }
+    }
     let weights = crate::store::Weights {
         blue: blue.weight,
         green: green.weight,

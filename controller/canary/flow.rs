@@ -46,6 +46,9 @@ pub struct Outcome {
     pub steps: Vec<(u32, i64)>,
     /// When the last weight change (all to one slot) took effect, ms.
     pub ended_ms: i64,
+    /// Aborted because the version is bad (its judge, or a person, said so), rather than for
+    /// want of a decision (too little traffic before the deadline).
+    pub judged_bad: bool,
 }
 
 /// Runs the steps of `c` with the new version in `canary`, reading every `interval`, and gives
@@ -76,6 +79,7 @@ pub async fn run<D: TrafficDriver, S: Steering>(
         let served = canary_served(&slots, canary);
         state.requests = served.saturating_sub(served_before);
         let verdict = judge.observe(&slots);
+        let timed_out = started.elapsed() >= deadline;
         let decision = if let Some(order) = steer.order() {
             match order {
                 Manual::Promote => Next::Promote,
@@ -83,7 +87,7 @@ pub async fn run<D: TrafficDriver, S: Steering>(
                     reason: format!("aborted by hand at {}%", percent_of(&steps)),
                 },
             }
-        } else if started.elapsed() >= deadline {
+        } else if timed_out {
             Next::Abort {
                 reason: format!(
                     "no decision within {} (the canary served {} requests in its last step)",
@@ -114,6 +118,7 @@ pub async fn run<D: TrafficDriver, S: Steering>(
                     reason: format!("healthy at every step: {}", describe(&steps)),
                     steps,
                     ended_ms: now_ms(),
+                    judged_bad: false,
                 });
             }
             Next::Abort { reason } => {
@@ -124,6 +129,7 @@ pub async fn run<D: TrafficDriver, S: Steering>(
                     reason,
                     steps,
                     ended_ms: now_ms(),
+                    judged_bad: !timed_out,
                 });
             }
         }

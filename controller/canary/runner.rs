@@ -381,8 +381,13 @@ impl CanaryRunner {
         };
         let Some(live_tag) = self.tag_in(&site, live).await else {
             return refuse(accepted, format!(
-                "nothing runs in the live slot {} (the one with the larger weight); start the first version there with `IMAGE_TAG=<tag> {}=<blue port> docker compose -p {} up -d`",
-                site.project_of(live), site.port_var, site.project_of(live)
+                "nothing runs in the live slot {project} (the one with the larger weight); start the first version there with `IMAGE_TAG=<tag> CONTAINER_REGISTRY={registry} {var}={port} docker compose -p {project} --env-file {env} up -d` in {dir}",
+                project = site.project_of(live),
+                registry = site.registry,
+                var = site.port_var,
+                port = site.port_of(live),
+                env = site.env_file,
+                dir = site.dir.display(),
             ));
         };
         let tag = order.tag.to_string();
@@ -503,7 +508,9 @@ impl CanaryRunner {
             }
             Ok((_, outcome)) => {
                 series.canary_ended(false);
-                self.mark_bad(tag, &outcome.reason).await;
+                if outcome.judged_bad {
+                    self.mark_bad(tag, &outcome.reason).await;
+                }
                 let reason = format!(
                     "{}; all traffic back on the live slot, the canary's containers removed",
                     outcome.reason

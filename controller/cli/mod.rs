@@ -607,10 +607,22 @@ async fn rollback(
             known.join(", ")
         ))
     })?;
+    let canary = target.strategy == crate::config::Strategy::Canary;
+    if canary && dry_run {
+        return Err(Refused(format!("{id} is a canary target: a dry run of its rollback is not available (it would move traffic between its slots)")).into());
+    }
     if !dry_run {
         if let Some(code) = through_controller(config, &id, tag.as_ref(), &reason).await? {
             return Ok(code);
         }
+    }
+    if canary {
+        // The runbook's compose commands know nothing of the slots and the weights.
+        return Err(Refused(format!(
+            "{id} is a canary target: its rollback moves traffic between its slots, which the running controller does, and none answers at {}; start `rollwatch run` and try again",
+            api_base(config)
+        ))
+        .into());
     }
     let store = Store::open(&config.controller.store)?;
     let rollbacker = Rollbacker::new(
@@ -723,6 +735,14 @@ async fn through_controller(
             );
             Ok(Some(ExitCode::from(3)))
         }
+        // The watcher refused it before changing anything.
+        409 => Err(Refused(
+            answer["error"]
+                .as_str()
+                .unwrap_or("the controller refused the rollback")
+                .to_string(),
+        )
+        .into()),
         _ => {
             errln!(
                 "error: {}",

@@ -355,7 +355,7 @@ fn check_canary(c: &CanaryConfig, interval: Duration) -> Result<(), Refusal> {
             ),
         ));
     }
-    if backend.is_empty() || servers[0].is_empty() || servers[0] == servers[1] {
+    if backend.is_empty() || servers.iter().any(|s| s.is_empty()) || servers[0] == servers[1] {
         return Err(Refusal::new(
             &[Key("traffic"), Key("servers")],
             format!(

@@ -279,6 +279,10 @@ pub fn project_warnings(config: &Config) -> Vec<String> {
         let ExecutorConfig::Compose(c) = &t.executor else {
             continue;
         };
+        if t.strategy == crate::config::Strategy::Canary {
+            // Its projects are the two slots, named from compose_project by rollwatch.
+            continue;
+        }
         let Some(watched) = t
             .selector
             .compose_project
