@@ -53,6 +53,9 @@ pub struct Running {
 /// `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
     crate::rollback::warn_project_mismatches(&config);
+    for w in crate::config::watch_warnings(&config.targets) {
+        tracing::warn!("{w}");
+    }
     let store = Store::open(&config.controller.store)?;
     let prober = Prober::new()?;
     let rollbacker = Arc::new(Rollbacker::new(

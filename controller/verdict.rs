@@ -182,8 +182,9 @@ pub enum RollbackEnd {
     Succeeded { to_tag: String },
     /// Dry run: decided and recorded, nothing executed.
     DryRun,
-    /// Another instance holds the lease; nothing was executed here.
-    NotLeader { why: String },
+    /// Not this one's to do, and nothing was executed: another instance holds the lease, or a
+    /// canary deploy is in flight and its own judge decides.
+    Withheld { why: String },
     /// Something was changed (the executor ran) and the target did not come back: halt.
     Failed { tag: String, error: String },
     /// Refused before anything changed (Docker unreachable, unknown tag, registry down).
@@ -444,7 +445,7 @@ fn rollback_ended(
             next.retry_at_ms = None;
         }
         RollbackEnd::DryRun => next.phase = regressed(),
-        RollbackEnd::NotLeader { why } => {
+        RollbackEnd::Withheld { why } => {
             next.phase = regressed();
             out.push(Decision::Withheld {
                 tag: from_tag.to_string(),
@@ -1147,7 +1148,7 @@ mod tests {
             &regressed_watching(),
             9_000,
             Trigger::Health,
-            RollbackEnd::NotLeader {
+            RollbackEnd::Withheld {
                 why: "not the leader".into(),
             },
         );

@@ -7,8 +7,8 @@
 //! time moves all traffic back to it by weight ([`CanaryDeploy::flip_back`]), no container
 //! needs to start.
 //!
-//! Not yet here (issue 17): intents in the store for every weight and slot change (crash
-//! safety), the timer that ends the hold, marking an aborted tag bad, and the CLI and API.
+//! The store, the hold's timer, orders from people and the watcher are the runner's part
+//! ([`super::runner`]): it hands this flow a driver that records every weight change.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,12 @@
 //! Canary deploys: a new version in the idle slot beside the live one, judged on its share of
 //! the traffic while the traffic driver ([`crate::traffic`]) moves weight to it step by step.
-//! This module holds the judgement; the deploy flow that steers the slots builds on it.
+//!
+//! - [`judge`] and [`plan`]: the pure decisions (is the canary worse? stay, step, promote,
+//!   abort?);
+//! - [`flow`] steps one canary on a traffic driver, [`deploy`] adds the slots around it;
+//! - [`runner`] owns a target's slots and weights in `rollwatch run` (deploys, the hold,
+//!   orders from people and the watcher), [`record`] writes each weight change as an intent,
+//!   and `flip` takes traffic back and finishes what a crash left.
 
 pub mod deploy;
 mod flip;

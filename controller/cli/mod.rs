@@ -259,7 +259,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { probe } => {
             let config = Config::load(&config_path)?;
             print_config(&config)?;
-            for w in crate::rollback::project_warnings(&config) {
+            let warnings = crate::rollback::project_warnings(&config)
+                .into_iter()
+                .chain(crate::config::watch_warnings(&config.targets));
+            for w in warnings {
                 errln!("warning: {w}");
             }
             if probe {

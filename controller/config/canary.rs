@@ -56,6 +56,38 @@ pub enum TrafficConfig {
     },
 }
 
+impl CanaryConfig {
+    /// How long a deploy lasts at the least: every step's minimum, then the hold.
+    pub fn least_duration(&self) -> Duration {
+        let steps = u32::try_from(self.steps.len()).unwrap_or(u32::MAX);
+        self.step_min
+            .saturating_mul(steps)
+            .saturating_add(self.hold)
+    }
+}
+
+/// A canary target whose watch window ends before its hold does: a regression found late in
+/// the hold is reported on a stable tag, not flipped back. Said, not refused: a short window
+/// may be deliberate.
+pub fn watch_warnings(targets: &[super::TargetConfig]) -> Vec<String> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            let c = t.canary.as_ref().filter(|_| t.strategy == Strategy::Canary)?;
+            let least = c.least_duration();
+            (t.watch.bake < least).then(|| {
+                format!(
+                    "{}: watch.bake ({}) ends before a canary deploy's steps and hold do (at least {}): a regression found after the watch window is reported, not rolled back; set watch.bake = \"{}\" or more",
+                    t.id(),
+                    humantime::format_duration(t.watch.bake),
+                    humantime::format_duration(least),
+                    humantime::format_duration(least)
+                )
+            })
+        })
+        .collect()
+}
+
 pub fn default_port_var() -> String {
     "APP_PORT".into()
 }

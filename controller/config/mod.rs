@@ -650,7 +650,7 @@ pub fn is_role_name(s: &str) -> bool {
 mod canary;
 mod check;
 
-pub use canary::{CanaryConfig, Strategy, TrafficConfig};
+pub use canary::{watch_warnings, CanaryConfig, Strategy, TrafficConfig};
 use check::{check_config, field_at};
 pub use check::{MAX_FACTOR, MAX_SSH_RETRIES, MAX_WAIT, MAX_WINDOW};
 
@@ -701,6 +701,18 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
         };
         let c = parse(&canary(&table(""))).expect("valid canary settings");
         let t = &c.targets[0];
+        // The default bake (5m) ends before 3 steps of 1m and the 10m hold.
+        let warned = watch_warnings(&c.targets);
+        assert!(
+            warned.len() == 1 && warned[0].contains("watch.bake = \"13m\""),
+            "{warned:?}"
+        );
+        let long = parse(&canary(&table("")).replace(
+            "strategy = \"canary\"",
+            "strategy = \"canary\"\nwatch = { bake = \"13m\" }",
+        ))
+        .expect("valid");
+        assert!(watch_warnings(&long.targets).is_empty());
         assert_eq!(t.strategy, Strategy::Canary);
         assert_eq!(
             t.canary.as_ref().map(|c| c.port_var.as_str()),

@@ -334,6 +334,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_partial_weight_change_keeps_the_other_slot() {
+        let w = Weights {
+            blue: 100,
+            green: 0,
+        };
+        let w = w.with(&[(Slot::Green, 10)]);
+        assert_eq!((w.blue, w.green), (100, 10));
+        let w = w.with(&[(Slot::Blue, 0), (Slot::Green, 100)]);
+        assert_eq!((w.of(Slot::Blue), w.of(Slot::Green)), (0, 100));
+    }
+
     #[tokio::test]
     async fn a_weight_change_is_meant_then_applied_and_steps_accumulate() {
         let dir = tempfile::tempdir().unwrap();

@@ -7,9 +7,16 @@ use crate::verdict::{automation_blocked, RollbackEnd};
 impl Watcher {
     pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
         let id = self.id.clone();
-        if !self.lease.is_leader() {
-            let why = format!("not the leader ({})", self.lease.describe());
-            let result = Err(RollbackEnd::NotLeader { why });
+        let in_flight = self.canary.as_ref().and_then(|c| match c.phase() {
+            crate::canary::runner::Phase::Deploying { id, tag } => Some(format!(
+                "canary deploy #{id} of {tag} is in flight and its own judge decides"
+            )),
+            _ => None,
+        });
+        let not_leader = (!self.lease.is_leader())
+            .then(|| format!("not the leader ({})", self.lease.describe()));
+        if let Some(why) = not_leader.or(in_flight) {
+            let result = Err(RollbackEnd::Withheld { why });
             self.rollback_ended(&from_tag, &reason, trigger, result)
                 .await;
             return;
