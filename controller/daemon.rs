@@ -32,6 +32,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Lock(#[from] crate::lease::LockError),
     #[error("cannot listen on {addr}: {source} (set controller.listen to a free address)")]
     Listen {
         addr: std::net::SocketAddr,
@@ -52,6 +54,8 @@ pub struct Running {
 /// (and a SIGTERM is honoured) even while a resume waits on a slow host. Everything stops when
 /// `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
+    // First: a second controller on this store must change nothing, not even the store.
+    let lock = crate::lease::StoreLock::acquire(&config.controller.store)?;
     crate::rollback::warn_project_mismatches(&config);
     for w in crate::config::watch_warnings(&config.targets) {
         tracing::warn!("{w}");
@@ -211,6 +215,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         for t in tasks {
             let _ = t.await;
         }
+        // Held until every task ended: the next controller on this store starts after.
+        drop(lock);
     });
     Ok(Running {
         events,

@@ -206,6 +206,12 @@ pub fn main() -> ExitCode {
         Err(e) => {
             errln!("error: {e:#}");
             let refused = e.downcast_ref::<Refused>().is_some()
+                || matches!(
+                    e.downcast_ref::<crate::daemon::DaemonError>(),
+                    Some(crate::daemon::DaemonError::Lock(
+                        crate::lease::LockError::Held { .. }
+                    ))
+                )
                 || e.downcast_ref::<crate::config::ConfigError>().is_some()
                 || matches!(
                     e.downcast_ref::<RollbackError>(),
