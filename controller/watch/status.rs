@@ -215,9 +215,16 @@ impl Watcher {
     /// go into the store in the same transaction.
     pub(super) async fn emit(&mut self, kind: &str, tag: Option<String>, message: String) {
         let id = self.id.clone();
+        // Everything a person should look at: a rollback that did not happen is one.
         let loud = matches!(
             kind,
-            "rollback_failed" | "regressed" | "rollback" | "unhealthy"
+            "rollback_failed"
+                | "regressed"
+                | "rollback"
+                | "unhealthy"
+                | "rollback_refused"
+                | "rollback_retry"
+                | "rollback_given_up"
         );
         if loud {
             tracing::warn!(target_id = %id, kind, tag = tag.as_deref().unwrap_or(""), "{message}");
