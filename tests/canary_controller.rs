@@ -7,161 +7,14 @@
 
 mod harness;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::canary::*;
 use harness::haproxy::load_through;
-use harness::slots::SlotBed;
 use harness::*;
 use rollwatch::traffic::Slot;
-
-/// A canary target: v1.0.0 live in the blue slot at weight 100, green empty at weight 0.
-struct Bed {
-    slots: SlotBed,
-    config: PathBuf,
-}
-
-impl std::ops::Deref for Bed {
-    type Target = SlotBed;
-    fn deref(&self) -> &SlotBed {
-        &self.slots
-    }
-}
-
-async fn bed(prefix: &str, tags: &[&str], hold: &str) -> Bed {
-    let slots = SlotBed::start(prefix, "v1.0.0", tags).await;
-    let config = slots.write_config(
-        r#"watch = { interval = "500ms", bake = "90s", grace = "0s" }"#,
-        &format!(
-            "steps = [10, 50, 100]\nstep_min = \"2s\"\nstep_min_requests = 20\nhold = \"{hold}\""
-        ),
-    );
-    Bed { slots, config }
-}
-
-impl Bed {
-    fn db(&self) -> PathBuf {
-        self.d.db()
-    }
-
-    /// HAProxy's weights of (blue, green), read over its Runtime API.
-    fn weights(&self) -> (u32, u32) {
-        let w = |s: &str| {
-            let answer = self.h.runtime(&format!("get weight be/{s}"));
-            answer
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("get weight be/{s}: {answer:?}"))
-        };
-        (w("blue"), w("green"))
-    }
-
-    /// The newest canary record.
-    fn newest(&self) -> Option<Canary> {
-        query(
-            &self.db(),
-            "SELECT state, blue, green, applied, steps, reason, ended_ms FROM canaries ORDER BY id DESC LIMIT 1",
-            |r| {
-                Ok(Canary {
-                    state: r.get(0)?,
-                    weights: (r.get(1)?, r.get(2)?),
-                    applied: r.get(3)?,
-                    steps: r.get(4)?,
-                    reason: r.get(5)?,
-                    ended_ms: r.get(6)?,
-                })
-            },
-        )
-        .into_iter()
-        .next()
-    }
-
-    /// `rollwatch deploy staging backend <tag>` under ~50 req/s through HAProxy, kept up
-    /// until half a second after the deploy ended.
-    fn deploy_under_load(&self, tag: &str) -> Deployed {
-        let stop = Arc::new(AtomicBool::new(false));
-        let traffic = load_through(self.h.port, 50, stop.clone());
-        let (code, out) = deploy_with(&self.config, tag);
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        let (ok, failed) = traffic.join().expect("load");
-        Deployed {
-            code,
-            out,
-            ok,
-            failed,
-        }
-    }
-
-    fn controller(&self, env: &[(&str, &str)]) -> Controller {
-        let c = Controller::start(&self.config, env);
-        wait_for(Duration::from_secs(20), "the controller's API", || {
-            http_get(self.d.api_port, "/healthz").filter(|(s, _)| *s == 200)
-        });
-        c
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, text) = http_get(self.d.api_port, "/metrics")?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-}
-
-struct Deployed {
-    code: i32,
-    out: String,
-    /// Requests the load generator saw answered 2xx, and not.
-    ok: u64,
-    failed: u64,
-}
-
-#[derive(Debug)]
-struct Canary {
-    state: String,
-    weights: (u32, u32),
-    applied: bool,
-    steps: String,
-    reason: String,
-    ended_ms: Option<i64>,
-}
-
-/// The first step's time from the stored steps (`[[10, ms], ...]`).
-fn first_step_ms(steps: &str) -> i64 {
-    let v: Vec<(u32, i64)> = serde_json::from_str(steps).expect("steps json");
-    v.first().expect("a first step").1
-}
-
-/// The demo service's own request counter on `port`, sampled until `stop`: the largest value.
-fn count_requests(
-    port: u16,
-    stop: Arc<AtomicBool>,
-) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
-    let seen = Arc::new(AtomicU64::new(0));
-    let s = seen.clone();
-    let t = std::thread::spawn(move || {
-        for _ in 0..3000 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            if let Some(c) = demo_counters(port) {
-                let n: f64 = c
-                    .split(',')
-                    .nth(1)
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(0.0);
-                s.fetch_max(n as u64, Ordering::Relaxed);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    (seen, t)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollwatch_deploy_aborts_a_version_failing_a_quarter_of_requests_and_marks_it_bad() {
@@ -296,22 +149,6 @@ async fn rollwatch_deploy_promotes_a_good_version_with_no_failed_request_and_abo
     );
 }
 
-fn deploy_with(config: &std::path::Path, tag: &str) -> (i32, String) {
-    let out = rollwatch(config)
-        .env("ROLLWATCH_API_TOKEN", TOKEN)
-        .args(["deploy", "staging", "backend", tag, "--timeout", "150s"])
-        .output()
-        .expect("rollwatch deploy");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_a_mid_deploy_step_then_restart_aborts_cleanly_with_weights_matching_the_store() {
     let b = bed("cckill", &["v1.0.1"], "10m").await;
@@ -401,25 +238,6 @@ async fn a_regression_found_by_the_watcher_during_the_hold_flips_traffic_back_by
     );
     assert_eq!(rows[0].4, "v1.0.0");
     assert_eq!(b.metric("rollwatch_canary_flip_backs_total{"), Some(1.0));
-}
-
-/// Runs `rollwatch <args>` against the bed's controller; (exit code, stdout and stderr).
-fn cli(config: &std::path::Path, args: &[&str], token: bool) -> (i32, String) {
-    let mut cmd = rollwatch(config);
-    if token {
-        cmd.env("ROLLWATCH_API_TOKEN", TOKEN);
-    } else {
-        cmd.env_remove("ROLLWATCH_API_TOKEN");
-    }
-    let out = cmd.args(args).output().expect("rollwatch");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,10 @@ const ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn order_error(e: OrderError) -> ApiError {
     match e {
-        OrderError::Busy => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        OrderError::Closed => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        OrderError::Busy | OrderError::Closed => {
+            reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        OrderError::Deploying => reject(StatusCode::CONFLICT, e.to_string()),
     }
 }
 

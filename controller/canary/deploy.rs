@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::flow::{self, Outcome, Steering};
+use super::flow::{self, next_order, Early, Manual, Outcome, Steering};
 use super::judge::CanaryJudge;
 use super::slots::{SlotError, SlotSite};
 use crate::analysis::MetricPolicy;
@@ -139,7 +139,19 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
                 why: e.to_string(),
             });
         }
-        if let Err(why) = self.until_up(idle).await {
+        // A person's order while the slot starts is taken now, not after the health wait.
+        let (up, early) = tokio::select! {
+            up = self.until_up(idle) => (up, None),
+            order = next_order(steer) => match order {
+                Manual::Abort => (Ok(()), Some(Manual::Abort)),
+                Manual::Promote => (self.until_up(idle).await, Some(Manual::Promote)),
+            },
+        };
+        if early == Some(Manual::Abort) {
+            self.site.remove(&self.runner, idle).await?;
+            return Ok((idle, Outcome::aborted_while_starting()));
+        }
+        if let Err(why) = up {
             self.site.remove(&self.runner, idle).await?;
             return Err(DeployError::NeverHealthy {
                 tag: tag.to_string(),
@@ -148,10 +160,14 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
                 why,
             });
         }
+        let steer = Early {
+            inner: steer,
+            first: std::sync::Mutex::new(early),
+        };
         let mut judge = CanaryJudge::new(self.policy, live_tag, tag, idle);
         let outcome = flow::run(
             self.driver,
-            steer,
+            &steer,
             self.config,
             &mut judge,
             idle,

@@ -365,7 +365,7 @@ pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
     let id = target.id();
     let store = journal.store.clone();
     let Some(rec) = store.unfinished_canary(id.clone()).await? else {
-        return finish_flip_intents(r, false).await;
+        return finish_after_crash(r).await;
     };
     let recorded = Recorded::new(driver, journal.clone(), rec.id, rec.weights);
     if !rec.applied {
@@ -379,10 +379,29 @@ pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
             return Ok(());
         }
     }
+    // A rollback after the hold (a switch back) is a canary row of the good tag beside the
+    // rollback's intent: finished forward when its switch was made, else undone.
+    let switching = store
+        .unfinished_rollbacks()
+        .await?
+        .iter()
+        .any(|i| i.target == id && i.to_tag == rec.tag);
     match rec.state {
+        CanaryState::Starting | CanaryState::Stepping
+            if switching && rec.weights.of(rec.slot) == 100 =>
+        {
+            remove_slot(r, rec.slot.other()).await;
+            let why = "rollback switch finished after a restart".to_string();
+            store
+                .canary_state(rec.id, CanaryState::Promoted, why, None)
+                .await?;
+            finish_flip_intents(r, Ok(())).await
+        }
         CanaryState::Starting | CanaryState::Stepping => {
             let why = "rollwatch stopped during this deploy and aborted it when it started again";
-            abort_unfinished(r, &rec, why).await.map(|_| ())
+            abort_unfinished(r, &rec, why).await?;
+            let undone = "rollwatch stopped before this rollback moved any traffic; the watcher judges again";
+            finish_flip_intents(r, Err(undone)).await
         }
         CanaryState::Holding if rec.weights.of(rec.slot) == 0 => {
             // A flip back was under way: it is finished.
@@ -395,7 +414,7 @@ pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
                     None,
                 )
                 .await?;
-            finish_flip_intents(r, true).await
+            finish_flip_intents(r, Ok(())).await
         }
         CanaryState::Holding => {
             let until_ms = rec.hold_until_ms.unwrap_or(0);
@@ -404,9 +423,41 @@ pub(super) async fn recover(r: &mut CanaryRunner) -> Result<(), StoreError> {
                 tag: rec.tag.clone(),
                 until_ms,
             });
-            finish_flip_intents(r, false).await
+            let undone = "rollwatch stopped before the flip back changed any weight; the watcher judges again";
+            finish_flip_intents(r, Err(undone)).await
         }
         _ => Ok(()),
+    }
+}
+
+/// No deploy unfinished: a flip or switch back may still have finished its canary row and
+/// not its rollback record, or left the slot it was removing.
+async fn finish_after_crash(r: &CanaryRunner) -> Result<(), StoreError> {
+    let store = &r.parts().3.store;
+    let id = r.parts().0.id();
+    if !store
+        .unfinished_rollbacks()
+        .await?
+        .iter()
+        .any(|i| i.target == id)
+    {
+        return Ok(());
+    }
+    let newest = store.canaries(Some(r.parts().0.id()), 1).await?;
+    match newest.first().map(|c| (c.state, c.slot)) {
+        Some((CanaryState::FlippedBack, slot)) => {
+            remove_slot(r, slot).await;
+            finish_flip_intents(r, Ok(())).await
+        }
+        Some((CanaryState::Promoted, slot)) => {
+            // The other slot is the one a switch back was removing (or the hold stopped).
+            remove_slot(r, slot.other()).await;
+            finish_flip_intents(r, Ok(())).await
+        }
+        _ => {
+            let undone = "rollwatch stopped before this rollback moved any traffic; the watcher judges again";
+            finish_flip_intents(r, Err(undone)).await
+        }
     }
 }
 
@@ -457,20 +508,18 @@ async fn remove_slot(r: &CanaryRunner, slot: Slot) {
     }
 }
 
-/// The watcher's flip-back rollbacks a crash left as intents: finished as succeeded when the
-/// flip is done (`done`), else failed (the weights were never changed).
-async fn finish_flip_intents(r: &CanaryRunner, done: bool) -> Result<(), StoreError> {
+/// The rollbacks (flips and switches back) a crash left as intents: finished as succeeded
+/// when the traffic was moved, else failed saying why.
+async fn finish_flip_intents(r: &CanaryRunner, done: Result<(), &str>) -> Result<(), StoreError> {
     let journal = r.parts().3;
     let store = &journal.store;
     for rec in store.unfinished_rollbacks().await? {
         if rec.target != journal.target {
             continue;
         }
-        let (state, error) = if done {
-            (RollbackState::Succeeded, None)
-        } else {
-            let why = "rollwatch stopped before the flip back changed any weight; the watcher judges again";
-            (RollbackState::Failed, Some(why.to_string()))
+        let (state, error) = match done {
+            Ok(()) => (RollbackState::Succeeded, None),
+            Err(why) => (RollbackState::Failed, Some(why.to_string())),
         };
         let outcome = RollbackOutcome {
             state,

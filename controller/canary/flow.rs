@@ -36,6 +36,33 @@ impl Steering for () {
     }
 }
 
+/// `inner`, with an order taken while the new slot started handed on first.
+pub struct Early<'a, S> {
+    pub inner: &'a S,
+    pub first: std::sync::Mutex<Option<Manual>>,
+}
+
+impl<S: Steering> Steering for Early<'_, S> {
+    async fn stepped(&self, percent: u32, at_ms: i64) {
+        self.inner.stepped(percent, at_ms).await
+    }
+
+    fn order(&self) -> Option<Manual> {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        first.or_else(|| self.inner.order())
+    }
+}
+
+/// The next person's order, asked a few times a second (orders are rare and wait in a queue).
+pub async fn next_order<S: Steering>(steer: &S) -> Manual {
+    loop {
+        if let Some(order) = steer.order() {
+            return order;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// How a canary ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -49,6 +76,20 @@ pub struct Outcome {
     /// Aborted because the version is bad (its judge, or a person, said so), rather than for
     /// want of a decision (too little traffic before the deadline).
     pub judged_bad: bool,
+}
+
+impl Outcome {
+    /// A person aborted before the new version had any traffic.
+    pub fn aborted_while_starting() -> Outcome {
+        Outcome {
+            promoted: false,
+            reason: "aborted by hand while the new version started, before it had any traffic"
+                .into(),
+            steps: Vec::new(),
+            ended_ms: now_ms(),
+            judged_bad: true,
+        }
+    }
 }
 
 /// Runs the steps of `c` with the new version in `canary`, reading every `interval`, and gives
@@ -70,6 +111,23 @@ pub async fn run<D: TrafficDriver, S: Steering>(
     judge.observe(&first);
     let mut served_before = canary_served(&first, canary);
     let mut steps = Vec::new();
+    // An order already given: an abort gives the canary no traffic at all.
+    match steer.order() {
+        Some(Manual::Abort) => return Ok(Outcome::aborted_while_starting()),
+        Some(Manual::Promote) => {
+            driver.set_weights(&[(canary, 100), (live, 0)]).await?;
+            let at = now_ms();
+            steer.stepped(100, at).await;
+            return Ok(Outcome {
+                promoted: true,
+                reason: "promoted by hand before its first step".into(),
+                steps: vec![(100, at)],
+                ended_ms: at,
+                judged_bad: false,
+            });
+        }
+        None => {}
+    }
     let mut step = 0;
     let mut state = set_step(driver, c, live, canary, step, &mut steps).await?;
     steer.stepped(percent_of(&steps), state.since_ms).await;

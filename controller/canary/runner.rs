@@ -4,6 +4,7 @@
 //! unfinished. Orders reach it through a [`CanaryHandle`]; a person's promote or abort during
 //! a deploy goes straight to the flow, which takes it at its next reading.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use crate::traffic::{Slot, TrafficDriver};
 
 /// Orders a runner holds while it is busy.
 const ORDERS: usize = 8;
+/// How often a deploy left unfinished by a failing load balancer is tried again.
+const LEFTOVER_RETRY: Duration = Duration::from_secs(30);
 
 /// What a canary target is doing now, for the API and the watcher.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -49,7 +52,7 @@ impl Phase {
                 let until = std::time::UNIX_EPOCH
                     + Duration::from_millis(u64::try_from(*until_ms).unwrap_or(0));
                 Some(format!(
-                    "canary #{id} of {tag} promoted; the old slot is held until {} UTC",
+                    "canary #{id} of {tag} promoted; the old slot is held until {}",
                     humantime::format_rfc3339_seconds(until)
                 ))
             }
@@ -95,6 +98,8 @@ pub struct CanaryHandle {
     orders: mpsc::Sender<Order>,
     manual: mpsc::Sender<Manual>,
     phase: Arc<Mutex<Phase>>,
+    /// A deploy is queued or running: another is refused at once, not queued behind it.
+    deploying: Arc<AtomicBool>,
 }
 
 /// Why an order did not reach the runner.
@@ -104,6 +109,8 @@ pub enum OrderError {
     Busy,
     #[error("the controller is shutting down")]
     Closed,
+    #[error("a canary deploy is already queued or in flight on this target; wait for it to end, or abort it")]
+    Deploying,
 }
 
 impl CanaryHandle {
@@ -120,14 +127,20 @@ impl CanaryHandle {
 
     /// Queues a deploy; returns (accepted: its record id or why not, done: the finished record).
     pub fn deploy(&self, order: DeployOrder) -> Result<DeployAnswers, OrderError> {
+        if self.deploying.swap(true, Ordering::SeqCst) {
+            return Err(OrderError::Deploying);
+        }
         let (accepted, accepted_rx) = oneshot::channel();
         let (done, done_rx) = oneshot::channel();
-        self.send(Order::Deploy {
+        let sent = self.send(Order::Deploy {
             order,
             accepted,
             done,
-        })?;
-        Ok((accepted_rx, done_rx))
+        });
+        if sent.is_err() {
+            self.deploying.store(false, Ordering::SeqCst);
+        }
+        sent.map(|()| (accepted_rx, done_rx))
     }
 
     /// A person's promote or abort: to the deploy in flight (taken at its next reading), or
@@ -188,6 +201,7 @@ pub struct CanaryRunner {
     orders: mpsc::Receiver<Order>,
     manual: Mutex<mpsc::Receiver<Manual>>,
     phase: Arc<Mutex<Phase>>,
+    deploying: Arc<AtomicBool>,
 }
 
 impl CanaryRunner {
@@ -209,11 +223,13 @@ impl CanaryRunner {
         let (orders_tx, orders) = mpsc::channel(ORDERS);
         let (manual_tx, manual) = mpsc::channel(ORDERS);
         let phase = Arc::new(Mutex::new(Phase::Idle));
+        let deploying = Arc::new(AtomicBool::new(false));
         journal.series.canary_target();
         let handle = CanaryHandle {
             orders: orders_tx,
             manual: manual_tx,
             phase: phase.clone(),
+            deploying: deploying.clone(),
         };
         let runner = CanaryRunner {
             target: target.clone(),
@@ -225,6 +241,7 @@ impl CanaryRunner {
             orders,
             manual: Mutex::new(manual),
             phase,
+            deploying,
         };
         Some((runner, handle))
     }
@@ -243,6 +260,10 @@ impl CanaryRunner {
         if let Err(e) = self.recover().await {
             tracing::error!(target_id = %id, error = %e, "cannot finish the canary deploy a restart interrupted; its record says what was meant");
         }
+        self.export_weights().await;
+        // A deploy the balancer left half-done is retried this often while idle.
+        let mut leftovers = tokio::time::interval(LEFTOVER_RETRY);
+        leftovers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let hold_end = match self.phase() {
                 Phase::Holding { until_ms, .. } => Some(until_ms),
@@ -259,6 +280,11 @@ impl CanaryRunner {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = leftovers.tick() => {
+                    if let Err(e) = self.abort_leftover().await {
+                        tracing::warn!(target_id = %id, "{e}; trying again in {}", humantime::format_duration(LEFTOVER_RETRY));
+                    }
+                }
                 _ = wait_hold => {
                     if let Err(e) = self.end_hold("the hold ended without a regression").await {
                         tracing::error!(target_id = %id, error = %e, "cannot stop the held slot; trying again in a minute");
@@ -291,9 +317,13 @@ impl CanaryRunner {
                 accepted,
                 done,
             } => {
-                if let Some(record) = self.deploy(order, accepted).await {
+                if accepted.is_closed() {
+                    // The API answered busy meanwhile (nothing would change): keep that true.
+                    tracing::warn!(tag = %order.tag, "a deploy order waited past its answer; dropped");
+                } else if let Some(record) = self.deploy(order, accepted).await {
                     let _ = done.send(record);
                 }
+                self.deploying.store(false, Ordering::SeqCst);
             }
             Order::Manual { what, reply } => {
                 let _ = reply.send(self.manual_when_not_deploying(what).await);
@@ -362,10 +392,9 @@ impl CanaryRunner {
             let _ = accepted.send(Err(why));
             None
         };
-        if let Phase::Holding { .. } = self.phase() {
-            if let Err(e) = self.end_hold("a new deploy began").await {
-                return refuse(accepted, format!("the held slot of the last deploy could not be stopped: {e}; nothing else was changed"));
-            }
+        // A deploy the balancer left half-done is aborted before anything else starts.
+        if let Err(e) = self.abort_leftover().await {
+            return refuse(accepted, e);
         }
         let site = match self.ready_site().await {
             Ok(s) => s,
@@ -397,6 +426,12 @@ impl CanaryRunner {
                 format!("{tag} already takes the traffic (slot {})", live.name()),
             );
         }
+        // Only now, with every refusal behind: a refused deploy must leave the hold alone.
+        if let Phase::Holding { .. } = self.phase() {
+            if let Err(e) = self.end_hold("a new deploy began").await {
+                return refuse(accepted, format!("the held slot of the last deploy could not be stopped: {e}; nothing else was changed"));
+            }
+        }
         let weights = match self.driver.read().await {
             Ok([b, g]) => Weights {
                 blue: b.weight,
@@ -427,13 +462,14 @@ impl CanaryRunner {
             Ok(id) => id,
             Err(e) => return refuse(accepted, e.to_string()),
         };
-        let _ = accepted.send(Ok(id));
+        // Orders given to an earlier deploy must not steer this one; from the phase on,
+        // people's orders reach this deploy.
+        while self.manual_orders().try_recv().is_ok() {}
         self.set_phase(Phase::Deploying {
             id,
             tag: tag.clone(),
         });
-        // Orders given to an earlier deploy must not steer this one.
-        while self.manual_orders().try_recv().is_ok() {}
+        let _ = accepted.send(Ok(id));
         self.journal
             .event(
                 "canary_started",
@@ -478,6 +514,38 @@ impl CanaryRunner {
             self.set_phase(Phase::Holding { id, tag, until_ms });
         }
         self.store().canary(id).await.ok().flatten()
+    }
+
+    /// A deploy left `starting` or `stepping` (its balancer failed while aborting it) is
+    /// aborted now; `Err` when it still cannot be.
+    async fn abort_leftover(&mut self) -> Result<(), String> {
+        let left = self
+            .store()
+            .unfinished_canary(self.target.id())
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(rec) = left.filter(|r| r.state != CanaryState::Holding) else {
+            return Ok(());
+        };
+        let why = "the load balancer failed during this deploy; aborted before the next one";
+        match super::flip::abort_unfinished(self, &rec, why).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!(
+                "canary deploy #{} of {} is unfinished and the load balancer still cannot take its traffic back; nothing was changed",
+                rec.id, rec.tag
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The gauge shows the balancer's weights from the start, not only after a change.
+    async fn export_weights(&self) {
+        if let Ok([b, g]) = self.driver.read().await {
+            self.journal.series.canary_weights(Weights {
+                blue: b.weight,
+                green: g.weight,
+            });
+        }
     }
 
     fn manual_orders(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<Manual>> {
@@ -576,6 +644,21 @@ impl CanaryRunner {
         site.remove(&self.runner, r.slot.other())
             .await
             .map_err(|e| e.to_string())?;
+        // Judged at every step and through the hold: known-good, the rollback target next.
+        match crate::tag::Tag::parse(&r.tag) {
+            Ok(tag) => {
+                if let Err(e) = self
+                    .store()
+                    .record_known_good(self.target.id(), tag, None)
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot record {} as known-good", r.tag);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{} is not a valid tag; not recorded as known-good", r.tag)
+            }
+        }
         let reason = format!("{}; {why}: the old slot was stopped", r.reason);
         self.store()
             .canary_state(r.id, CanaryState::Promoted, reason, None)

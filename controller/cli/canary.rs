@@ -73,14 +73,21 @@ pub async fn deploy(config: &Config, id: &TargetId, args: DeployArgs) -> anyhow:
     );
     let http = client(args.timeout + Duration::from_secs(30))?;
     let url = format!("{base}/api/v1/deploys");
+    let started = Instant::now();
+    // Only this deploy's record is shown, not an earlier one of the same tag.
+    let earlier = newest(&http, &base, id, &token)
+        .await
+        .and_then(|r| r["id"].as_i64());
+    let mut shown = Progress {
+        after: earlier,
+        ..Progress::default()
+    };
     let post = {
         let (http, token) = (http.clone(), token.clone());
         tokio::spawn(async move {
             controller::send_retrying_busy(|| http.post(&url).bearer_auth(&token).json(&body)).await
         })
     };
-    let started = Instant::now();
-    let mut shown = Progress::default();
     let mut post = post;
     let answer = loop {
         tokio::select! {
@@ -178,16 +185,18 @@ async fn newest(http: &reqwest::Client, base: &str, id: &TargetId, token: &str) 
 /// The steps already printed, so each shows once.
 #[derive(Default)]
 struct Progress {
+    /// The newest record before this deploy was asked for.
+    after: Option<i64>,
     id: Option<i64>,
     steps: usize,
 }
 
 impl Progress {
     fn show(&mut self, r: &Value, tag: &Tag) {
-        if r["tag"].as_str() != Some(tag.as_str()) {
+        let id = r["id"].as_i64();
+        if r["tag"].as_str() != Some(tag.as_str()) || id <= self.after {
             return;
         }
-        let id = r["id"].as_i64();
         if self.id != id {
             self.id = id;
             self.steps = 0;

@@ -460,6 +460,15 @@ impl Watcher {
                 )
                 .await;
             }
+            Decision::Promote { tag } if self.canary_in_flight(&tag) => {
+                // Its window ended before its canary decided: not known-good on that alone.
+                self.emit(
+                    "watched",
+                    Some(tag.clone()),
+                    format!("{tag} healthy for the whole watch window, but its canary deploy is still in flight: known-good once the canary is promoted and its hold ends"),
+                )
+                .await;
+            }
             Decision::Promote { tag } => {
                 self.series.healthy();
                 let image = format!(
@@ -539,6 +548,15 @@ impl Watcher {
                 self.report_refusal(d).await
             }
         }
+    }
+}
+
+impl Watcher {
+    /// A canary deploy of `tag` is still stepping on this target.
+    fn canary_in_flight(&self, tag: &str) -> bool {
+        self.canary.as_ref().is_some_and(|c| {
+            matches!(c.phase(), crate::canary::runner::Phase::Deploying { tag: t, .. } if t == tag)
+        })
     }
 }
 
