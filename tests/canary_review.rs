@@ -319,24 +319,31 @@ async fn r7_kill_9_while_the_new_slot_starts_then_restart_leaves_one_slot() {
 async fn r8_a_wrong_server_or_backend_name_is_named_by_the_probe_and_the_deploy() {
     let b = bed("rvname", &["v1.0.1"], "10m").await;
     let good = std::fs::read_to_string(&b.config).unwrap();
-    for (what, text) in [
+    for (what, text, says) in [
         (
             "server",
             good.replace(
                 "servers = [\"blue\", \"green\"]",
                 "servers = [\"blue\", \"grean\"]",
             ),
+            "backend be has no server grean",
         ),
         (
             "backend",
             good.replace("backend = \"be\"", "backend = \"bee\""),
+            "has no backend bee",
         ),
-        ("socket", good.replace("haproxy.sock", "nothere.sock")),
+        (
+            "socket",
+            good.replace("haproxy.sock", "nothere.sock"),
+            "cannot reach the load balancer's runtime socket",
+        ),
     ] {
         std::fs::write(&b.config, &text).unwrap();
         let (code, out) = cli(&b.config, &["check-config", "--probe"], false);
         eprintln!("--- {what}: check-config --probe exit {code}:\n{out}");
         assert_ne!(code, 0, "{what}: {out}");
+        assert!(out.contains(says), "{what}: {out}");
     }
     std::fs::write(
         &b.config,

@@ -99,7 +99,7 @@ pub(super) async fn abort(
     State(state): State<ApiState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    manual(state, path, Manual::Abort).await
+    manual(state, path, Manual::Abort(None)).await
 }
 
 /// Canary deploys, newest first, each with its steps, weights and reason.

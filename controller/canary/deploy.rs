@@ -143,13 +143,13 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         let (up, early) = tokio::select! {
             up = self.until_up(idle) => (up, None),
             order = next_order(steer) => match order {
-                Manual::Abort => (Ok(()), Some(Manual::Abort)),
+                Manual::Abort(why) => (Ok(()), Some(Manual::Abort(why))),
                 Manual::Promote => (self.until_up(idle).await, Some(Manual::Promote)),
             },
         };
-        if early == Some(Manual::Abort) {
+        if let Some(Manual::Abort(why)) = early {
             self.site.remove(&self.runner, idle).await?;
-            return Ok((idle, Outcome::aborted_while_starting()));
+            return Ok((idle, Outcome::aborted_while_starting(why)));
         }
         if let Err(why) = up {
             self.site.remove(&self.runner, idle).await?;

@@ -12,13 +12,24 @@ use crate::config::CanaryConfig;
 use crate::store::now_ms;
 use crate::traffic::{Slot, TrafficDriver, TrafficError};
 
-/// A person's order to a canary in flight (`rollwatch promote|abort`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An order to a canary in flight: a person's (`rollwatch promote|abort`), or the watcher's
+/// when it found the new version regressed (its container exited, its /health failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manual {
     /// The rest of the steps skipped: all traffic to the new version now.
     Promote,
-    /// All traffic back to the live version now.
-    Abort,
+    /// All traffic back to the live version now; why, when it was not a person.
+    Abort(Option<String>),
+}
+
+impl Manual {
+    /// The abort's reason at `percent`.
+    fn abort_reason(why: Option<String>, percent: u32) -> String {
+        match why {
+            Some(why) => format!("regressed at {percent}%: {why}"),
+            None => format!("aborted by hand at {percent}%"),
+        }
+    }
 }
 
 /// What the deploy around the flow hears and records: each step as it begins, and people's
@@ -79,12 +90,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// A person aborted before the new version had any traffic.
-    pub fn aborted_while_starting() -> Outcome {
+    /// Aborted before the new version had any traffic.
+    pub fn aborted_while_starting(why: Option<String>) -> Outcome {
+        let reason = match why {
+            Some(why) => format!("regressed while starting, before it had any traffic: {why}"),
+            None => {
+                "aborted by hand while the new version started, before it had any traffic".into()
+            }
+        };
         Outcome {
             promoted: false,
-            reason: "aborted by hand while the new version started, before it had any traffic"
-                .into(),
+            reason,
             steps: Vec::new(),
             ended_ms: now_ms(),
             judged_bad: true,
@@ -113,7 +129,7 @@ pub async fn run<D: TrafficDriver, S: Steering>(
     let mut steps = Vec::new();
     // An order already given: an abort gives the canary no traffic at all.
     match steer.order() {
-        Some(Manual::Abort) => return Ok(Outcome::aborted_while_starting()),
+        Some(Manual::Abort(why)) => return Ok(Outcome::aborted_while_starting(why)),
         Some(Manual::Promote) => {
             driver.set_weights(&[(canary, 100), (live, 0)]).await?;
             let at = now_ms();
@@ -141,8 +157,8 @@ pub async fn run<D: TrafficDriver, S: Steering>(
         let decision = if let Some(order) = steer.order() {
             match order {
                 Manual::Promote => Next::Promote,
-                Manual::Abort => Next::Abort {
-                    reason: format!("aborted by hand at {}%", percent_of(&steps)),
+                Manual::Abort(why) => Next::Abort {
+                    reason: Manual::abort_reason(why, percent_of(&steps)),
                 },
             }
         } else if timed_out {

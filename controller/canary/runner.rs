@@ -151,11 +151,11 @@ impl CanaryHandle {
     ) -> Result<oneshot::Receiver<Result<String, String>>, OrderError> {
         let (reply, answer) = oneshot::channel();
         if let Phase::Deploying { tag, .. } = self.phase() {
-            self.manual.try_send(what).map_err(|_| OrderError::Busy)?;
             let word = match what {
                 Manual::Promote => "promotes",
-                Manual::Abort => "aborts",
+                Manual::Abort(_) => "aborts",
             };
+            self.manual.try_send(what).map_err(|_| OrderError::Busy)?;
             let _ = reply.send(Ok(format!(
                 "the canary of {tag} {word} at its next reading"
             )));
@@ -163,6 +163,22 @@ impl CanaryHandle {
         }
         self.send(Order::Manual { what, reply })?;
         Ok(answer)
+    }
+
+    /// The watcher found `tag` regressed while its canary deploy is in flight (a container
+    /// that exited, failed probes: evidence the balancer's counters may miss while the
+    /// container restarts): the deploy aborts at its next reading. `false` when no deploy of
+    /// `tag` is in flight.
+    pub fn regressed(&self, tag: &str, why: &str) -> bool {
+        match self.phase() {
+            Phase::Deploying { tag: t, .. } if t == tag => self
+                .manual
+                .try_send(Manual::Abort(Some(format!(
+                    "the watcher found it regressed: {why}"
+                ))))
+                .is_ok(),
+            _ => false,
+        }
     }
 
     /// The watcher's rollback on a canary target: a flip back to the held slot.
@@ -698,7 +714,7 @@ impl CanaryRunner {
                     r.tag
                 ))
             }
-            Manual::Abort => {
+            Manual::Abort(_) => {
                 let request = RollbackRequest {
                     tag: None,
                     trigger: crate::store::Trigger::Manual,

@@ -114,6 +114,14 @@ impl TrafficDriver for Haproxy {
     async fn read(&self) -> Result<[SlotReading; 2], TrafficError> {
         let text = self.command("show stat").await?;
         let servers = stat::parse(&text).map_err(TrafficError::Stats)?;
+        if !servers.iter().any(|s| s.proxy == self.backend) {
+            let mut known: Vec<&str> = servers.iter().map(|s| s.proxy.as_str()).collect();
+            known.dedup();
+            return Err(TrafficError::UnknownBackend {
+                backend: self.backend.clone(),
+                known: known.join(", "),
+            });
+        }
         let mut out = Vec::with_capacity(2);
         for slot in [Slot::Blue, Slot::Green] {
             let name = self.server(slot);

@@ -95,6 +95,8 @@ pub enum TrafficError {
     },
     #[error("the load balancer refused {command:?}: {answer}")]
     Refused { command: String, answer: String },
+    #[error("the load balancer has no backend {backend} (it has: {known}); name the target's backend in traffic.backend")]
+    UnknownBackend { backend: String, known: String },
     #[error("backend {backend} has no server {server}: add `server {server} ...` to it (see the README's canary section)")]
     UnknownServer { backend: String, server: String },
     #[error("cannot read the load balancer's statistics: {0}")]

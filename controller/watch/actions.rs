@@ -8,9 +8,14 @@ impl Watcher {
     pub(super) async fn roll_back(&mut self, from_tag: String, trigger: Trigger, reason: String) {
         let id = self.id.clone();
         let in_flight = self.canary.as_ref().and_then(|c| match c.phase() {
-            crate::canary::runner::Phase::Deploying { id, tag } => Some(format!(
-                "canary deploy #{id} of {tag} is in flight and its own judge decides"
-            )),
+            // Its own judge decides; a regression of the canary itself aborts it.
+            crate::canary::runner::Phase::Deploying { id, tag } => {
+                Some(if c.regressed(&from_tag, &reason) {
+                    format!("canary deploy #{id} of {tag} is in flight: told to abort")
+                } else {
+                    format!("canary deploy #{id} of {tag} is in flight and its own judge decides")
+                })
+            }
             _ => None,
         });
         let not_leader = (!self.lease.is_leader())

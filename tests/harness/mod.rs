@@ -419,10 +419,12 @@ impl ComposeDeployment {
             naming,
         };
         std::fs::create_dir_all(d.dir()).expect("deployment dir");
+        // A hung (SIGSTOPped) container is killed 2 s after its stop instead of Docker's 10 s:
+        // the tests that hang one wait less; the demo itself exits at once on SIGTERM.
         std::fs::write(
             d.dir().join("docker-compose.yml"),
             format!(
-                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    restart: unless-stopped\n    labels:\n      rollwatch.test.app: {app}\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
+                "version: \"3.7\"\nservices:\n  {role}:\n    image: ${{CONTAINER_REGISTRY}}/{role}:${{IMAGE_TAG}}\n    network_mode: host\n    restart: unless-stopped\n    stop_grace_period: 2s\n    labels:\n      rollwatch.test.app: {app}\n    environment:\n      DEMO_PORT: ${{APP_PORT}}\n"
             ),
         )
         .expect("compose file");
