@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use harness::canary::deploy_with;
 use harness::haproxy::{load_through, Haproxy};
 use harness::slots::SlotBed;
 use harness::*;
@@ -595,23 +596,6 @@ fn weight(h: &Haproxy, server: &str) -> u32 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("get weight be/{server}: {answer:?}"))
-}
-
-/// `rollwatch deploy staging backend <tag>` as CI runs it: (exit code, output).
-fn deploy_with(config: &Path, tag: &str) -> (i32, String) {
-    let out = rollwatch(config)
-        .env("ROLLWATCH_API_TOKEN", TOKEN)
-        .args(["deploy", "staging", "backend", tag, "--timeout", "150s"])
-        .output()
-        .expect("rollwatch deploy");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// `docker rm -f` of each container: the SIGSTOPped ones must not outlive a round.

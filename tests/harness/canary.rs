@@ -158,6 +158,7 @@ pub fn count_requests(
     (seen, t)
 }
 
+/// `rollwatch deploy staging backend <tag>` as CI runs it: (exit code, output).
 pub fn deploy_with(config: &std::path::Path, tag: &str) -> (i32, String) {
     let out = rollwatch(config)
         .env("ROLLWATCH_API_TOKEN", TOKEN)
