@@ -12,8 +12,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::canary::handle::CanaryHandle;
 use crate::canary::record::Journal;
-use crate::canary::runner::{CanaryHandle, CanaryRunner};
+use crate::canary::runner::CanaryRunner;
 use crate::config::{Config, TargetConfig};
 use crate::detect::{follow_events, Subscriber};
 use crate::engine::EngineView;

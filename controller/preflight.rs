@@ -62,7 +62,7 @@ async fn target_checks(t: &TargetConfig) -> Vec<Check> {
     let containers = containers.unwrap_or_default();
     if t.strategy == crate::config::Strategy::Canary {
         // Its slots, not the compose executor's project, are what a deploy runs.
-        for (check, outcome) in crate::canary::runner::preflight(t).await {
+        for (check, outcome) in crate::canary::site::preflight(t).await {
             rows.push(row(check, outcome));
         }
         return rows;

@@ -13,7 +13,7 @@ use super::{
     json_or_500, query_target, reject, target_path, ApiError, ApiState, EventQuery, ROLLBACK_WAIT,
 };
 use crate::canary::flow::Manual;
-use crate::canary::runner::{CanaryHandle, DeployOrder, OrderError, Phase};
+use crate::canary::handle::{CanaryHandle, DeployOrder, OrderError, Phase};
 use crate::target::TargetId;
 
 /// How long a deploy may take to be accepted (its slot site found, Docker and the balancer

@@ -45,7 +45,7 @@ pub struct ApiState {
     pub metrics: Arc<crate::telemetry::Metrics>,
     pub alert_window_ms: i64,
     /// The runners of canary targets (deploys, promote, abort).
-    pub canaries: Arc<HashMap<TargetId, crate::canary::runner::CanaryHandle>>,
+    pub canaries: Arc<HashMap<TargetId, crate::canary::handle::CanaryHandle>>,
 }
 
 /// Longest strings accepted in an order's fields.
@@ -531,7 +531,7 @@ async fn deploy(
     let canary = state.canaries.get(&id);
     match (body.strategy.as_deref(), canary) {
         (None | Some("canary"), Some(handle)) => {
-            let order = crate::canary::runner::DeployOrder {
+            let order = crate::canary::handle::DeployOrder {
                 tag,
                 commit_sha: body.commit_sha,
                 pipeline_url: body.pipeline_url,

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::handle::Phase;
 use super::record::Recorded;
-use super::runner::{CanaryRunner, Phase};
+use super::runner::CanaryRunner;
 use crate::rollback::{RollbackError, RollbackRequest};
 use crate::store::{
     now_ms, CanaryRecord, CanaryState, RollbackIntent, RollbackOutcome, RollbackRecord,

@@ -9,7 +9,7 @@ impl Watcher {
         let id = self.id.clone();
         let in_flight = self.canary.as_ref().and_then(|c| match c.phase() {
             // Its own judge decides; a regression of the canary itself aborts it.
-            crate::canary::runner::Phase::Deploying { id, tag } => {
+            crate::canary::handle::Phase::Deploying { id, tag } => {
                 Some(if c.regressed(&from_tag, &reason) {
                     format!("canary deploy #{id} of {tag} is in flight: told to abort")
                 } else {

@@ -20,7 +20,7 @@ mod tests;
 pub use status::{StatusBoard, StatusSlot, TargetStatus, WindowProgress};
 
 use crate::analysis::{Evidence, MetricVerdict, Population};
-use crate::canary::runner::CanaryHandle;
+use crate::canary::handle::CanaryHandle;
 use crate::config::TargetConfig;
 use crate::detect::Wake;
 use crate::engine::{EngineView, ListingId};
@@ -555,7 +555,7 @@ impl Watcher {
     /// A canary deploy of `tag` is still stepping on this target.
     fn canary_in_flight(&self, tag: &str) -> bool {
         self.canary.as_ref().is_some_and(|c| {
-            matches!(c.phase(), crate::canary::runner::Phase::Deploying { tag: t, .. } if t == tag)
+            matches!(c.phase(), crate::canary::handle::Phase::Deploying { tag: t, .. } if t == tag)
         })
     }
 }
