@@ -243,7 +243,7 @@ async fn a_regression_found_by_the_watcher_during_the_hold_flips_traffic_back_by
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_failed_orders_say_why_and_leave_the_traffic_where_it_was() {
     let b = bed("ccrefuse", &[], "10m").await;
-    let _c = b.controller(&[]);
+    let mut controller = b.controller(&[]);
     let c = &b.config;
     for (args, token, code, says) in [
         (
@@ -300,6 +300,13 @@ async fn refused_and_failed_orders_say_why_and_leave_the_traffic_where_it_was() 
         r.get::<_, String>(0)
     });
     assert!(bad.is_empty(), "{bad:?}");
+
+    // No controller: refused, nothing changed.
+    controller.kill9();
+    let (got, out) = cli(c, &["deploy", "staging", "backend", "v1.0.1"], true);
+    assert_eq!(got, 2, "{out}");
+    assert!(out.contains("controller not reachable"), "{out}");
+    assert_eq!(b.weights(), (100, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

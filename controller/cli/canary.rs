@@ -103,9 +103,17 @@ pub async fn deploy(config: &Config, id: &TargetId, args: DeployArgs) -> anyhow:
             }
         }
     };
-    let resp = answer.with_context(|| {
-        format!("controller not reachable at {base}; is `rollwatch run` running?")
-    })?;
+    let resp = match answer {
+        Ok(r) => r,
+        // Nothing listens: nothing was asked, so nothing changed.
+        Err(e) if e.is_connect() => {
+            return Err(Refused(format!(
+                "controller not reachable at {base} ({e}); is `rollwatch run` running? Nothing was changed"
+            ))
+            .into())
+        }
+        Err(e) => return Err(e).context(format!("calling the controller at {base}")),
+    };
     let status = resp.status();
     let v: Value = resp.json().await.unwrap_or_default();
     match status.as_u16() {
