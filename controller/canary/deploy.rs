@@ -121,6 +121,8 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         }
     }
 
+    /// Deploys `tag` beside `live`. The caller has checked the site ([`SlotSite::check`])
+    /// before anything was recorded: the runner does, so a refused compose file leaves no record.
     pub async fn deploy<S: Steering>(
         &self,
         steer: &S,
@@ -129,7 +131,6 @@ impl<D: TrafficDriver> CanaryDeploy<'_, D> {
         tag: &str,
     ) -> Result<(Slot, Outcome), DeployError> {
         let idle = live.other();
-        self.site.check(&self.runner).await?;
         if let Err(e) = self.site.start(&self.runner, idle, tag).await {
             // Whatever part of it started goes again; no traffic went to it.
             let _ = self.site.remove(&self.runner, idle).await;

@@ -321,7 +321,7 @@ async fn switch_steps(
 }
 
 async fn validate(r: &CanaryRunner, port: u16) -> Result<(), String> {
-    let path = r.parts().0.health.url.0.path().to_string();
+    let path = super::site::health_path(r.parts().0);
     let url =
         url::Url::parse(&format!("http://127.0.0.1:{port}{path}")).map_err(|e| e.to_string())?;
     r.prober()
