@@ -15,13 +15,14 @@ use crate::api::{self, ApiState};
 use crate::canary::handle::CanaryHandle;
 use crate::canary::record::Journal;
 use crate::canary::runner::CanaryRunner;
+use crate::clock::steady_ms;
 use crate::config::{Config, TargetConfig};
 use crate::detect::{follow_events, Subscriber};
 use crate::engine::EngineView;
 use crate::probe::Prober;
 use crate::registry::RegistryClient;
 use crate::rollback::Rollbacker;
-use crate::store::{now_ms, EventRecord, RollbackState, Store, StoreError};
+use crate::store::{EventRecord, RollbackState, Store, StoreError};
 use crate::target::TargetId;
 use crate::telemetry::Metrics;
 use crate::verdict::{decide, Input, RollbackEnd, TargetState};
@@ -363,7 +364,7 @@ async fn resume_unfinished(
         };
         let state = states.entry(record.target.clone()).or_default();
         let input = Input::RollbackEnded {
-            now_ms: now_ms(),
+            now_ms: steady_ms(),
             from_tag: record.from_tag.clone().unwrap_or_default(),
             reason: record.reason.clone(),
             trigger: record.trigger,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod build_info;
 pub mod canary;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod detect;

@@ -24,20 +24,6 @@ fn control(db: &Path) -> Option<(bool, Option<String>, Option<i64>)> {
     .next()
 }
 
-/// What `GET /api/v1/targets` says of the one target.
-fn target_status(api_port: u16) -> serde_json::Value {
-    let body = wait_for(Duration::from_secs(30), "the API answering", || {
-        http_get(api_port, "/api/v1/targets")
-            .filter(|(s, b)| *s == 200 && b.contains("staging"))
-            .map(|(_, b)| b)
-    });
-    let v: serde_json::Value = serde_json::from_str(&body).expect("targets JSON");
-    match v {
-        serde_json::Value::Array(mut a) => a.remove(0),
-        other => other["staging/backend"].clone(),
-    }
-}
-
 /// Many events after the guard rail was set: the old start-up rebuilt paused and halted from the
 /// newest 200 events, so 10,000 deploys pushed them out of sight.
 fn flood_events(db: &Path, n: usize) {

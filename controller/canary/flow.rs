@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::judge::CanaryJudge;
 use super::plan::{self, Next, StepState};
+use crate::clock::steady_ms;
 use crate::config::CanaryConfig;
 use crate::store::now_ms;
 use crate::traffic::{Slot, TrafficDriver, TrafficError};
@@ -146,7 +147,9 @@ pub async fn run<D: TrafficDriver, S: Steering>(
     }
     let mut step = 0;
     let mut state = set_step(driver, c, live, canary, step, &mut steps).await?;
-    steer.stepped(percent_of(&steps), state.since_ms).await;
+    steer
+        .stepped(percent_of(&steps), last_step_ms(&steps))
+        .await;
     loop {
         tokio::time::sleep(interval).await;
         let slots = driver.read().await?;
@@ -170,7 +173,7 @@ pub async fn run<D: TrafficDriver, S: Steering>(
                 ),
             }
         } else {
-            match plan::next(c, &state, now_ms(), verdict.as_ref()) {
+            match plan::next(c, &state, steady_ms(), verdict.as_ref()) {
                 // More traffic only to a canary that does not already look worse.
                 Next::Step { .. } | Next::Promote if judge.suspect().is_some() => Next::Stay,
                 other => other,
@@ -181,7 +184,9 @@ pub async fn run<D: TrafficDriver, S: Steering>(
             Next::Step { .. } => {
                 step += 1;
                 state = set_step(driver, c, live, canary, step, &mut steps).await?;
-                steer.stepped(percent_of(&steps), state.since_ms).await;
+                steer
+                    .stepped(percent_of(&steps), last_step_ms(&steps))
+                    .await;
                 served_before = served;
             }
             Next::Promote => {
@@ -223,17 +228,21 @@ async fn set_step<D: TrafficDriver>(
     driver
         .set_weights(&[(live, live_w), (canary, canary_w)])
         .await?;
-    let since_ms = now_ms();
-    steps.push((percent, since_ms));
+    // The record keeps the wall clock; the step's minimum time is timed on the steady one.
+    steps.push((percent, now_ms()));
     Ok(StepState {
         step,
-        since_ms,
+        since_ms: steady_ms(),
         requests: 0,
     })
 }
 
 fn percent_of(steps: &[(u32, i64)]) -> u32 {
     steps.last().map_or(0, |s| s.0)
+}
+
+fn last_step_ms(steps: &[(u32, i64)]) -> i64 {
+    steps.last().map_or_else(now_ms, |s| s.1)
 }
 
 fn canary_served(slots: &[crate::traffic::SlotReading; 2], canary: Slot) -> u64 {

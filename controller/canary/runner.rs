@@ -20,6 +20,7 @@ use super::record::{Journal, Recorded, Steer};
 use super::site::{driver_of, health_path, ready_site};
 use super::slots::SlotSite;
 use crate::analysis::MetricPolicy;
+use crate::clock::steady_ms;
 use crate::config::{CanaryConfig, ExecutorConfig, TargetConfig};
 use crate::probe::Prober;
 use crate::rollback::{CommandRunner, LocalRunner, RollbackError, RollbackRequest};
@@ -116,7 +117,7 @@ impl CanaryRunner {
             let wait_hold = async {
                 match hold_end {
                     Some(until) => {
-                        let ms = u64::try_from(until - now_ms()).unwrap_or(0);
+                        let ms = u64::try_from(until - steady_ms()).unwrap_or(0);
                         tokio::time::sleep(Duration::from_millis(ms)).await
                     }
                     None => std::future::pending().await,

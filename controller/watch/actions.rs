@@ -27,7 +27,7 @@ impl Watcher {
             return;
         }
         let detection = match &self.state.phase {
-            Phase::Watching { since_ms, .. } => Some((now_ms() - since_ms) as f64 / 1000.0),
+            Phase::Watching { since_ms, .. } => Some((steady_ms() - since_ms) as f64 / 1000.0),
             _ => None,
         };
         self.series.regressed(detection);
@@ -159,7 +159,7 @@ impl Watcher {
             Err(end) => end.clone(),
         };
         let decisions = self.transition(Input::RollbackEnded {
-            now_ms: now_ms(),
+            now_ms: steady_ms(),
             from_tag: from_tag.to_string(),
             reason: reason.to_string(),
             trigger,
@@ -246,7 +246,7 @@ impl Watcher {
                 at_ms,
             } => {
                 let wait = humantime::format_duration(std::time::Duration::from_millis(
-                    (at_ms - now_ms()).max(0) as u64 / 1000 * 1000,
+                    (at_ms - steady_ms()).max(0) as u64 / 1000 * 1000,
                 ));
                 let msg = format!(
                     "automatic rollback of {tag} refused ({refusals} of {} allowed): {error}; nothing was changed, trying again in {wait}",
@@ -322,7 +322,7 @@ impl Watcher {
     /// Why an alert may not roll the target back now: paused, halted, in cooldown, or the
     /// running tag is itself the result of a rollback (never roll back a rollback).
     fn alert_guard(&self) -> Option<String> {
-        let now = now_ms();
+        let now = steady_ms();
         if !self.lease.is_leader() {
             return Some(format!("not the leader ({})", self.lease.describe()));
         }

@@ -21,6 +21,7 @@ pub use status::{StatusBoard, StatusSlot, TargetStatus, WindowProgress};
 
 use crate::analysis::{Evidence, MetricVerdict, Population};
 use crate::canary::handle::CanaryHandle;
+use crate::clock::steady_ms;
 use crate::config::TargetConfig;
 use crate::detect::Wake;
 use crate::engine::{EngineView, ListingId};
@@ -154,7 +155,12 @@ impl Watcher {
         let repository = target.executor.image_repository(&target.role);
         let health = HealthProbe::new(&target.health.url.0, target.health.timeout, prober);
         let saved_control = initial.control();
-        let status = board.slot(&id, || TargetStatus::new(id.clone(), dry_run));
+        // The stored pause shows from the first answer of the API, not only after the first round.
+        let status = board.slot(&id, || TargetStatus {
+            paused: initial.paused,
+            halted: initial.refusals >= crate::verdict::REFUSAL_LIMIT,
+            ..TargetStatus::new(id.clone(), dry_run)
+        });
         Watcher {
             id,
             listing: ListingId::default(),
@@ -322,7 +328,7 @@ impl Watcher {
             })
             .collect();
         let obs = Observation {
-            now_ms: now_ms(),
+            now_ms: steady_ms(),
             containers,
             probe,
             metrics,

@@ -276,7 +276,7 @@ impl Watcher {
                 ..
             } => Some(format!(
                 "{}s of {} watched, {failures} consecutive failures{}{}",
-                (now_ms() - since_ms) / 1000,
+                (steady_ms() - since_ms) / 1000,
                 humantime::format_duration(self.target.watch.bake),
                 last_failure
                     .as_ref()

@@ -100,11 +100,7 @@ impl Bed {
     }
 
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, text) = http_get(self.d.api_port, "/metrics")?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        metric_value(self.d.api_port, name, &[])
     }
 }
 

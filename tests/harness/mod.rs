@@ -62,20 +62,51 @@ pub fn testbed() {
 /// ephemeral range (32768–60999): a port from that range can be taken again, before the service
 /// binds it, as the local end of some other test's outgoing connection (rollwatch keeps probe
 /// connections alive), which left a demo container restarting on a taken port while another
-/// test's service answered its health URL. Each port is handed out once per test binary.
+/// test's service answered its health URL.
+///
+/// Test processes run side by side (nextest runs every test in its own process), and a port
+/// that is free now may be one another process handed out a moment ago and has not bound yet.
+/// So every process on the machine takes the next port from one shared counter (a file under
+/// an exclusive lock): within a span of 17,000 ports none is handed out twice.
 pub fn free_port() -> u16 {
     const LOW: usize = 15_000;
     const SPAN: usize = 17_000;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    // Test binaries run one after another: start each at its own place in the range.
-    let start = (std::process::id() as usize).wrapping_mul(7_919) % SPAN;
     for _ in 0..SPAN {
-        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = LOW + next_port_slot() % SPAN;
         if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
             return port as u16;
         }
     }
     panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
+}
+
+/// The machine-wide port counter: read, advanced and written back under `flock`.
+fn next_port_slot() -> usize {
+    use std::io::{Read, Seek, Write};
+    let path = std::env::temp_dir().join("rollwatch-test-ports.next");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("port counter {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock port counter {}: {e}", path.display()));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    // A new or garbled counter starts somewhere that depends on the process, not always at 0.
+    let slot = text
+        .trim()
+        .parse::<usize>()
+        .unwrap_or_else(|_| (std::process::id() as usize).wrapping_mul(7_919));
+    let next = (slot + 1) % 1_000_000_000;
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(next.to_string().as_bytes()));
+    written.unwrap_or_else(|e| panic!("write port counter {}: {e}", path.display()));
+    slot
 }
 
 /// A name no other test in this run uses: compose project, image repository and container prefix.
@@ -1040,6 +1071,30 @@ pub fn watched_good_deployment(
 }
 
 /// Milliseconds since the Unix epoch, the clock of the store's `at_ms` columns.
+/// The value of the first series on the controller's `/metrics` whose line starts with `name`
+/// and carries every one of `labels` (`result="failed"`).
+pub fn metric_value(api_port: u16, name: &str, labels: &[&str]) -> Option<f64> {
+    let (_, text) = http_get(api_port, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// What `GET /api/v1/targets` says of the one target.
+pub fn target_status(api_port: u16) -> serde_json::Value {
+    let body = wait_for(Duration::from_secs(30), "the API answering", || {
+        http_get(api_port, "/api/v1/targets")
+            .filter(|(s, b)| *s == 200 && b.contains("staging"))
+            .map(|(_, b)| b)
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).expect("targets JSON");
+    match v {
+        serde_json::Value::Array(mut a) => a.remove(0),
+        other => other["staging/backend"].clone(),
+    }
+}
+
 pub fn epoch_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
