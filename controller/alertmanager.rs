@@ -181,6 +181,10 @@ pub fn plan(
 }
 
 #[cfg(test)]
+#[path = "alertmanager_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -629,6 +629,10 @@ fn recreate_body(
 }
 
 #[cfg(test)]
+#[path = "docker_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

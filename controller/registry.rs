@@ -230,6 +230,10 @@ impl RegistryClient {
 }
 
 #[cfg(test)]
+#[path = "registry_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

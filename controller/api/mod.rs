@@ -8,6 +8,8 @@
 //! Connection-level limits live in [`crate::server`].
 
 mod canary;
+#[cfg(test)]
+mod props;
 
 use std::collections::HashMap;
 use std::sync::Arc;

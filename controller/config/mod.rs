@@ -651,6 +651,8 @@ pub fn is_role_name(s: &str) -> bool {
 
 mod canary;
 mod check;
+#[cfg(test)]
+mod props;
 mod tagged;
 
 pub use canary::{watch_warnings, CanaryConfig, Strategy, TrafficConfig};

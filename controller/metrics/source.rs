@@ -548,6 +548,10 @@ fn classify(url: &str, timeout: Duration, e: reqwest::Error) -> SourceError {
 }
 
 #[cfg(test)]
+#[path = "source_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
