@@ -270,26 +270,7 @@ impl DockerClient {
             .map_err(self.api_err("listing containers"))?;
         let mut out: Vec<ContainerInfo> = list
             .into_iter()
-            .map(|c| ContainerInfo {
-                id: c.id.unwrap_or_default(),
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default(),
-                image_ref: c.image.unwrap_or_default(),
-                image_id: c.image_id.unwrap_or_default(),
-                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                // API 1.41 has no Health field in listings; the status text carries it:
-                // "Up 5 seconds (unhealthy)".
-                health: c.status.as_deref().and_then(health_from_status),
-                exit_code: c.status.as_deref().and_then(exit_code_from_status),
-                created: c.created.unwrap_or(0),
-                compose_project: compose_label(&c.labels, "project"),
-                compose_working_dir: compose_label(&c.labels, "project.working_dir"),
-                compose_config_files: compose_label(&c.labels, "project.config_files"),
-                labels: c.labels.unwrap_or_default().into_iter().collect(),
-            })
+            .map(container_info)
             .filter(|c| selector.matches(&c.labels))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -330,14 +311,7 @@ impl DockerClient {
             .build();
         self.docker.events(Some(opts)).map(move |item| {
             let msg = item.map_err(self.api_err("streaming events"))?;
-            let action = msg.action.unwrap_or_default();
-            let labels = msg
-                .actor
-                .and_then(|a| a.attributes)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            Ok((action, labels))
+            Ok(event_of(msg))
         })
     }
 
@@ -522,6 +496,42 @@ impl DockerClient {
     }
 }
 
+/// One container of a listing, as much as decisions need.
+fn container_info(c: bollard::models::ContainerSummary) -> ContainerInfo {
+    ContainerInfo {
+        id: c.id.unwrap_or_default(),
+        name: c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default(),
+        image_ref: c.image.unwrap_or_default(),
+        image_id: c.image_id.unwrap_or_default(),
+        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+        // API 1.41 has no Health field in listings; the status text carries it:
+        // "Up 5 seconds (unhealthy)".
+        health: c.status.as_deref().and_then(health_from_status),
+        exit_code: c.status.as_deref().and_then(exit_code_from_status),
+        created: c.created.unwrap_or(0),
+        compose_project: compose_label(&c.labels, "project"),
+        compose_working_dir: compose_label(&c.labels, "project.working_dir"),
+        compose_config_files: compose_label(&c.labels, "project.config_files"),
+        labels: c.labels.unwrap_or_default().into_iter().collect(),
+    }
+}
+
+/// A container event as `(action, labels)`.
+fn event_of(msg: bollard::models::EventMessage) -> (String, BTreeMap<String, String>) {
+    let action = msg.action.unwrap_or_default();
+    let labels = msg
+        .actor
+        .and_then(|a| a.attributes)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    (action, labels)
+}
+
 fn exit_code_from_status(status: &str) -> Option<i64> {
     let rest = status.strip_prefix("Exited (")?;
     rest.split_once(')')?.0.parse().ok()
@@ -617,6 +627,10 @@ fn recreate_body(
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+#[path = "docker_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {

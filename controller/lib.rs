@@ -33,6 +33,9 @@ pub mod ui;
 pub mod verdict;
 pub mod watch;
 
+#[cfg(test)]
+mod props_util;
+
 /// The innermost cause of an error ("Connection refused"): what a person needs to read, where
 /// the outer layers only say which client call failed.
 pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -67,6 +67,20 @@ fn next_page(base: &url::Url, link: &str) -> Result<url::Url, String> {
     }
 }
 
+/// The tags of one `tags/list` page; a repository without tags may answer `"tags": null`.
+/// Only what is not JSON is refused, saying where (reqwest's own decoding said only "error
+/// decoding response body").
+fn tags_page(body: &[u8]) -> Result<Vec<String>, String> {
+    let body: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("bad tags/list answer: {e}"))?;
+    Ok(body["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect())
+}
+
 /// `127.0.0.1:5000/shop/backend` → (`127.0.0.1:5000`, `shop/backend`). A first component counts
 /// as a host the way Docker decides it: it has a dot or a colon, or is `localhost`.
 pub fn split_repository(repo: &str) -> Option<(&str, &str)> {
@@ -172,17 +186,15 @@ impl RegistryClient {
                 let link = link.to_str().unwrap_or_default();
                 next = Some(next_page(&base, link).map_err(paging)?);
             }
-            let body: serde_json::Value =
-                resp.json().await.map_err(|e| RegistryError::Unreachable {
-                    host: host.to_string(),
-                    message: format!("bad tags/list answer: {e}"),
-                })?;
+            let body = resp.bytes().await.map_err(|e| RegistryError::Unreachable {
+                host: host.to_string(),
+                message: crate::root_cause(&e),
+            })?;
             tags.extend(
-                body["tags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str().map(String::from)),
+                tags_page(&body).map_err(|message| RegistryError::Unreachable {
+                    host: host.to_string(),
+                    message,
+                })?,
             );
         }
         Ok(tags)
@@ -216,6 +228,10 @@ impl RegistryClient {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "registry_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -259,6 +275,22 @@ mod tests {
             let e = next_page(&base, bad);
             assert!(e.is_err(), "{bad} -> {e:?}");
         }
+    }
+
+    /// Seen extracting `tags_page` for the property tests (issue 18): a page that is not JSON was
+    /// refused as "error decoding response body", saying nothing of what or where.
+    #[test]
+    fn a_page_that_is_not_json_says_where() {
+        let e = tags_page(b"<html>").unwrap_err();
+        assert!(
+            e.starts_with("bad tags/list answer: expected value at line 1 column 1"),
+            "{e}"
+        );
+        assert_eq!(tags_page(br#"{"name":"a","tags":null}"#), Ok(vec![]));
+        assert_eq!(
+            tags_page(br#"{"tags":["v1",2,"v2"]}"#),
+            Ok(vec!["v1".to_string(), "v2".to_string()])
+        );
     }
 
     #[test]

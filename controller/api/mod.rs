@@ -8,6 +8,8 @@
 //! Connection-level limits live in [`crate::server`].
 
 mod canary;
+#[cfg(test)]
+mod props;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -340,7 +342,10 @@ pub fn parse_order<T: DeserializeOwned + Capped>(
         return Ok(None);
     }
     check_json_type(content_type)?;
-    let order: T = serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))?;
+    // The path of a wrongly typed value is part of the message: `tag: invalid type: ...`.
+    let order: T =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+            .map_err(|e| BodyError::Malformed(e.to_string()))?;
     order.check()?;
     Ok(Some(order))
 }
@@ -510,6 +515,23 @@ impl Capped for DeployBody {
     }
 }
 
+impl DeployBody {
+    /// The tag to deploy, once it and the commit SHA are well formed; a 400 naming them if not.
+    fn checked_tag(&self) -> Result<Tag, ApiError> {
+        let tag =
+            Tag::parse(&self.tag).map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if let Some(sha) = &self.commit_sha {
+            if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("commit_sha {sha:?} is not a 40-hex commit SHA"),
+                ));
+            }
+        }
+        Ok(tag)
+    }
+}
+
 async fn deploy(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -519,15 +541,7 @@ async fn deploy(
     let body: DeployBody =
         parse_order(content_type(&headers), &bytes)?.ok_or(BodyError::Missing)?;
     let (id, tx) = parse_target(&state, &body.env, &body.role)?;
-    let tag = Tag::parse(&body.tag).map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    if let Some(sha) = &body.commit_sha {
-        if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                format!("commit_sha {sha:?} is not a 40-hex commit SHA"),
-            ));
-        }
-    }
+    let tag = body.checked_tag()?;
     let canary = state.canaries.get(&id);
     match (body.strategy.as_deref(), canary) {
         (None | Some("canary"), Some(handle)) => {
@@ -689,6 +703,24 @@ impl Capped for RollbackBody {
     }
 }
 
+/// A manual rollback's body read: the tag asked for (none: the last known-good) and the reason.
+fn rollback_order(
+    content_type: Option<&[u8]>,
+    bytes: &[u8],
+) -> Result<(Option<Tag>, String), ApiError> {
+    let body: RollbackBody = parse_order(content_type, bytes)?.unwrap_or_default();
+    let tag = body
+        .tag
+        .as_deref()
+        .map(Tag::parse)
+        .transpose()
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "manual rollback through the API".into());
+    Ok((tag, reason))
+}
+
 /// A manual rollback: answers with the record once the watcher has validated it, 409 with why
 /// when the watcher refused, 202 when it is still running after [`ROLLBACK_WAIT`].
 async fn rollback(
@@ -699,16 +731,7 @@ async fn rollback(
 ) -> Result<Response, ApiError> {
     let (id, tx) = target_path(&state, path)?;
     let bytes = read_body(body, ORDER_BODY_LIMIT).await?;
-    let body: RollbackBody = parse_order(content_type(&headers), &bytes)?.unwrap_or_default();
-    let tag = body
-        .tag
-        .as_deref()
-        .map(Tag::parse)
-        .transpose()
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let reason = body
-        .reason
-        .unwrap_or_else(|| "manual rollback through the API".into());
+    let (tag, reason) = rollback_order(content_type(&headers), &bytes)?;
     match order_rollback(&id, &tx, tag, reason, ROLLBACK_WAIT).await? {
         RollbackAnswer::Done(record) => Ok(Json(record).into_response()),
         RollbackAnswer::Refused(e) => Err(reject(StatusCode::CONFLICT, e)),
@@ -929,6 +952,26 @@ mod tests {
         let e = parse_order::<RollbackBody>(None, br#"{"tag":"v1","extra":1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `extra`"), "{e}");
         assert_eq!(ApiError::from(e).status, StatusCode::BAD_REQUEST);
+    }
+
+    /// Seen writing the property tests (issue 18), which require refusals to name the field: a
+    /// wrongly typed value was refused as "invalid type: integer `1`, expected a string at line
+    /// 1 column 42", not naming its field.
+    #[test]
+    fn a_wrongly_typed_field_is_named() {
+        let e = parse_order::<DeployBody>(None, br#"{"env":"staging","role":"backend","tag":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "the body is not valid JSON for this order: tag: invalid type: integer `1`"
+            ),
+            "{e}"
+        );
+        let e = parse_order::<RollbackBody>(None, br#"{"reason":["x"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reason: invalid type: sequence"), "{e}");
     }
 
     #[test]

@@ -230,8 +230,9 @@ pub struct MetricsConfig {
     pub latency_increase: Duration,
 }
 
+/// Read through [`tagged::SourceTable`], so that toml locates each key (`kind` picks the variant).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "tagged::SourceTable")]
 pub enum MetricsKind {
     /// The service's own `/metrics`, one URL per container; counters are summed.
     Scrape {
@@ -312,8 +313,9 @@ impl TryFrom<String> for HealthUrl {
     }
 }
 
+/// Read through [`tagged::ExecutorTable`], so that toml locates each key (`kind` picks the variant).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(try_from = "tagged::ExecutorTable")]
 // One per target, parsed once: boxing the compose variant would only add noise at every use.
 #[allow(clippy::large_enum_variant)]
 pub enum ExecutorConfig {
@@ -649,6 +651,9 @@ pub fn is_role_name(s: &str) -> bool {
 
 mod canary;
 mod check;
+#[cfg(test)]
+mod props;
+mod tagged;
 
 pub use canary::{watch_warnings, CanaryConfig, Strategy, TrafficConfig};
 use check::{check_config, field_at};

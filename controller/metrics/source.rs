@@ -145,7 +145,9 @@ struct Counters {
 }
 
 impl Counters {
-    fn reading(&mut self, raw: &Raw, version: Option<String>) -> Reading {
+    /// The reading after `raw`; refused when its series, each a valid counter, sum to more than
+    /// an `f64` holds (an infinite count is garbage, never evidence).
+    fn reading(&mut self, raw: &Raw, version: Option<String>) -> Result<Reading, String> {
         let before = self.before.as_ref();
         let requests = self.requests.advance(&raw.requests, before);
         let errors = self.errors.advance(&raw.errors, before);
@@ -156,12 +158,25 @@ impl Counters {
             )
         });
         self.before = Some(raw.origins());
-        Reading {
+        let (sum, count) = latency.unwrap_or_default();
+        for (what, total) in [
+            ("requests", requests),
+            ("errors", errors),
+            ("latency sum", sum),
+            ("latency count", count),
+        ] {
+            if !valid_counter(total) {
+                return Err(format!(
+                    "the {what} counters sum to {total}, beyond what a counter can count"
+                ));
+            }
+        }
+        Ok(Reading {
             requests,
             errors,
             latency,
             version,
-        }
+        })
     }
 }
 
@@ -234,11 +249,17 @@ impl MetricsSource {
                 for url in urls {
                     raws.push(self.scrape(url, spec).await?);
                 }
-                Ok(raws
-                    .into_iter()
+                urls.iter()
+                    .zip(raws)
                     .zip(&mut self.counters)
-                    .map(|((raw, version), c)| c.reading(&raw, version))
-                    .collect())
+                    .map(|((url, (raw, version)), c)| {
+                        c.reading(&raw, version)
+                            .map_err(|message| SourceError::Garbage {
+                                url: redact(url),
+                                message,
+                            })
+                    })
+                    .collect()
             }
             Kind::Prometheus {
                 url,
@@ -277,7 +298,13 @@ impl MetricsSource {
                         return Err(missing(if s.is_empty() { sq } else { cq }));
                     }
                 }
-                Ok(vec![self.counters[0].reading(&raw, None)])
+                let reading = self.counters[0].reading(&raw, None).map_err(|message| {
+                    SourceError::Garbage {
+                        url: redact(url),
+                        message,
+                    }
+                })?;
+                Ok(vec![reading])
             }
         }
     }
@@ -427,7 +454,15 @@ fn series_key<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 fn promql_series(body: &str, expr: &str) -> Result<Vec<Series>, String> {
     let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
     if v["status"] != "success" {
-        return Err(format!("query {expr:?} failed: {}", v["error"]));
+        return Err(match (&v["status"], &v["error"]) {
+            (_, error @ serde_json::Value::String(_)) => format!("query {expr:?} failed: {error}"),
+            (serde_json::Value::Null, _) => {
+                format!("query {expr:?} was answered without a status: not a Prometheus API answer")
+            }
+            (status, _) => {
+                format!("query {expr:?} failed with status {status} and no error message")
+            }
+        });
     }
     let number = |value: &serde_json::Value, key: &str| -> Result<f64, String> {
         value[1]
@@ -481,8 +516,11 @@ fn promql_series(body: &str, expr: &str) -> Result<Vec<Series>, String> {
                 })
                 .collect()
         }
-        other => Err(format!(
-            "query {expr:?} returned {other:?}, expected a vector or a scalar"
+        Some(other) => Err(format!(
+            "query {expr:?} returned a {other:?}, expected a vector or a scalar"
+        )),
+        None => Err(format!(
+            "query {expr:?} was answered without data.resultType: not a Prometheus API answer"
         )),
     }
 }
@@ -508,6 +546,10 @@ fn classify(url: &str, timeout: Duration, e: reqwest::Error) -> SourceError {
         message: crate::root_cause(&e),
     }
 }
+
+#[cfg(test)]
+#[path = "source_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -540,7 +582,7 @@ mod tests {
             errors: series(errors),
             latency: None,
         };
-        c.reading(&raw, None)
+        c.reading(&raw, None).unwrap()
     }
 
     #[test]
@@ -569,6 +611,35 @@ mod tests {
             .unwrap_err()
             .contains("parse error"));
         assert!(promql_series("<html>", "q").is_err());
+    }
+
+    /// Seen writing the property tests (issue 18), which require finite readings and refusals
+    /// without Debug text: huge but finite values summed to +inf, and an answer without a status
+    /// or of another result type was refused with `null` or a Debug `Some("matrix")` for a reason.
+    #[test]
+    fn huge_sums_and_odd_answers_are_refused_in_words() {
+        let huge = answer(&[("a:1", "200", "1e308"), ("b:2", "200", "1e308")]);
+        let raw = Raw {
+            requests: series(&huge),
+            ..Raw::default()
+        };
+        let e = Counters::default().reading(&raw, None).unwrap_err();
+        assert!(e.contains("requests counters sum to inf"), "{e}");
+        let e = promql_series("[]", "q").unwrap_err();
+        assert_eq!(
+            e,
+            "query \"q\" was answered without a status: not a Prometheus API answer"
+        );
+        let e = promql_series(r#"{"status":"fail"}"#, "q").unwrap_err();
+        assert!(e.contains("failed with status \"fail\""), "{e}");
+        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        let e = promql_series(matrix, "q").unwrap_err();
+        assert!(
+            e.contains("returned a \"matrix\", expected a vector") && !e.contains("Some"),
+            "{e}"
+        );
+        let e = promql_series(r#"{"status":"success"}"#, "q").unwrap_err();
+        assert!(e.contains("without data.resultType"), "{e}");
     }
 
     #[test]
@@ -646,7 +717,7 @@ mod tests {
         assert_eq!(raw.requests.len(), 1);
         assert!(raw.errors.is_empty());
         let mut c = Counters::default();
-        assert_eq!(c.reading(&raw, None).errors, 0.0);
+        assert_eq!(c.reading(&raw, None).unwrap().errors, 0.0);
         assert_eq!(
             scraped(&parse("other 1\n").unwrap(), &spec(None), "e").unwrap_err(),
             Scraped::Missing("http_requests_total".into())
