@@ -386,6 +386,11 @@ pub fn decide(state: &TargetState, input: &Input, policy: &Policy) -> (TargetSta
             next.paused = false;
             next.refusals = 0;
             next.retry_at_ms = None;
+            if matches!(next.phase, Phase::RollbackFailed { .. }) {
+                // The failed attempt is what the person answers: the cooldown it started
+                // would otherwise withhold the very retry they asked for.
+                next.last_rollback_ms = None;
+            }
             if matches!(
                 next.phase,
                 Phase::RollbackFailed { .. } | Phase::Regressed { .. }
@@ -1177,6 +1182,34 @@ mod tests {
         assert!(!resumed.paused);
         assert_eq!(resumed.phase, Phase::Unknown);
         assert_eq!(resumed.control().halted, None);
+    }
+
+    #[test]
+    fn resume_after_a_failed_rollback_lets_the_retry_through_the_cooldown() {
+        let (failed, _) = ended(
+            &TargetState::new(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::Failed {
+                tag: "v1.0.0".into(),
+                error: "up failed: the engine was gone".into(),
+            },
+        );
+        assert!(automation_blocked(&failed, 10_000, &POLICY).is_some());
+        let (resumed, _) = decide(&failed, &Input::Resume, &POLICY);
+        assert_eq!(automation_blocked(&resumed, 10_000, &POLICY), None);
+        // A resume after a pause keeps the cooldown of a rollback that worked.
+        let (ok, _) = ended(
+            &TargetState::new(),
+            9_000,
+            Trigger::Health,
+            RollbackEnd::Succeeded {
+                to_tag: "v1.0.0".into(),
+            },
+        );
+        let (paused, _) = decide(&ok, &Input::Pause, &POLICY);
+        let (resumed, _) = decide(&paused, &Input::Resume, &POLICY);
+        assert!(automation_blocked(&resumed, 10_000, &POLICY).is_some());
     }
 
     #[test]
