@@ -28,6 +28,7 @@ hits both sides alike: identical settings, and each side at its defaults.
     scripts/bench swarm                 RUNS=10 per side and row (RUNS=2 for a quick try)
     ROWS=identical|defaults             one row only
     ROLLWATCH_BENCH_NO_APPEND=1         print the table without appending it to docs/BENCHMARKS.md
+    ROLLWATCH_BENCH_NO_BUILD=1          use target/release as it is (no cargo build)
 
 While it runs, /tmp/rollwatch-bench-running exists (dockerd must not be restarted under it).
 """
@@ -486,8 +487,16 @@ class RollwatchSide:
 # ---------------------------------------------------------------------------------------------
 
 
+def network_exists(name):
+    return subprocess.run(["docker", "network", "inspect", name], capture_output=True,
+                          timeout=60).returncode == 0
+
+
 def swarm_join():
-    """Initialises a one-node swarm on loopback. Returns True when this bench made it."""
+    """Initialises a one-node swarm on loopback. Returns True when this bench made it.
+    `swarm init` also creates the ingress overlay (10.0.0.0/24) and the docker_gwbridge bridge
+    (172.x) for its ingress sandbox; nothing of this bench goes through them (host network, no
+    published ports), and swarm_leave removes docker_gwbridge again when it was not there before."""
     state = sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     if state == "active":
         ctl = sh("docker", "info", "--format", "{{.Swarm.ControlAvailable}}").stdout.strip()
@@ -502,10 +511,21 @@ def swarm_join():
     return True
 
 
-def swarm_leave():
+def swarm_leave(remove_gwbridge):
     r = subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, text=True,
                        timeout=120)
     log("left the swarm" if r.returncode == 0 else f"swarm leave: {r.stderr.strip()}")
+    if remove_gwbridge and network_exists("docker_gwbridge"):
+        # The ingress sandbox's endpoint goes with the swarm, a moment after `leave` returns.
+        for _ in range(20):
+            r = subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True,
+                               text=True, timeout=60)
+            if r.returncode == 0:
+                log("removed docker_gwbridge (created by swarm init)")
+                break
+            time.sleep(0.5)
+        else:
+            log(f"docker_gwbridge left in place: {r.stderr.strip()}")
 
 
 def quantile(values, q):
@@ -619,6 +639,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="rollwatch-swarm-"))
     sides = []
     joined = False
+    had_gwbridge = True
     results = {}
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
@@ -630,6 +651,7 @@ def main():
         sh(str(ROOT / "scripts/build-images"), str(demo), APP, "backend", cwd=ROOT, timeout=600)
         # Swarm pulls through the registry; compose's pull too: both find the images there.
         swarm_version = sh("docker", "version", "--format", "{{.Server.Version}}").stdout.strip()
+        had_gwbridge = network_exists("docker_gwbridge")
         joined = swarm_join()
         for row in ROWS:
             if row not in SETTINGS:
@@ -657,7 +679,7 @@ def main():
         for side in sides:
             side.remove()
         if joined:
-            swarm_leave()
+            swarm_leave(remove_gwbridge=not had_gwbridge)
         MARKER.unlink(missing_ok=True)
 
 
