@@ -10,6 +10,11 @@
 //!
 //! It exits at once on SIGTERM: as PID 1 in a container a process without a handler ignores the
 //! signal, and every compose recreate would then wait out the 10 s stop timeout.
+//!
+//! `--probe <url>` (`http://host[:port]/path`) serves nothing: it GETs the URL once and exits 0
+//! when the answer is 200 with a JSON body whose `status` is `"ok"`, 1 otherwise (connect,
+//! write and read each bounded by 2 s). The images have no shell and no curl, so this is the
+//! container's own health check (Docker Swarm's `--health-cmd`, scripts/bench_swarm.py).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -156,8 +161,88 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
+/// How long `--probe` waits to connect, to send and for each read of the answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--probe <url>`: one GET of a plain `http://` URL. Ok when the status is 200 and the body is
+/// JSON with `"status": "ok"`; the error says what was wrong.
+fn probe(url: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    // HTTP/1.0 with Connection: close: the answer ends when the server closes. A bounded read,
+    // a health answer is small.
+    let mut answer = Vec::new();
+    conn.take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "no complete answer".to_string())?;
+    let status_line = head.lines().next().unwrap_or_default();
+    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if code != "200" {
+        return Err(format!("answered {status_line:?}: {}", body.trim()));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("body is not JSON ({e}): {body:?}"))?;
+    match json.get("status").and_then(|s| s.as_str()) {
+        Some("ok") => Ok(()),
+        _ => Err(format!("status is not \"ok\": {}", body.trim())),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => serve(),
+        [flag, url] if flag == "--probe" => match probe(url, PROBE_TIMEOUT) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("demo --probe {url}: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => {
+            eprintln!("usage: demo            (serve; settings from DEMO_* variables)\n       demo --probe <http://host:port/path>");
+            std::process::exit(2);
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn serve() {
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let fault = match parse_fault(&var("DEMO_FAULT", "none")) {
         Ok(f) => f,
@@ -228,5 +313,98 @@ async fn main() {
     if let Err(e) = axum::serve(listener, router).await {
         eprintln!("demo: server error: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A one-connection server on a loopback port answering `answer` (None: never answers).
+    fn serve_once(answer: Option<&'static str>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            match answer {
+                Some(a) => {
+                    let _ = conn.write_all(a.as_bytes());
+                }
+                None => std::thread::sleep(Duration::from_secs(3)),
+            }
+        });
+        format!("http://127.0.0.1:{port}/health")
+    }
+
+    #[test]
+    fn probe_passes_only_200_with_status_ok() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"status\":\"ok\",\"version\":\"v1.0.0\"}";
+        assert_eq!(probe(&serve_once(Some(ok)), PROBE_TIMEOUT), Ok(()));
+        let down =
+            "HTTP/1.1 503 Service Unavailable\r\n\r\n{\"status\":\"down\",\"version\":\"v1.1.0\"}";
+        assert!(probe(&serve_once(Some(down)), PROBE_TIMEOUT)
+            .unwrap_err()
+            .contains("503"));
+        let not_ok = "HTTP/1.1 200 OK\r\n\r\n{\"status\":\"down\"}";
+        assert!(probe(&serve_once(Some(not_ok)), PROBE_TIMEOUT).is_err());
+        let not_json = "HTTP/1.1 200 OK\r\n\r\nfine";
+        assert!(probe(&serve_once(Some(not_json)), PROBE_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn probe_fails_on_refused_silence_and_bad_urls() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(probe(&format!("http://127.0.0.1:{port}/health"), PROBE_TIMEOUT).is_err());
+        let started = Instant::now();
+        assert!(probe(&serve_once(None), Duration::from_millis(300)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(probe("https://127.0.0.1:1/health", PROBE_TIMEOUT).is_err());
+    }
+
+    /// The real server answers the probe: ok without a fault, not ok with health-down.
+    #[test]
+    fn probe_reads_the_demo_health_endpoint() {
+        for (health_down, want_ok) in [(false, true), (true, false)] {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = std_listener.local_addr().unwrap().port();
+            std_listener.set_nonblocking(true).unwrap();
+            let app = Arc::new(App {
+                version: "v9".into(),
+                fault: Fault {
+                    health_down,
+                    ..Fault::default()
+                },
+                lazy_errors: false,
+                ok: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                buckets: Default::default(),
+                count: AtomicU64::new(0),
+                sum_micros: AtomicU64::new(0),
+                rng: AtomicU64::new(1),
+            });
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                    let router = Router::new().route("/health", get(health)).with_state(app);
+                    let _ = axum::serve(listener, router).await;
+                });
+            });
+            let url = format!("http://127.0.0.1:{port}/health");
+            assert_eq!(
+                probe(&url, PROBE_TIMEOUT).is_ok(),
+                want_ok,
+                "health_down={health_down}"
+            );
+        }
     }
 }
