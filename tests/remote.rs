@@ -766,3 +766,61 @@ fn preflight_checks_the_ssh_host() {
         "{row}"
     );
 }
+
+/// The same unreachable host, met by an automatic rollback of `rollwatch run` (the engine the
+/// watcher reads stays local): the bad version keeps running untouched, and the event, the
+/// rollback record and `rollwatch_rollbacks_total` say why.
+#[test]
+fn unreachable_ssh_host_in_an_automatic_rollback_changes_nothing_and_is_reported() {
+    let app = app_with_images("sfc", &["v1.0.0", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let dead = free_port();
+    let config = config_with_executor(&d, &app, &ssh_executor(&d, &app, "client", dead));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{FAST_WATCH}\n")).unwrap();
+    let c = Controller::start(&config, &[]);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    d.deploy("v1.1.0");
+    let (before, env_deployed) = (d.container(), d.env_file());
+    let (kind, message) = wait_for(Duration::from_secs(60), "the rollback's outcome", || {
+        events(&d.db())
+            .into_iter()
+            .find(|(k, _, _)| k.starts_with("rollback_"))
+            .map(|(k, _, m)| (k, m))
+    });
+    eprintln!("{kind}: {message}\n{}", c.log_text());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        d.container().id,
+        before.id,
+        "the running container untouched"
+    );
+    d.assert_runs("v1.1.0");
+    assert_eq!(d.env_file(), env_deployed, ".env untouched");
+    // Nothing ran on the host, but the attempt failed: recorded as failed, the target held.
+    assert_eq!(kind, "rollback_failed");
+    assert!(message.contains("rollwatch resume"), "{message}");
+    let errors = query(&d.db(), "SELECT state, error FROM rollbacks", |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    });
+    let [(state, Some(error))] = &errors[..] else {
+        panic!("one rollback record with an error: {errors:?}")
+    };
+    assert_eq!(state, "failed");
+    assert!(
+        error.contains(&format!("port {dead}: Connection refused"))
+            && error.contains("nothing was run on that host"),
+        "{error}"
+    );
+    let count = |result: &str| {
+        metric_value(
+            d.api_port,
+            "rollwatch_rollbacks_total{",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!(
+        (count("failed"), count("succeeded")),
+        (Some(1.0), Some(0.0))
+    );
+}

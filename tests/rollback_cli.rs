@@ -2,6 +2,8 @@
 
 mod harness;
 
+use std::time::Duration;
+
 use harness::*;
 
 #[test]
@@ -211,4 +213,80 @@ fn docker_executor_recreates_a_plain_container_with_same_config_and_older_image(
     let body = health(port).unwrap();
     assert!(body.contains("\"ok\"") && body.contains("v1.0.0"), "{body}");
     drop(c);
+}
+
+/// The registry goes away before an automatic rollback of `rollwatch run` whose image is not on
+/// the host any more: nothing can bring v1.0.0 back, so nothing may be touched. The bad version
+/// keeps running, and the event, the record and `rollwatch_rollbacks_total` say why.
+#[test]
+fn registry_down_in_an_automatic_rollback_keeps_the_running_version_and_is_reported() {
+    let app = app_with_images("rdc", &["v1.0.0", "v1.1.0"]);
+    // The deployment's images under a registry address nothing answers on, present locally.
+    let dead = free_port();
+    let repo = format!("127.0.0.1:{dead}/{app}");
+    for tag in ["v1.0.0", "v1.1.0"] {
+        let image = format!("{repo}/backend:{tag}");
+        sh(
+            "docker",
+            &["tag", &format!("{REGISTRY}/demo/backend:{tag}"), &image],
+        );
+    }
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
+    let env = d.env_file().replace(&format!("{REGISTRY}/{app}"), &repo);
+    std::fs::write(d.env_path(), env).unwrap();
+    d.compose(&["up", "-d", "--remove-orphans"]);
+    let config = d.write_config(&repo, FAST_WATCH);
+    let c = Controller::start(&config, &[]);
+    wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
+    // v1.0.0 leaves the host with the container that ran it: only the registry could bring it back.
+    sh("docker", &["rmi", "-f", &format!("{repo}/backend:v1.0.0")]);
+    d.deploy("v1.1.0");
+    let (before, env_deployed) = (d.container(), d.env_file());
+    let (kind, message) = wait_for(Duration::from_secs(60), "the rollback's outcome", || {
+        events(&d.db())
+            .into_iter()
+            .find(|(k, _, _)| k.starts_with("rollback_"))
+            .map(|(k, _, m)| (k, m))
+    });
+    eprintln!("{kind}: {message}\n{}", c.log_text());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        d.container().id,
+        before.id,
+        "the running container untouched"
+    );
+    assert_eq!(d.container().image_ref, format!("{repo}/backend:v1.1.0"));
+    assert_eq!(d.env_file(), env_deployed, ".env untouched");
+    // Refused before anything ran: no rollback record, retried with back-off.
+    assert_eq!(kind, "rollback_refused");
+    assert!(
+        message.contains(&format!("registry 127.0.0.1:{dead} is unreachable"))
+            && message.contains("not present locally either"),
+        "{message}"
+    );
+    assert!(
+        rollback_rows(&d.db()).is_empty(),
+        "{:?}",
+        rollback_rows(&d.db())
+    );
+    wait_event(&d.db(), "rollback_retry", "v1.1.0", Duration::from_secs(30));
+    let count = |result: &str| {
+        metric_value(
+            d.api_port,
+            "rollwatch_rollbacks_total{",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    assert!(
+        count("refused").is_some_and(|n| n >= 1.0),
+        "{:?}",
+        count("refused")
+    );
+    assert_eq!(
+        (count("failed"), count("succeeded")),
+        (Some(0.0), Some(0.0))
+    );
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &format!("{repo}/backend:v1.1.0")])
+        .output();
 }

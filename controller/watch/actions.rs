@@ -248,8 +248,14 @@ impl Watcher {
                 let wait = humantime::format_duration(std::time::Duration::from_millis(
                     (at_ms - steady_ms()).max(0) as u64 / 1000 * 1000,
                 ));
+                // Most refusals say so themselves; the sentence is not repeated.
+                let unchanged = if error.contains("nothing was changed") {
+                    ""
+                } else {
+                    "; nothing was changed"
+                };
                 let msg = format!(
-                    "automatic rollback of {tag} refused ({refusals} of {} allowed): {error}; nothing was changed, trying again in {wait}",
+                    "automatic rollback of {tag} refused ({refusals} of {} allowed): {error}{unchanged}, trying again in {wait}",
                     crate::verdict::REFUSAL_LIMIT
                 );
                 self.emit("rollback_retry", Some(tag), msg).await;
