@@ -126,14 +126,7 @@ fn daemon_restart_mid_rollback_is_recorded_as_failed_and_resume_finishes_it() {
         env_deployed,
         ".env is left as the deploy wrote it"
     );
-    assert_eq!(
-        metric_value(
-            d.api_port,
-            "rollwatch_rollbacks_total{",
-            &[r#"result="failed""#]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(rollbacks_counted(d.api_port, "failed"), Some(1.0));
     // Held: the engine is back and v1.1.0 still fails, but nothing retries on its own.
     wait_for(
         Duration::from_secs(60),
@@ -154,12 +147,5 @@ fn daemon_restart_mid_rollback_is_recorded_as_failed_and_resume_finishes_it() {
     let ok = wait_rollback(&d.db(), "succeeded");
     assert_eq!(ok.4, "v1.0.0");
     d.assert_runs("v1.0.0");
-    assert_eq!(
-        metric_value(
-            d.api_port,
-            "rollwatch_rollbacks_total{",
-            &[r#"result="succeeded""#]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(rollbacks_counted(d.api_port, "succeeded"), Some(1.0));
 }

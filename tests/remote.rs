@@ -782,12 +782,7 @@ fn unreachable_ssh_host_in_an_automatic_rollback_changes_nothing_and_is_reported
     wait_event(&d.db(), "promoted", "v1.0.0", Duration::from_secs(60));
     d.deploy("v1.1.0");
     let (before, env_deployed) = (d.container(), d.env_file());
-    let (kind, message) = wait_for(Duration::from_secs(60), "the rollback's outcome", || {
-        events(&d.db())
-            .into_iter()
-            .find(|(k, _, _)| k.starts_with("rollback_"))
-            .map(|(k, _, m)| (k, m))
-    });
+    let (kind, message) = first_rollback_event(&d.db());
     eprintln!("{kind}: {message}\n{}", c.log_text());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -812,13 +807,7 @@ fn unreachable_ssh_host_in_an_automatic_rollback_changes_nothing_and_is_reported
             && error.contains("nothing was run on that host"),
         "{error}"
     );
-    let count = |result: &str| {
-        metric_value(
-            d.api_port,
-            "rollwatch_rollbacks_total{",
-            &[&format!("result=\"{result}\"")],
-        )
-    };
+    let count = |result: &str| rollbacks_counted(d.api_port, result);
     assert_eq!(
         (count("failed"), count("succeeded")),
         (Some(1.0), Some(0.0))

@@ -242,12 +242,7 @@ fn registry_down_in_an_automatic_rollback_keeps_the_running_version_and_is_repor
     sh("docker", &["rmi", "-f", &format!("{repo}/backend:v1.0.0")]);
     d.deploy("v1.1.0");
     let (before, env_deployed) = (d.container(), d.env_file());
-    let (kind, message) = wait_for(Duration::from_secs(60), "the rollback's outcome", || {
-        events(&d.db())
-            .into_iter()
-            .find(|(k, _, _)| k.starts_with("rollback_"))
-            .map(|(k, _, m)| (k, m))
-    });
+    let (kind, message) = first_rollback_event(&d.db());
     eprintln!("{kind}: {message}\n{}", c.log_text());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -270,13 +265,7 @@ fn registry_down_in_an_automatic_rollback_keeps_the_running_version_and_is_repor
         rollback_rows(&d.db())
     );
     wait_event(&d.db(), "rollback_retry", "v1.1.0", Duration::from_secs(30));
-    let count = |result: &str| {
-        metric_value(
-            d.api_port,
-            "rollwatch_rollbacks_total{",
-            &[&format!("result=\"{result}\"")],
-        )
-    };
+    let count = |result: &str| rollbacks_counted(d.api_port, result);
     assert!(
         count("refused").is_some_and(|n| n >= 1.0),
         "{:?}",

@@ -1095,6 +1095,27 @@ pub fn target_status(api_port: u16) -> serde_json::Value {
     }
 }
 
+/// The first `rollback_*` event on record (`rollback_failed`, `rollback_refused`, …) as (kind,
+/// message), waited for up to a minute.
+pub fn first_rollback_event(db: &Path) -> (String, String) {
+    wait_for(Duration::from_secs(60), "the rollback's outcome", || {
+        events(db)
+            .into_iter()
+            .find(|(k, _, _)| k.starts_with("rollback_"))
+            .map(|(k, _, m)| (k, m))
+    })
+}
+
+/// The first `rollwatch_rollbacks_total` series with this `result` (the tests watch one target
+/// whose rollbacks have one trigger).
+pub fn rollbacks_counted(api_port: u16, result: &str) -> Option<f64> {
+    metric_value(
+        api_port,
+        "rollwatch_rollbacks_total{",
+        &[&format!("result=\"{result}\"")],
+    )
+}
+
 pub fn epoch_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
