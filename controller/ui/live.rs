@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, OwnedSemaphorePermit};
 
 use super::chart::Mark;
 use super::{pages, viewer, UiState};
-use crate::store::{now_ms, EventFilter, EventRecord, Sample, Store, StoreError};
+use crate::store::{EventFilter, EventRecord, Sample, Store, StoreError};
 use crate::target::{Env, TargetId};
 
 /// How often the targets rows are re-rendered for an open page.
@@ -244,7 +244,7 @@ impl Follow {
             .filter(|s| self.filter.as_ref().is_none_or(|t| *t == s.target))
             .collect();
         let (shown, _) = pages::targets_page(statuses, self.page);
-        let rows = pages::target_rows(&shown, now_ms());
+        let rows = pages::target_rows(&shown, crate::clock::steady_ms());
         if self.last_rows.as_ref() == Some(&rows) {
             return None;
         }

@@ -241,7 +241,7 @@ async fn home(
     frame.stream = Some(follows.url());
     let body = format!(
         "{}{}{}",
-        pages::targets_table(&pages::target_rows(&shown, now_ms())),
+        pages::targets_table(&pages::target_rows(&shown, crate::clock::steady_ms())),
         pages::pager(page, total),
         pages::timeline(&events, "/?", before.is_none())
     );
@@ -306,7 +306,7 @@ async fn target_page(
     frame.stream = Some(follows.url());
     let body = format!(
         "{}{}{}{}{}",
-        pages::targets_table(&pages::target_rows(&statuses, now_ms())),
+        pages::targets_table(&pages::target_rows(&statuses, crate::clock::steady_ms())),
         pages::actions(&id, viewer.csrf.as_deref(), paused, &tags),
         pages::evidence(&samples, &marks),
         pages::rollback_list(&rollbacks),

@@ -75,6 +75,7 @@ fn target_href(t: &TargetId) -> String {
 }
 
 /// The `<tr>`s of the targets table (the body the live stream replaces).
+/// `now_ms` is on the decision clock (`clock::steady_ms`), as a watch window's start is.
 pub fn target_rows(statuses: &[TargetStatus], now_ms: i64) -> String {
     let mut out = String::new();
     for s in statuses {
