@@ -673,6 +673,7 @@ def soak():
                     previous = x.env_tag()
                     log(f"bad deploy {x.role} {previous} -> {tag} ({BAD_TAGS[tag]})")
                     x.last_bad = time.monotonic()
+                    x.deploy_failed = False
                     try:
                         x.deploy(tag)
                     except (subprocess.SubprocessError, OSError) as e:
@@ -681,7 +682,8 @@ def soak():
                         failed.append(f"bad {x.role} {tag}: {str(e)[:200]}")
                         log(f"deploy failed: {failed[-1]}")
                         x.deploy_failed = True
-                    rec = {"target": x, "tag": tag, "previous": previous, "at": x.last_bad}
+                    rec = {"target": x, "tag": tag, "previous": previous, "at": x.last_bad,
+                           "up_failed": x.deploy_failed}
                     bad.append(rec)
                     pending[x.i] = rec
                 next_bad += bad_every
@@ -744,7 +746,7 @@ def soak():
         drift = []
         bad_targets = {r["target"].i for r in bad}
         for x in targets:
-            if x.i in bad_targets:
+            if x.i in bad_targets or x.deploy_failed:
                 continue
             want = last_good.get(x.i, GOOD_TAGS[0])
             got = x.running_tag()
@@ -766,17 +768,25 @@ def soak():
     for r in records:
         role = r["target"]["role"] if isinstance(r.get("target"), dict) else str(r.get("target"))
         by_target.setdefault(role.split("/")[-1], []).append(r)
-    right, missed, wrong = 0, [], []
+    right, missed, wrong, unjudged = 0, [], [], []
     for rec in bad:
         x = rec["target"]
         rs = [r for r in by_target.get(x.role, []) if r.get("from_tag") == rec["tag"]]
-        ok = (rs and rec.get("env_back") == rec["previous"] and rec["running"] == rec["previous"]
+        if rec.get("up_failed") and not rs:
+            # Its `docker-compose up` failed (the engine went away): the bad version may never
+            # have run, so nothing was there to roll back.
+            unjudged.append(f"{x.role} {rec['tag']}: its docker-compose up failed; runs {rec['running']}")
+            continue
+        # After its rollback a target may get good deploys again: it must end on the last one.
+        later = [g["tag"] for g in good if g["target"] is x and g["at"] > rec["at"]]
+        rec["expected"] = later[-1] if later else rec["previous"]
+        ok = (rs and rec.get("env_back") == rec["previous"] and rec["running"] == rec["expected"]
               and all(str(r.get("state")).lower() == "succeeded" for r in rs) and len(rs) == 1)
         if ok:
             right += 1
         else:
             missed.append(f"{x.role} {rec['tag']}: records {[(r.get('from_tag'), r.get('to_tag'), r.get('state')) for r in rs]}, "
-                          f".env {rec.get('env_back', rec['tag'])}, runs {rec['running']}")
+                          f".env back to {rec.get('env_back', rec['tag'])}, runs {rec['running']} (expected {rec['expected']})")
     bad_pairs = {(r["target"].role, r["tag"]) for r in bad}
     for role, rs in by_target.items():
         for r in rs:
@@ -784,7 +794,8 @@ def soak():
                 wrong.append(f"{role}: {r.get('from_tag')} -> {r.get('to_tag')} ({r.get('trigger')}, {r.get('reason')})")
     backs = sorted(r["back_s"] for r in bad if "back_s" in r)
     checks = {
-        f"every bad deploy rolled back ({right}/{len(bad)})": right == len(bad) and len(bad) > 0,
+        f"every bad deploy rolled back ({right}/{len(bad) - len(unjudged)})":
+            right == len(bad) - len(unjudged) and right > 0,
         "no other rollback": not wrong,
         "every other target runs what was deployed to it": not drift,
     }
@@ -804,7 +815,7 @@ def soak():
         + (f" {len(failed)} deploys failed in `docker-compose up`: {'; '.join(failed)}." if failed else ""))
     for name, ok in checks.items():
         log(f"{'ok  ' if ok else 'FAIL'} {name}")
-    for m in missed + wrong + drift:
+    for m in missed + wrong + drift + unjudged:
         log(f"  {m}")
     log(summary)
     text = (f"### Soak: {n} targets, {minutes:g} minutes "
@@ -827,7 +838,9 @@ def soak():
             + "\n" + summary + "\n\nChecks: "
             + "; ".join(f"{name}: {'yes' if ok else '**no**'}" for name, ok in checks.items()) + "."
             + ("\n\nNot as expected:\n\n" + "\n".join(f"- {m}" for m in missed + wrong + drift)
-               if missed or wrong or drift else "") + "\n")
+               if missed or wrong or drift else "")
+            + ("\n\nNot judged (the deploy itself failed):\n\n" + "\n".join(f"- {m}" for m in unjudged)
+               if unjudged else "") + "\n")
     write_doc("soak", text)
     print(text)
     return 0 if all(checks.values()) else 1
