@@ -262,8 +262,12 @@ class Flapper:
         self.flap_ev.set()
 
     def stop_flapping(self):
-        """Back up for good (at once) and no more changes."""
+        """No more changes: a down phase running is let run its whole period (cut short, the
+        watchers might never see it), then the source stays up."""
         self.flap_ev.clear()
+        deadline = time.monotonic() + self.period_s + 2
+        while self.state != "up" and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._set("up")
 
     def close(self):
