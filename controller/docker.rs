@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, NetworkingConfig};
@@ -192,7 +193,13 @@ pub struct ContainerInfo {
 pub struct DockerClient {
     docker: Docker,
     endpoint: String,
+    /// What each container listed by image ID was created from (see `name_moved_tags`).
+    created_from: Arc<Mutex<HashMap<String, Option<String>>>>,
 }
+
+/// Containers whose creation image is remembered; past it the memory starts over (a container's
+/// entry is only ever a saved inspect).
+const CREATED_FROM_LIMIT: usize = 10_000;
 
 impl DockerClient {
     /// Connects and negotiates the API version: the Debian engine speaks 1.41 and bollard's
@@ -237,6 +244,7 @@ impl DockerClient {
         Ok(DockerClient {
             docker,
             endpoint: name,
+            created_from: Arc::default(),
         })
     }
 
@@ -273,8 +281,48 @@ impl DockerClient {
             .map(container_info)
             .filter(|c| selector.matches(&c.labels))
             .collect();
+        self.name_moved_tags(&mut out).await;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// A container whose tag was moved to another image after it was created (a moving tag such
+    /// as `main` pulled again, or the same tag pushed anew) is listed by the engine with the
+    /// image ID instead of `repo:tag`: its tag, and with it the deploy, would be unknown, never
+    /// made known-good. Its `Config.Image` still names what it was created from. A container's
+    /// config never changes, so each is inspected once; an inspect that fails leaves the ID.
+    async fn name_moved_tags(&self, containers: &mut [ContainerInfo]) {
+        for c in containers
+            .iter_mut()
+            .filter(|c| c.image_ref.starts_with("sha256:"))
+        {
+            let known = self.created_from().get(&c.id).cloned();
+            let named = match known {
+                Some(named) => named,
+                None => {
+                    let Ok(inspected) = self.inspect(&c.id).await else {
+                        continue;
+                    };
+                    let named = inspected
+                        .config
+                        .and_then(|config| config.image)
+                        .filter(|image| !image.starts_with("sha256:"));
+                    let mut memory = self.created_from();
+                    if memory.len() >= CREATED_FROM_LIMIT {
+                        memory.clear();
+                    }
+                    memory.insert(c.id.clone(), named.clone());
+                    named
+                }
+            };
+            if let Some(named) = named {
+                c.image_ref = named;
+            }
+        }
+    }
+
+    fn created_from(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
+        self.created_from.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Container events (start, die, health_status, ...) as they happen: `(action, labels)`.

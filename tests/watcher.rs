@@ -380,3 +380,44 @@ fn incident_record_webhook_and_manual_rollback_over_the_api() {
         "both manual rollbacks went through the controller"
     );
 }
+
+/// A running version whose tag was moved to another image (a moving tag such as `main` pulled
+/// again, or the same tag pushed anew) before rollwatch first saw it: the engine lists its
+/// container by image ID, not by `repo:tag`. It must still be known by the tag it was deployed
+/// as, watched, made known-good, and be the target of the next rollback.
+#[test]
+fn a_version_whose_tag_moved_to_another_image_is_still_known_by_its_tag() {
+    let app = app_with_images("mt", &["v1.0.0", "v1.0.1", "v1.1.0"]);
+    let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.1");
+    let repo = d.repository();
+    sh(
+        "docker",
+        &["tag", &format!("{repo}:v1.0.0"), &format!("{repo}:v1.0.1")],
+    );
+    let listed = stdout(&sh(
+        "docker",
+        &[
+            "ps",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", d.project),
+            "--format",
+            "{{.Image}}",
+        ],
+    ));
+    assert!(
+        !listed.contains(':'),
+        "the engine lists the container by image ID, not by tag: {listed}"
+    );
+    let _c = Controller::start(
+        &d.write_config(&format!("{REGISTRY}/{app}"), FAST_WATCH),
+        &[],
+    );
+    wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(30));
+    assert_eq!(target_status(d.api_port)["running_tag"], "v1.0.1");
+    d.deploy("v1.1.0");
+    let row = wait_rollback(&d.db(), "succeeded");
+    assert_eq!(
+        (row.3.as_deref(), row.4.as_str()),
+        (Some("v1.1.0"), "v1.0.1")
+    );
+}
