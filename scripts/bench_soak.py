@@ -513,6 +513,18 @@ def table(head, rows):
 
 # ---------------------------------------------------------------- flap
 
+def tear_down(rw, flapper):
+    """What either run leaves behind, however it ended: rollwatch, the flapping source, the
+    containers and images, and this run's line in the marker file."""
+    if rw:
+        rw.stop()
+    if flapper:
+        flapper.close()
+    remove_containers()
+    remove_images()
+    marker(False)
+
+
 def flap():
     minutes = float(os.environ.get("FLAP_MINUTES", "10"))
     period = float(os.environ.get("FLAP_PERIOD_S", "6"))
@@ -570,13 +582,7 @@ def flap():
         rss1, fd1 = rss_mib(rw.proc.pid), fds(rw.proc.pid)
         warns = rw.warn_lines()
     finally:
-        if rw:
-            rw.stop()
-        if flapper:
-            flapper.close()
-        remove_containers()
-        remove_images()
-        marker(False)
+        tear_down(rw, flapper)
     checks = {
         "no rollback": not records and sum(rollbacks.values()) == 0,
         f"still runs {final_tag}": running == final_tag,
@@ -758,13 +764,7 @@ def soak():
                 drift.append(f"{x.role}: runs {got}, deployed {want}")
         warns = rw.warn_lines()
     finally:
-        if rw:
-            rw.stop()
-        if flapper:
-            flapper.close()
-        remove_containers()
-        remove_images()
-        marker(False)
+        tear_down(rw, flapper)
 
     # Every bad deploy rolled back (record from the bad tag, .env and container back on the
     # previous good tag); no record for anything else.

@@ -1095,15 +1095,32 @@ pub fn target_status(api_port: u16) -> serde_json::Value {
     }
 }
 
-/// The first `rollback_*` event on record (`rollback_failed`, `rollback_refused`, …) as (kind,
-/// message), waited for up to a minute.
-pub fn first_rollback_event(db: &Path) -> (String, String) {
-    wait_for(Duration::from_secs(60), "the rollback's outcome", || {
-        events(db)
+/// Deploys `tag` under `c` and waits (up to a minute) for the first `rollback_*` event on record
+/// (`rollback_failed`, `rollback_refused`, …), for a rollback that must not touch anything:
+/// asserts the running container and `.env` are still the ones the deploy left, 2 s later.
+/// Returns the event's (kind, message).
+pub fn deploy_and_see_the_rollback_change_nothing(
+    d: &ComposeDeployment,
+    c: &Controller,
+    tag: &str,
+) -> (String, String) {
+    d.deploy(tag);
+    let (before, env_deployed) = (d.container(), d.env_file());
+    let (kind, message) = wait_for(Duration::from_secs(60), "the rollback's outcome", || {
+        events(&d.db())
             .into_iter()
             .find(|(k, _, _)| k.starts_with("rollback_"))
             .map(|(k, _, m)| (k, m))
-    })
+    });
+    eprintln!("{kind}: {message}\n{}", c.log_text());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        d.container().id,
+        before.id,
+        "the running container untouched"
+    );
+    assert_eq!(d.env_file(), env_deployed, ".env untouched");
+    (kind, message)
 }
 
 /// The first `rollwatch_rollbacks_total` series with this `result` (the tests watch one target
