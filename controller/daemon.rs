@@ -22,7 +22,7 @@ use crate::engine::EngineView;
 use crate::probe::Prober;
 use crate::registry::RegistryClient;
 use crate::rollback::Rollbacker;
-use crate::store::{EventRecord, RollbackState, Store, StoreError};
+use crate::store::{EventRecord, RollbackState, Store, StoreError, StoreLocation};
 use crate::target::TargetId;
 use crate::telemetry::Metrics;
 use crate::verdict::{decide, Input, RollbackEnd, TargetState};
@@ -57,12 +57,17 @@ pub struct Running {
 /// `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
     // First: a second controller on this store must change nothing, not even the store.
-    let lock = crate::lease::StoreLock::acquire(&config.controller.store)?;
+    // The file lock guards an SQLite store; instances sharing PostgreSQL elect a leader by lease.
+    let lock = match &config.controller.store {
+        StoreLocation::Sqlite(path) => Some(crate::lease::StoreLock::acquire(path)?),
+        StoreLocation::Postgres(_) => None,
+    };
     crate::rollback::warn_project_mismatches(&config);
     for w in crate::config::watch_warnings(&config.targets) {
         tracing::warn!("{w}");
     }
-    let store = Store::open(&config.controller.store)?;
+    let store =
+        Store::connect(&config.controller.store, config.controller.store_password()).await?;
     let prober = Prober::new()?;
     let rollbacker = Arc::new(Rollbacker::new(
         store.clone(),

@@ -377,7 +377,9 @@ async fn replace_rounds() -> Vec<Replace> {
         .expect("the bench's config");
     let target = config.targets.first().expect("one target");
     let rollbacker = Rollbacker::new(
-        Store::open(&config.controller.store).expect("store"),
+        Store::connect(&config.controller.store, None)
+            .await
+            .expect("store"),
         RegistryClient::new(Duration::from_secs(10)).expect("registry client"),
         Prober::new().expect("prober"),
         config.fallback_tags.clone(),

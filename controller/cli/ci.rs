@@ -19,7 +19,8 @@ pub async fn tags(config: &Config, id: &TargetId) -> anyhow::Result<ExitCode> {
         .target(id)
         .ok_or_else(|| Refused(format!("no target {id} in {}", config.source.display())))?;
     let repository = target.executor.image_repository(&target.role);
-    let store = Store::open(&config.controller.store)?;
+    let store =
+        Store::connect(&config.controller.store, config.controller.store_password()).await?;
     let fallback = config.fallback_tags.for_env(id.env);
     outln!("{id}: image {repository}, fallback tag {fallback}")?;
 

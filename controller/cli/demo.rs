@@ -269,7 +269,7 @@ async fn scenario(
         timings.healthy.as_secs_f64()
     );
     tell!("  /health now: {}", body.trim());
-    tell!("  store: {}", config.controller.store.display());
+    tell!("  store: {}", config.controller.store);
     Ok(timings)
 }
 

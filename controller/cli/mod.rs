@@ -341,7 +341,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Incidents { env, role, limit } => {
             let config = Config::load(&config_path)?;
             let target = optional_target(env, role)?;
-            let store = Store::open(&config.controller.store)?;
+            let store =
+                Store::connect(&config.controller.store, config.controller.store_password())
+                    .await?;
             print_incidents(&store.rollbacks(target, limit).await?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -357,7 +359,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => None,
                 _ => return Err(Refused("give both <env> and <role>, or neither".into()).into()),
             };
-            let store = Store::open(&config.controller.store)?;
+            let store =
+                Store::connect(&config.controller.store, config.controller.store_password())
+                    .await?;
             let events = store.events(target.clone(), None, None, limit).await?;
             print_events(&events)?;
             outln!()?;
@@ -630,7 +634,8 @@ async fn rollback(
         ))
         .into());
     }
-    let store = Store::open(&config.controller.store)?;
+    let store =
+        Store::connect(&config.controller.store, config.controller.store_password()).await?;
     let rollbacker = Rollbacker::new(
         store,
         RegistryClient::new(Duration::from_secs(10))
@@ -785,7 +790,7 @@ fn print_config(config: &Config) -> std::io::Result<()> {
     )?;
     outln!(
         "store: {}   listen: {}   dry_run: {}",
-        config.controller.store.display(),
+        config.controller.store,
         config.controller.listen,
         config.controller.dry_run
     )?;

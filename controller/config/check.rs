@@ -163,11 +163,37 @@ fn number(
 }
 
 /// Every check of the parsed config; the first refusal wins, in file order where it matters.
+/// A PostgreSQL URL must parse and must not carry a password: the config file is readable by
+/// more people than the store should be, and the URL is printed in messages.
+fn check_store(controller: &ControllerConfig) -> Result<(), Refusal> {
+    let path = [Seg::Key("controller"), Seg::Key("store")];
+    let StoreLocation::Postgres(url) = &controller.store else {
+        return Ok(());
+    };
+    if controller.store.has_password() {
+        return Err(Refusal::new(
+            &path,
+            format!(
+                "the URL carries a password, which would sit in the config file and in messages; remove it from the URL and put it in the environment variable {} (named by controller.store_password_env)",
+                controller.store_password_env
+            ),
+        ));
+    }
+    if let Err(e) = url.parse::<postgres::Config>() {
+        return Err(Refusal::new(
+            &path,
+            format!("{url:?} is not a PostgreSQL URL ({e}); write it as postgres://user@host:port/database"),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_config(
     controller: &ControllerConfig,
     targets: &[TargetConfig],
 ) -> Result<(), Refusal> {
     use Seg::{Index, Key};
+    check_store(controller)?;
     above_zero(
         &[Key("controller"), Key("alert_window")],
         controller.alert_window,

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::docker::DockerEndpoint;
+use crate::store::StoreLocation;
 use crate::tag::Tag;
 use crate::target::{Env, Selector, TargetId};
 
@@ -73,9 +74,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// SQLite file holding rollback records and known-good tags; relative to the config file.
+    /// Where rollback records and known-good tags live: an SQLite file (relative to the config
+    /// file), or `postgres://user@host:port/database` for several controllers sharing one store.
     #[serde(default = "default_store")]
-    pub store: PathBuf,
+    pub store: StoreLocation,
+    /// Environment variable holding the PostgreSQL password (a URL with a password is refused:
+    /// it would sit in the config file and in every message that names the store).
+    #[serde(default = "default_store_password_env")]
+    pub store_password_env: String,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Decide and record "would roll back" without acting, for every target.
@@ -485,8 +491,11 @@ pub struct DockerExecutorConfig {
     pub image: String,
 }
 
-fn default_store() -> PathBuf {
-    PathBuf::from("rollwatch.db")
+fn default_store() -> StoreLocation {
+    StoreLocation::Sqlite(PathBuf::from("rollwatch.db"))
+}
+fn default_store_password_env() -> String {
+    "ROLLWATCH_STORE_PASSWORD".into()
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9860))
@@ -528,10 +537,21 @@ fn default_env_file() -> String {
     ".env".into()
 }
 
+impl ControllerConfig {
+    /// The PostgreSQL password from the variable named by `store_password_env`; `None` when it
+    /// is unset or empty (trust or peer authentication needs none).
+    pub fn store_password(&self) -> Option<String> {
+        std::env::var(&self.store_password_env)
+            .ok()
+            .filter(|p| !p.is_empty())
+    }
+}
+
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             store: default_store(),
+            store_password_env: default_store_password_env(),
             listen: default_listen(),
             dry_run: false,
             api_token_env: default_token_env(),
@@ -611,6 +631,7 @@ impl Config {
         }
         let mut controller = raw.controller;
         crate::secrets::mark(&controller.api_token_env);
+        crate::secrets::mark(&controller.store_password_env);
         for t in &targets {
             if let Some(MetricsKind::Prometheus {
                 auth_header_env: Some(name),
@@ -620,8 +641,10 @@ impl Config {
                 crate::secrets::mark(name);
             }
         }
-        if controller.store.is_relative() {
-            controller.store = base.join(&controller.store);
+        if let StoreLocation::Sqlite(path) = &mut controller.store {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
         Ok(Config {
             source: source.to_path_buf(),
@@ -781,7 +804,7 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
         assert_eq!(t.health.validation_timeout, Duration::from_secs(60));
         assert_eq!(
             c.controller.store,
-            PathBuf::from("/etc/rw/state/rollwatch.db")
+            StoreLocation::Sqlite(PathBuf::from("/etc/rw/state/rollwatch.db"))
         );
         assert_eq!(c.fallback_tags.for_env(Env::Production).as_str(), "main");
         assert_eq!(

