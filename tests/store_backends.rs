@@ -587,5 +587,6 @@ fn the_config_takes_a_path_or_a_url_and_refuses_a_password_in_the_url() {
                 && e.contains("ROLLWATCH_STORE_PASSWORD"),
             "{e}"
         );
+        assert!(!e.contains("hunter2"), "the password is not repeated: {e}");
     }
 }

@@ -36,6 +36,8 @@ pub(super) enum Seg {
 pub(super) struct Refusal {
     path: Vec<Seg>,
     message: String,
+    /// A secret the refused value holds, masked in the quoted line (a password in a URL).
+    secret: Option<String>,
 }
 
 impl Refusal {
@@ -43,13 +45,18 @@ impl Refusal {
     pub(super) fn located(self, source: &Path, text: &str) -> ConfigError {
         let span = value_span(text, &self.path);
         let message = format!("{}: {}", field_name(&self.path), self.message);
-        located(source, text, span, message)
+        let mut e = located(source, text, span, message);
+        if let (ConfigError::Invalid { line_text, .. }, Some(secret)) = (&mut e, &self.secret) {
+            *line_text = line_text.replace(secret.as_str(), "***");
+        }
+        e
     }
 
     fn new(path: &[Seg], message: impl Into<String>) -> Refusal {
         Refusal {
             path: path.to_vec(),
             message: message.into(),
+            secret: None,
         }
     }
 
@@ -171,13 +178,23 @@ fn check_store(controller: &ControllerConfig) -> Result<(), Refusal> {
         return Ok(());
     };
     if controller.store.has_password() {
-        return Err(Refusal::new(
+        let mut refusal = Refusal::new(
             &path,
             format!(
                 "the URL carries a password, which would sit in the config file and in messages; remove it from the URL and put it in the environment variable {} (named by controller.store_password_env)",
                 controller.store_password_env
             ),
-        ));
+        );
+        // The quoted line must not repeat it (logs, terminals): mask the user part's password,
+        // or everything after the `?` that holds `password=`.
+        refusal.secret = match url::Url::parse(url) {
+            Ok(u) => u
+                .password()
+                .map(str::to_string)
+                .or_else(|| u.query().map(str::to_string)),
+            Err(_) => None,
+        };
+        return Err(refusal);
     }
     if let Err(e) = url.parse::<postgres::Config>() {
         return Err(Refusal::new(
