@@ -19,11 +19,13 @@ use crate::clock::steady_ms;
 use crate::config::{Config, TargetConfig};
 use crate::detect::{follow_events, Subscriber};
 use crate::engine::EngineView;
+use crate::lease::{Lease, LeaseTiming, OnTakeover, SoleInstance, StoreLease};
 use crate::probe::Prober;
 use crate::registry::RegistryClient;
 use crate::rollback::Rollbacker;
 use crate::store::{EventRecord, RollbackState, Store, StoreError, StoreLocation};
 use crate::target::TargetId;
+use crate::telemetry::LeaseSeries;
 use crate::telemetry::Metrics;
 use crate::verdict::{decide, Input, RollbackEnd, TargetState};
 use crate::watch::{Shared, StatusBoard, Watcher};
@@ -68,16 +70,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let store =
         Store::connect(&config.controller.store, config.controller.store_password()).await?;
+    let (metrics, store_lease) = leadership(&config);
+    let lease: Arc<dyn Lease> = match &store_lease {
+        Some(l) => l.clone(),
+        None => Arc::new(SoleInstance),
+    };
+    let store = store.gated_by(lease.clone());
     let prober = Prober::new()?;
-    let rollbacker = Arc::new(Rollbacker::new(
-        store.clone(),
-        RegistryClient::new(Duration::from_secs(10))?,
-        prober.clone(),
-        config.fallback_tags.clone(),
-    ));
+    let rollbacker = Arc::new(
+        Rollbacker::new(
+            store.clone(),
+            RegistryClient::new(Duration::from_secs(10))?,
+            prober.clone(),
+            config.fallback_tags.clone(),
+        )
+        .with_lease(lease.clone(), metrics.lease.clone()),
+    );
     let (events, _) = broadcast::channel(1024);
     let board = StatusBoard::default();
-    let metrics = Arc::new(Metrics::new());
     let (writer, writer_task) = crate::store::StoreWriter::start(store.clone(), shutdown.clone());
     let (canary_runners, canaries) = canary_runners(&config, &store, &prober, &events, &metrics);
     let shared = Shared {
@@ -89,7 +99,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         events: events.clone(),
         metrics: metrics.clone(),
         webhook: config.controller.webhook_url.clone(),
-        lease: Arc::new(crate::lease::SoleInstance),
+        lease: lease.clone(),
         canaries: canaries.clone(),
     };
 
@@ -156,6 +166,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         token: token.as_deref().map(api::TokenDigest::of),
         reads_need_token: config.controller.api_reads_need_token,
         canaries,
+        lease,
     };
     let listener =
         crate::server::bind(config.controller.listen).map_err(|source| DaemonError::Listen {
@@ -181,16 +192,37 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
 
-    let done = tokio::spawn(async move {
-        let resumed = tokio::select! {
-            r = resume_unfinished(&config, &store, &rollbacker, &mut states) => r,
-            _ = shutdown.cancelled() => Ok(()),
-        };
-        if let Err(e) = resumed {
-            tracing::error!(error = %e, "cannot resume unfinished rollbacks; the store is not usable");
-            shutdown.cancel();
+    let config = Arc::new(config);
+    let mut tasks = vec![api, writer_task];
+    if let Some(l) = store_lease {
+        // Several instances: what earlier leaders left unfinished is resumed by whoever takes
+        // the lease, each time it changes hands; the watchers start at once and follow.
+        if config.controller.advertise_url.is_none() {
+            l.set_address(format!("http://{addr}"));
         }
-        let mut tasks = vec![api, writer_task];
+        let hook = takeover(
+            config.clone(),
+            store.clone(),
+            rollbacker.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(l.run(
+            Arc::new(store.clone()),
+            hook,
+            shutdown.clone(),
+        )));
+    }
+    let done = tokio::spawn(async move {
+        if matches!(config.controller.store, StoreLocation::Sqlite(_)) {
+            let resumed = tokio::select! {
+                r = resume_unfinished(&config, &store, &rollbacker, &mut states) => r,
+                _ = shutdown.cancelled() => Ok(()),
+            };
+            if let Err(e) = resumed {
+                tracing::error!(error = %e, "cannot resume unfinished rollbacks; the store is not usable");
+                shutdown.cancel();
+            }
+        }
         if !shutdown.is_cancelled() {
             for runner in canary_runners {
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
@@ -367,6 +399,10 @@ async fn resume_unfinished(
                 (end, "rollback_failed", error)
             }
         };
+        if !states.contains_key(&record.target) {
+            let control = store.control(record.target.clone()).await?;
+            states.insert(record.target.clone(), TargetState::restored(control));
+        }
         let state = states.entry(record.target.clone()).or_default();
         let input = Input::RollbackEnded {
             now_ms: steady_ms(),
@@ -388,6 +424,64 @@ async fn resume_unfinished(
             .await?;
     }
     Ok(())
+}
+
+/// The metrics and, on a PostgreSQL store, the lease this instance competes for.
+fn leadership(config: &Config) -> (Arc<Metrics>, Option<Arc<StoreLease>>) {
+    let StoreLocation::Postgres(_) = &config.controller.store else {
+        return (Arc::new(Metrics::new()), None);
+    };
+    let metrics = Arc::new(Metrics::with_lease(LeaseSeries::new("postgres", false)));
+    let c = &config.controller;
+    let address = c
+        .advertise_url
+        .as_ref()
+        .map_or_else(|| format!("http://{}", c.listen), |u| u.to_string());
+    let lease = StoreLease::new(
+        format!("{}:{}", c.instance_name(), std::process::id()),
+        address,
+        LeaseTiming::from_ttl(c.lease_ttl),
+        metrics.lease.clone(),
+    );
+    (metrics, Some(lease))
+}
+
+/// What a new leader does first: finish every rollback an earlier leader left as an intent,
+/// under the new epoch (each is claimed, so the old leader, if it still runs, is fenced off).
+/// Retried every second while the store fails and the lease is still this epoch's.
+fn takeover(
+    config: Arc<Config>,
+    store: Store,
+    rollbacker: Arc<Rollbacker>,
+    shutdown: CancellationToken,
+) -> OnTakeover {
+    Box::new(move |fence| {
+        let (config, store, rollbacker, shutdown) = (
+            config.clone(),
+            store.clone(),
+            rollbacker.clone(),
+            shutdown.clone(),
+        );
+        Box::pin(async move {
+            loop {
+                let mut states = HashMap::new();
+                let resumed = tokio::select! {
+                    r = resume_unfinished(&config, &store, &rollbacker, &mut states) => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                match resumed {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(epoch = fence.epoch, error = %e, "cannot resume unfinished rollbacks after taking the lease; retrying in 1 s")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,58 @@
-//! Who may act. Several rollwatch instances may one day watch the same targets for high
-//! availability, with one acting through a lease held in an existing engine (a PostgreSQL
-//! advisory lock or etcd). Every side effect already asks [`Lease::is_leader`]; today the only
-//! lease is [`SoleInstance`], which always says yes.
+//! Who may act. Several rollwatch instances on one PostgreSQL store watch the same targets; one
+//! of them, the leader, acts. Leadership is a lease row whose expiry is set and checked on the
+//! database's clock, taken with a fencing epoch that grows with every change of hands. A rollback
+//! carries the epoch it started under ([`Fence`]) and the store re-checks it before each step, so
+//! a leader that was frozen past its lease (SIGSTOP, a VM pause, a long GC-like stall) and wakes
+//! up while another leads is refused at its next step instead of racing the new leader.
+//!
+//! A session advisory lock would not do: a frozen process keeps its session, and with it the
+//! lock, for as long as the TCP connection lives.
+//!
+//! With a SQLite store there is one instance ([`SoleInstance`], guarded by [`StoreLock`]).
 
-/// The right to act on deployments. Checked right before every rollback, so an instance that
-/// lost its lease mid-way stops at the next action instead of racing the new leader.
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::LeaseSeries;
+
+/// The right to act on deployments. Asked before every rollback and every order.
 pub trait Lease: Send + Sync {
+    /// Whether this instance's watchers and API may act now.
     fn is_leader(&self) -> bool;
+
+    /// The token a rollback started now carries through every step; `None` when this instance
+    /// does not hold the lease.
+    fn fence(&self) -> Option<Fence>;
 
     /// A short description for logs and the status of withheld actions.
     fn describe(&self) -> String;
+
+    /// The API address of the instance that leads, when known and not this one: followers name
+    /// it in their 503 answers.
+    fn leader_address(&self) -> Option<String>;
+}
+
+/// Who acts, under which epoch. Written into every rollback intent; re-checked against the
+/// lease row before each step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: i64,
+}
+
+impl Fence {
+    /// The token of a sole instance (SQLite): nothing to check against.
+    pub fn sole() -> Fence {
+        Fence {
+            holder: "sole".into(),
+            epoch: 0,
+        }
+    }
 }
 
 /// One rollwatch for these targets: always the leader.
@@ -21,8 +64,287 @@ impl Lease for SoleInstance {
         true
     }
 
+    fn fence(&self) -> Option<Fence> {
+        Some(Fence::sole())
+    }
+
     fn describe(&self) -> String {
         "sole instance".into()
+    }
+
+    fn leader_address(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The lease row as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub holder: String,
+    pub address: String,
+    pub epoch: i64,
+}
+
+/// Where the lease row lives (the PostgreSQL store); a fake in unit tests.
+pub trait LeaseBackend: Send + Sync {
+    /// Takes or renews the lease for `ttl` on the database's clock: `Some(epoch)` when held
+    /// after the call (the epoch grows whenever the lease changes hands or lapsed), `None` when
+    /// another holder's lease is still running.
+    fn acquire<'a>(
+        &'a self,
+        holder: &'a str,
+        address: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<i64>, crate::store::StoreError>>;
+
+    /// Gives the lease up at once (a clean shutdown), so a follower need not wait it out.
+    fn release<'a>(
+        &'a self,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), crate::store::StoreError>>;
+
+    /// Who holds the lease now, if anyone.
+    fn holder(&self) -> BoxFuture<'_, Result<Option<LeaseHolder>, crate::store::StoreError>>;
+}
+
+/// How long a lease lasts and how often it is renewed. A dead leader's lease runs out within
+/// `ttl`; a follower looks every `renew_every`, so it takes over within `ttl + renew_every`.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub renew_every: Duration,
+}
+
+impl LeaseTiming {
+    pub fn from_ttl(ttl: Duration) -> LeaseTiming {
+        LeaseTiming {
+            ttl,
+            renew_every: (ttl / 5).max(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// What this instance knows of the lease.
+#[derive(Debug, Default)]
+struct View {
+    epoch: Option<i64>,
+    /// Local monotonic deadline of the lease: the renewal's send time plus the ttl, so it never
+    /// outlives the database's expiry (which is counted from when the database saw it).
+    valid_until: Option<Instant>,
+    /// Set once everything unfinished from earlier epochs was taken up: until then the
+    /// watchers wait, so a takeover never starts a second rollback beside the resumed one.
+    acting: bool,
+    leader: Option<LeaseHolder>,
+}
+
+/// The lease held in the store, for several instances on one PostgreSQL database.
+pub struct StoreLease {
+    holder: String,
+    /// This instance's API address, written into the lease row for followers to name.
+    address: Mutex<String>,
+    timing: LeaseTiming,
+    view: Mutex<View>,
+    series: Arc<LeaseSeries>,
+}
+
+/// Called with the new fence each time this instance takes the lease under a new epoch: it
+/// resumes what earlier leaders left unfinished. Leadership is reported to the watchers only
+/// after it returns.
+pub type OnTakeover = Box<dyn Fn(Fence) -> BoxFuture<'static, ()> + Send + Sync>;
+
+impl StoreLease {
+    pub fn new(
+        holder: String,
+        address: String,
+        timing: LeaseTiming,
+        series: Arc<LeaseSeries>,
+    ) -> Arc<StoreLease> {
+        Arc::new(StoreLease {
+            holder,
+            address: Mutex::new(address),
+            timing,
+            view: Mutex::new(View::default()),
+            series,
+        })
+    }
+
+    /// The address once the API listens (its port may have been chosen by the system).
+    pub fn set_address(&self, address: String) {
+        *self.address.lock().unwrap_or_else(|p| p.into_inner()) = address;
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn valid_now(view: &View) -> bool {
+        view.valid_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Renews (or tries to take) the lease every `renew_every` until `shutdown`, then gives it
+    /// up. Never returns early: a database that is down only means "not the leader" until it
+    /// is back.
+    pub async fn run(
+        self: Arc<Self>,
+        backend: Arc<dyn LeaseBackend>,
+        on_takeover: OnTakeover,
+        shutdown: CancellationToken,
+    ) {
+        let on_takeover = Arc::new(on_takeover);
+        loop {
+            self.renew_once(backend.as_ref(), &on_takeover).await;
+            self.publish();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.timing.renew_every) => {}
+            }
+        }
+        if self.view().epoch.is_some() {
+            let deadline = self.timing.renew_every.max(Duration::from_secs(1));
+            match tokio::time::timeout(deadline, backend.release(&self.holder)).await {
+                Ok(Ok(())) => tracing::info!(holder = %self.holder, "lease released"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot release the lease; it runs out by itself")
+                }
+                Err(_) => tracing::warn!("releasing the lease timed out; it runs out by itself"),
+            }
+        }
+        *self.view() = View::default();
+        self.publish();
+    }
+
+    /// One renewal. Public for tests that drive the lease step by step.
+    pub async fn renew_once(
+        self: &Arc<Self>,
+        backend: &dyn LeaseBackend,
+        on_takeover: &Arc<OnTakeover>,
+    ) {
+        let sent = Instant::now();
+        let deadline = (self.timing.ttl / 2).max(Duration::from_millis(200));
+        let address = self
+            .address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let answer = tokio::time::timeout(
+            deadline,
+            backend.acquire(&self.holder, &address, self.timing.ttl),
+        )
+        .await;
+        match answer {
+            Ok(Ok(Some(epoch))) => {
+                self.series.store_up(true);
+                let new_epoch = {
+                    let mut v = self.view();
+                    v.valid_until = Some(sent + self.timing.ttl);
+                    v.leader = None;
+                    let new = v.epoch != Some(epoch);
+                    if new {
+                        v.epoch = Some(epoch);
+                        v.acting = false;
+                    }
+                    new
+                };
+                if new_epoch {
+                    tracing::warn!(holder = %self.holder, epoch, "took the lease: this instance leads; resuming what was left unfinished");
+                    let fence = Fence {
+                        holder: self.holder.clone(),
+                        epoch,
+                    };
+                    // Resumes run on their own task: renewals must go on while a resumed
+                    // rollback pulls and starts containers.
+                    let takeover = on_takeover(fence);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        takeover.await;
+                        me.acting_under(epoch);
+                    });
+                }
+            }
+            Ok(Ok(None)) => {
+                self.series.store_up(true);
+                let was = {
+                    let mut v = self.view();
+                    let was = v.epoch.take();
+                    v.valid_until = None;
+                    v.acting = false;
+                    was
+                };
+                if let Some(epoch) = was {
+                    tracing::error!(holder = %self.holder, epoch, "lost the lease to another instance: acting stops");
+                }
+                let leader = tokio::time::timeout(deadline, backend.holder()).await;
+                if let Ok(Ok(leader)) = leader {
+                    self.view().leader = leader;
+                }
+            }
+            Ok(Err(e)) => {
+                self.series.store_up(false);
+                tracing::error!(error = %e, "cannot renew the lease: the store is unreachable; this instance stops acting when the lease runs out");
+            }
+            Err(_) => {
+                self.series.store_up(false);
+                tracing::error!(within = ?deadline, "the lease renewal timed out; this instance stops acting when the lease runs out");
+            }
+        }
+    }
+
+    /// Marks the lease as acting once a takeover's resumes are done, if the epoch is still ours.
+    fn acting_under(&self, epoch: i64) {
+        let mut v = self.view();
+        if v.epoch == Some(epoch) {
+            v.acting = true;
+            tracing::info!(
+                epoch,
+                "unfinished work taken up; watchers act under this epoch"
+            );
+        }
+        drop(v);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let v = self.view();
+        let leading = v.acting && v.epoch.is_some() && Self::valid_now(&v);
+        self.series.set(leading, v.epoch.unwrap_or(0));
+    }
+}
+
+impl Lease for StoreLease {
+    fn is_leader(&self) -> bool {
+        let v = self.view();
+        v.acting && v.epoch.is_some() && Self::valid_now(&v)
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        let v = self.view();
+        let epoch = v.epoch.filter(|_| Self::valid_now(&v))?;
+        Some(Fence {
+            holder: self.holder.clone(),
+            epoch,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let v = self.view();
+        match (&v.epoch, &v.leader) {
+            (Some(e), _) if Self::valid_now(&v) => {
+                format!("{} leads under epoch {e}", self.holder)
+            }
+            (_, Some(l)) => format!(
+                "{} follows; {} leads under epoch {} at {}",
+                self.holder, l.holder, l.epoch, l.address
+            ),
+            _ => format!(
+                "{} holds no lease (the store may be unreachable)",
+                self.holder
+            ),
+        }
+    }
+
+    fn leader_address(&self) -> Option<String> {
+        let v = self.view();
+        v.leader.as_ref().map(|l| l.address.clone())
     }
 }
 
@@ -92,21 +414,4 @@ impl StoreLock {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_lock_on_one_store_is_refused_naming_the_holder_until_the_first_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("rollwatch.db");
-        let first = StoreLock::acquire(&store).unwrap();
-        let e = StoreLock::acquire(&store).unwrap_err().to_string();
-        assert!(
-            e.contains("another rollwatch controller")
-                && e.contains(&format!("pid {}", std::process::id())),
-            "{e}"
-        );
-        drop(first);
-        StoreLock::acquire(&store).expect("free again once the holder is gone");
-    }
-}
+mod tests;

@@ -182,9 +182,14 @@ pub enum RollbackEnd {
     Succeeded { to_tag: String },
     /// Dry run: decided and recorded, nothing executed.
     DryRun,
-    /// Not this one's to do, and nothing was executed: another instance holds the lease, or a
-    /// canary deploy is in flight and its own judge decides.
+    /// Not this one's to do, and nothing was executed: a canary deploy is in flight and its
+    /// own judge decides.
     Withheld { why: String },
+    /// This instance does not hold the lease (a follower, or a leader whose store is away), or
+    /// lost it mid-way and was fenced. Nothing changes: the target stays as judged, so the
+    /// same regression is acted on the first round this instance leads again, and meanwhile
+    /// the leader (or the one that resumes the fenced record) acts.
+    NotLeader { why: String },
     /// Something was changed (the executor ran) and the target did not come back: halt.
     Failed { tag: String, error: String },
     /// Refused before anything changed (Docker unreachable, unknown tag, registry down).
@@ -450,6 +455,7 @@ fn rollback_ended(
             next.retry_at_ms = None;
         }
         RollbackEnd::DryRun => next.phase = regressed(),
+        RollbackEnd::NotLeader { .. } => {}
         RollbackEnd::Withheld { why } => {
             next.phase = regressed();
             out.push(Decision::Withheld {
@@ -879,6 +885,42 @@ mod tests {
         assert!(
             !d.iter().any(|d| matches!(d, Decision::RollBack { .. })),
             "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_follower_that_may_not_act_asks_again_every_round_and_acts_once_it_leads() {
+        // A regression judged while this instance does not hold the lease (the leader acts,
+        // or the store is away): nothing recorded, nothing held, the target still on probation.
+        let bad: Vec<_> = (0..5).map(|_| ("v1.1.0", fail())).collect();
+        let (s0, d) = run(TargetState::new(), 0, &bad);
+        let Some(Decision::RollBack {
+            from_tag,
+            trigger,
+            reason,
+        }) = d.last().cloned()
+        else {
+            panic!("regressed: {d:?}")
+        };
+        let ended = Input::RollbackEnded {
+            now_ms: 5_000,
+            from_tag,
+            reason,
+            trigger,
+            end: RollbackEnd::NotLeader {
+                why: "follower".into(),
+            },
+        };
+        let (s1, d) = decide(&s0, &ended, &POLICY);
+        assert!(d.is_empty(), "silent: {d:?}");
+        assert_eq!(s1.phase, s0.phase);
+        assert_eq!(s1.last_rollback_ms, None, "no cooldown: nothing was done");
+        assert_eq!(s1.retry_at_ms, None);
+        // The next round (now leading) orders the rollback again.
+        let (_, d) = run(s1, 6_000, &[("v1.1.0", fail())]);
+        assert!(
+            matches!(&d[..], [Decision::RollBack { .. }]),
+            "asked again: {d:?}"
         );
     }
 

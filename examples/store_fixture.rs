@@ -62,6 +62,7 @@ async fn main() {
             from_image: Some("127.0.0.1:5000/shop/backend:v1.2.0".into()),
             to_tag: tag("v1.1.0"),
             dry_run: false,
+            fence: rollwatch::lease::Fence::sole(),
         })
         .await
         .expect("intent");

@@ -1109,36 +1109,3 @@ fn ctrl_report(flips: &[CtrlFlip], replaces: &[CtrlReplace]) -> String {
     );
     s
 }
-
-/// `Machine: <CPU model>, <n> cores (nproc), <kernel>. Commit <hash>.` for the section.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = command_line("uname", &["-sr"]);
-    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty = !command_line("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    format!(
-        "Machine: {cpu}, {cores} cores (nproc), {kernel}. Commit {commit}{}.",
-        if dirty {
-            " with uncommitted changes"
-        } else {
-            ""
-        }
-    )
-}
-
-fn command_line(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}

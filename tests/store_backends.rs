@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rollwatch::config::Config;
+use rollwatch::lease::{Fence, Lease, LeaseBackend};
 use rollwatch::store::{
     CanaryStart, CanaryState, DeployRecord, EventFilter, RollbackIntent, RollbackOutcome,
     RollbackState, Sample, StepRecord, Store, StoreLocation, Trigger, Weights, WINDOWS_KEPT,
@@ -59,7 +60,7 @@ fn target() -> TargetId {
     }
 }
 
-fn intent(to: &str) -> RollbackIntent {
+fn intent(to: &str, fence: &Fence) -> RollbackIntent {
     RollbackIntent {
         target: target(),
         trigger: Trigger::Manual,
@@ -68,6 +69,30 @@ fn intent(to: &str) -> RollbackIntent {
         from_image: None,
         to_tag: Tag::parse(to).unwrap(),
         dry_run: false,
+        fence: fence.clone(),
+    }
+}
+
+/// Takes the lease as `holder` (for 10 minutes) and returns its fence; epoch 0 on SQLite.
+async fn lease(store: &Store, holder: &str) -> Fence {
+    let epoch = store
+        .acquire(holder, "http://x", Duration::from_secs(600))
+        .await
+        .expect("acquire")
+        .expect("the lease is free");
+    Fence {
+        holder: holder.into(),
+        epoch,
+    }
+}
+
+fn outcome(state: RollbackState) -> RollbackOutcome {
+    RollbackOutcome {
+        state,
+        to_digest: None,
+        steps: Vec::new(),
+        output: String::new(),
+        error: None,
     }
 }
 
@@ -75,7 +100,11 @@ fn intent(to: &str) -> RollbackIntent {
 async fn rollback_intent_then_outcome_round_trips_and_survives_a_reopen() {
     for_each_backend(|b| async move {
         let store = b.open().await;
-        let id = store.begin_rollback(intent("v1.0.0")).await.unwrap();
+        let fence = lease(&store, "a").await;
+        let id = store
+            .begin_rollback(intent("v1.0.0", &fence))
+            .await
+            .unwrap();
         let before = store.rollbacks(Some(target()), 10).await.unwrap();
         assert_eq!(before[0].state, RollbackState::Intent);
         assert_eq!(store.unfinished_rollbacks().await.unwrap().len(), 1);
@@ -88,7 +117,7 @@ async fn rollback_intent_then_outcome_round_trips_and_survives_a_reopen() {
             detail: String::new(),
         };
         store
-            .finish_rollback(
+            .finish_fenced(
                 id,
                 RollbackOutcome {
                     state: RollbackState::Succeeded,
@@ -97,6 +126,7 @@ async fn rollback_intent_then_outcome_round_trips_and_survives_a_reopen() {
                     output: "pulled".into(),
                     error: None,
                 },
+                fence,
             )
             .await
             .unwrap();
@@ -589,4 +619,158 @@ fn the_config_takes_a_path_or_a_url_and_refuses_a_password_in_the_url() {
         );
         assert!(!e.contains("hunter2"), "the password is not repeated: {e}");
     }
+}
+
+#[tokio::test]
+async fn the_lease_changes_hands_only_when_it_lapses_or_is_released_and_each_change_is_an_epoch() {
+    let pg = PgCluster::start();
+    let store = Store::connect(&StoreLocation::Postgres(pg.url()), None)
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(600);
+    assert_eq!(store.acquire("a", "http://a", ttl).await.unwrap(), Some(1));
+    assert_eq!(store.acquire("b", "http://b", ttl).await.unwrap(), None);
+    let held = store.holder().await.unwrap().unwrap();
+    assert_eq!(
+        (held.holder.as_str(), held.address.as_str(), held.epoch),
+        ("a", "http://a", 1)
+    );
+    assert_eq!(
+        store.acquire("a", "http://a", ttl).await.unwrap(),
+        Some(1),
+        "a renewal keeps it"
+    );
+    store.release("a").await.unwrap();
+    assert_eq!(store.holder().await.unwrap(), None);
+    assert_eq!(
+        store
+            .acquire("b", "http://b", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    // b's lease runs out on the database's clock.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(store.acquire("a", "http://a", ttl).await.unwrap(), Some(3));
+    // Even back to the same holder, a lapse is a new epoch.
+    store.release("a").await.unwrap();
+    assert_eq!(store.acquire("a", "http://a", ttl).await.unwrap(), Some(4));
+}
+
+#[tokio::test]
+async fn a_stale_epoch_is_refused_at_every_fenced_write_and_the_refusal_is_recorded() {
+    let pg = PgCluster::start();
+    let store = Store::connect(&StoreLocation::Postgres(pg.url()), None)
+        .await
+        .unwrap();
+    let a = lease(&store, "a").await;
+    let id = store.begin_rollback(intent("v1.0.0", &a)).await.unwrap();
+    store
+        .fence_step(id, a.clone(), "pull".into())
+        .await
+        .unwrap();
+
+    store.release("a").await.unwrap();
+    let b = lease(&store, "b").await;
+    assert_eq!(b.epoch, 2);
+    let e = store
+        .fence_step(id, a.clone(), "up".into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("epoch 1 of a is stale: b leads under epoch 2"),
+        "{e}"
+    );
+    let fenced = store.events(None, None, None, 10).await.unwrap();
+    assert!(
+        fenced
+            .iter()
+            .any(|e| e.kind == "fenced" && e.message.contains("step up of rollback")),
+        "{fenced:?}"
+    );
+    let e = store
+        .begin_rollback(intent("v1.0.0", &a))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("fenced:"), "{e}");
+    assert_eq!(
+        store.rollbacks(None, 10).await.unwrap().len(),
+        1,
+        "nothing written"
+    );
+
+    // b takes the record over; a can no longer finish it, b can, once.
+    store.claim_rollback(id, b.clone()).await.unwrap();
+    store.fence_step(id, b.clone(), "up".into()).await.unwrap();
+    let e = store
+        .finish_fenced(id, outcome(RollbackState::Failed), a.clone())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("fenced:"), "{e}");
+    store
+        .finish_fenced(id, outcome(RollbackState::Succeeded), b.clone())
+        .await
+        .unwrap();
+    let rec = store.rollback(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, RollbackState::Succeeded);
+    assert!(
+        store.claim_rollback(id, b.clone()).await.is_err(),
+        "finished"
+    );
+    assert!(
+        store
+            .finish_fenced(id, outcome(RollbackState::Failed), b)
+            .await
+            .is_err(),
+        "an outcome is written once"
+    );
+}
+
+/// A lease that is held or not, for the write gate.
+struct Holding(bool);
+
+impl Lease for Holding {
+    fn is_leader(&self) -> bool {
+        self.0
+    }
+    fn fence(&self) -> Option<Fence> {
+        self.0.then(Fence::sole)
+    }
+    fn describe(&self) -> String {
+        "test".into()
+    }
+    fn leader_address(&self) -> Option<String> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_follower_writes_no_decision_and_the_leader_does() {
+    for_each_backend(|b| async move {
+        let base = b.open().await;
+        let follower = base.clone().gated_by(std::sync::Arc::new(Holding(false)));
+        follower
+            .record_event(target(), "deploy", Some("v1.1.0".into()), "seen".into())
+            .await
+            .unwrap();
+        follower
+            .record_known_good(target(), Tag::parse("v1.1.0").unwrap(), None)
+            .await
+            .unwrap();
+        follower
+            .mark_bad(target(), "v1.1.0".into(), "bad".into())
+            .await
+            .unwrap();
+        assert!(base.events(None, None, None, 10).await.unwrap().is_empty());
+        assert!(base.known_good_tags(target()).await.unwrap().is_empty());
+        assert!(!base.is_bad(target(), "v1.1.0".into()).await.unwrap());
+        let leader = base.clone().gated_by(std::sync::Arc::new(Holding(true)));
+        leader
+            .record_event(target(), "deploy", Some("v1.1.0".into()), "seen".into())
+            .await
+            .unwrap();
+        assert_eq!(base.events(None, None, None, 10).await.unwrap().len(), 1);
+    })
+    .await;
 }

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub alert_window_ms: i64,
     /// The runners of canary targets (deploys, promote, abort).
     pub canaries: Arc<HashMap<TargetId, crate::canary::handle::CanaryHandle>>,
+    /// Orders are taken only while this instance leads; a follower names the leader.
+    pub lease: Arc<dyn crate::lease::Lease>,
 }
 
 /// Longest strings accepted in an order's fields.
@@ -251,7 +253,27 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
             return e.into_response();
         }
     }
+    let order = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if order && !state.lease.is_leader() {
+        return not_the_leader(state.lease.as_ref()).into_response();
+    }
     next.run(request).await
+}
+
+/// A follower takes no orders: changing state here would race the leader. The answer names
+/// the leader (when known) so a client or a load balancer can go there; Alertmanager, pointed
+/// at every instance, retries here and is answered by the leader meanwhile.
+fn not_the_leader(lease: &dyn crate::lease::Lease) -> ApiError {
+    let leader = lease.leader_address();
+    let message = match &leader {
+        Some(a) => format!("this rollwatch instance follows and takes no orders; send them to the leader at {a}"),
+        None => "this rollwatch instance does not lead now (no leader is known: the store may be unreachable); retry shortly".to_string(),
+    };
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: json!({ "error": message, "leader": leader, "state": lease.describe() }),
+        retry_after: Some(RETRY_AFTER_SECS),
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {

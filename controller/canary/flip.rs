@@ -84,6 +84,7 @@ pub(super) async fn flip_back(
             from_image: None,
             to_tag: to_tag.clone(),
             dry_run: request.dry_run,
+            fence: crate::lease::Fence::sole(),
         })
         .await?;
     let mut steps = Vec::new();
@@ -208,6 +209,7 @@ async fn switch_back(
             from_image: None,
             to_tag: to_tag.clone(),
             dry_run: request.dry_run,
+            fence: crate::lease::Fence::sole(),
         })
         .await?;
     if request.dry_run {

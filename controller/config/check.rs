@@ -202,6 +202,36 @@ fn check_store(controller: &ControllerConfig) -> Result<(), Refusal> {
             format!("{url:?} is not a PostgreSQL URL ({e}); write it as postgres://user@host:port/database"),
         ));
     }
+    check_lease(controller)
+}
+
+/// The lease settings of several instances on one PostgreSQL store.
+fn check_lease(controller: &ControllerConfig) -> Result<(), Refusal> {
+    use Seg::Key;
+    let ttl = controller.lease_ttl;
+    if ttl < std::time::Duration::from_secs(1) || ttl > std::time::Duration::from_secs(300) {
+        return Err(Refusal::new(
+            &[Key("controller"), Key("lease_ttl")],
+            format!(
+                "{} is out of range: under 1s a busy database or a GC pause loses the lease between renewals, over 5m a dead leader leaves deploys unwatched that long; use 1s to 5m (default {})",
+                humantime::format_duration(ttl),
+                humantime::format_duration(super::default_lease_ttl())
+            ),
+        ));
+    }
+    if let Some(name) = &controller.instance {
+        let fine = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !fine {
+            return Err(Refusal::new(
+                &[Key("controller"), Key("instance")],
+                format!("{name:?} is not an instance name: use 1 to 64 letters, digits, '.', '_' or '-'"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -227,6 +257,14 @@ pub(super) fn check_config(
     let mut seen = HashSet::new();
     for (i, t) in targets.iter().enumerate() {
         let at = [Key("targets"), Index(i)];
+        if t.strategy == super::Strategy::Canary
+            && matches!(controller.store, StoreLocation::Postgres(_))
+        {
+            return Err(Refusal::new(
+                &[Key("targets"), Index(i), Key("strategy")],
+                "canary targets are not supported on a PostgreSQL store yet (their weight changes are not fenced by the lease); use strategy = \"replace\" or a SQLite store",
+            ));
+        }
         check_target(t).map_err(|r| r.under(&at))?;
         if !seen.insert(t.id()) {
             return Err(Refusal::new(

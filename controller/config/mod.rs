@@ -82,6 +82,19 @@ pub struct ControllerConfig {
     /// it would sit in the config file and in every message that names the store).
     #[serde(default = "default_store_password_env")]
     pub store_password_env: String,
+    /// This instance's name in the lease and in its metrics (PostgreSQL store); the lease
+    /// holder is `<instance>:<pid>`, unique even when two hosts share a name. The host name
+    /// by default.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// How long a leader's lease lasts without a renewal (PostgreSQL store). A dead leader is
+    /// replaced within about this plus a fifth of it; renewals go every fifth.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The API address followers name in their 503 answers; `http://<listen>` by default
+    /// (set it when `listen` is `0.0.0.0` or behind a proxy).
+    #[serde(default)]
+    pub advertise_url: Option<Url>,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Decide and record "would roll back" without acting, for every target.
@@ -497,6 +510,9 @@ fn default_store() -> StoreLocation {
 fn default_store_password_env() -> String {
     "ROLLWATCH_STORE_PASSWORD".into()
 }
+pub(crate) fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9860))
 }
@@ -538,6 +554,17 @@ fn default_env_file() -> String {
 }
 
 impl ControllerConfig {
+    /// The configured instance name, else the host name, else `rollwatch`.
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "rollwatch".into())
+        })
+    }
+
     /// The PostgreSQL password from the variable named by `store_password_env`; `None` when it
     /// is unset or empty (trust or peer authentication needs none).
     pub fn store_password(&self) -> Option<String> {
@@ -552,6 +579,9 @@ impl Default for ControllerConfig {
         ControllerConfig {
             store: default_store(),
             store_password_env: default_store_password_env(),
+            instance: None,
+            lease_ttl: default_lease_ttl(),
+            advertise_url: None,
             listen: default_listen(),
             dry_run: false,
             api_token_env: default_token_env(),

@@ -119,6 +119,9 @@ impl ComposeExecutor {
         args: &[&str],
         report: &mut ExecReport,
     ) -> Result<CommandOutput, ExecError> {
+        report
+            .fenced(args.first().copied().unwrap_or("compose"))
+            .await?;
         let mut argv = flavor.argv();
         if let Some(p) = &site.project {
             argv.extend(["-p".to_string(), p.clone()]);
@@ -472,6 +475,7 @@ impl ComposeExecutor {
             Err(e) => return Err(env_err(e)),
         };
         let updated = envfile::set_var(&text, "IMAGE_TAG", plan.tag.as_str());
+        report.fenced("env-file").await?;
         self.runner
             .write_file_atomic(&path, &updated)
             .await

@@ -26,6 +26,7 @@ impl DockerApiExecutor {
             });
         }
         let image = plan.image();
+        report.fenced("pull").await?;
         let (t, ms) = step_start();
         let image_id = match self
             .docker
@@ -56,6 +57,7 @@ impl DockerApiExecutor {
         report.step("pull", t, ms, true, format!("{image} = {image_id}"));
 
         for c in containers {
+            report.fenced("recreate").await?;
             let (t, ms) = step_start();
             let result = self.docker.recreate_with_image(&c.id, &image_id).await;
             let detail = match &result {

@@ -4,12 +4,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
 use super::{
     check_sites, compose_executor, compose_projects_of, step_start, DockerApiExecutor, ExecError,
-    ExecPlan, ExecReport, Executor, SiteError,
+    ExecPlan, ExecReport, Executor, SiteError, StepFence,
 };
 use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
 use crate::docker::{ContainerInfo, DockerClient, DockerError};
+use crate::lease::{Fence, Lease, SoleInstance};
 use crate::probe::{ProbeFailure, Prober};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::store::{
@@ -18,6 +23,7 @@ use crate::store::{
 };
 use crate::tag::Tag;
 use crate::target::TargetId;
+use crate::telemetry::LeaseSeries;
 
 /// Log lines kept per container in the incident record.
 const LOG_LINES: usize = 30;
@@ -41,6 +47,18 @@ pub struct RollbackRequest {
 pub enum RollbackError {
     #[error("rollback of {target} interrupted by shutdown; its intent stays on record and is resumed at the next start")]
     Interrupted { target: TargetId },
+    /// This instance does not hold the lease (or cannot reach the store to check): nothing was
+    /// written and nothing run.
+    #[error("{target} not rolled back by this instance: {why}; nothing was changed")]
+    NotLeader { target: TargetId, why: String },
+    /// The lease changed hands while this rollback ran: the step was refused, the record left
+    /// to the instance that leads now, which resumes it.
+    #[error("rollback #{id} of {target} stopped: {why}; the leader resumes the record")]
+    Fenced {
+        id: i64,
+        target: TargetId,
+        why: String,
+    },
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -106,8 +124,15 @@ impl RollbackError {
     }
 
     /// The record was finished with this error (or, interrupted, deliberately left as intent).
+    /// Fenced and not-leader errors leave the record alone too: it belongs to the leader.
     fn is_recorded(&self) -> bool {
-        self.changed_something() || matches!(self, RollbackError::Interrupted { .. })
+        self.changed_something()
+            || matches!(
+                self,
+                RollbackError::Interrupted { .. }
+                    | RollbackError::Fenced { .. }
+                    | RollbackError::NotLeader { .. }
+            )
     }
 }
 
@@ -133,11 +158,54 @@ pub(crate) fn fault_panic_once(name: &str) {
     }
 }
 
+/// A rollback record and the fence this instance writes it under.
+struct Ticket<'a> {
+    id: i64,
+    target: &'a TargetId,
+    fence: &'a Fence,
+}
+
 pub struct Rollbacker {
     store: Store,
     registry: RegistryClient,
     prober: Prober,
     fallback: FallbackTags,
+    lease: Arc<dyn Lease>,
+    lease_series: Option<Arc<LeaseSeries>>,
+}
+
+/// The store's fencing check of one recorded rollback: before each step, the lease row and the
+/// record's epoch are read in one transaction; a stale epoch is refused and the refusal stored.
+pub struct RecordFence {
+    store: Store,
+    rollback_id: i64,
+    fence: Fence,
+    series: Option<Arc<LeaseSeries>>,
+}
+
+impl StepFence for RecordFence {
+    fn check<'a>(&'a self, step: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let checked = self
+                .store
+                .fence_step(self.rollback_id, self.fence.clone(), step.to_string())
+                .await;
+            match checked {
+                Ok(()) => Ok(()),
+                Err(e @ StoreError::Fenced { .. }) => {
+                    if let Some(s) = &self.series {
+                        s.fenced();
+                    }
+                    tracing::error!(rollback = self.rollback_id, step, error = %e, "step refused by the fencing check");
+                    Err(e.to_string())
+                }
+                // Never act without a record: a store that cannot answer stops the rollback.
+                Err(e) => Err(format!(
+                    "cannot check the lease ({e}); not acting without a record"
+                )),
+            }
+        })
+    }
 }
 
 /// The tag a container runs, when its image reference is `<repository>:<tag>`.
@@ -187,7 +255,38 @@ impl Rollbacker {
             registry,
             prober,
             fallback,
+            lease: Arc::new(SoleInstance),
+            lease_series: None,
         }
+    }
+
+    /// Acts only under `lease`, each step fenced by its epoch (several instances on one store).
+    pub fn with_lease(mut self, lease: Arc<dyn Lease>, series: Arc<LeaseSeries>) -> Rollbacker {
+        self.lease = lease;
+        self.lease_series = Some(series);
+        self
+    }
+
+    /// The fence a rollback starting now acts under, or why there is none.
+    fn not_leader(&self, target: &TargetId) -> RollbackError {
+        RollbackError::NotLeader {
+            target: target.clone(),
+            why: format!("not the leader ({})", self.lease.describe()),
+        }
+    }
+
+    fn report(
+        &self,
+        rollback_id: i64,
+        fence: &Fence,
+        on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
+    ) -> ExecReport {
+        ExecReport::new(on_step).with_fence(Arc::new(RecordFence {
+            store: self.store.clone(),
+            rollback_id,
+            fence: fence.clone(),
+            series: self.lease_series.clone(),
+        }))
     }
 
     /// Rolls `target` back and returns the stored record. Refusals (unknown tag, unreachable
@@ -253,6 +352,7 @@ impl Rollbacker {
             }
         }
 
+        let fence = self.lease.fence().ok_or_else(|| self.not_leader(&id))?;
         let rollback_id = self
             .store
             .begin_rollback(RollbackIntent {
@@ -263,8 +363,10 @@ impl Rollbacker {
                 from_image,
                 to_tag: tag.clone(),
                 dry_run: request.dry_run,
+                fence: fence.clone(),
             })
-            .await?;
+            .await
+            .map_err(|e| self.refused_by_store(&id, e))?;
         fault_point("after-intent").await;
         // Evidence for the incident record: what the containers said before they were replaced.
         let mut logs = String::new();
@@ -279,16 +381,26 @@ impl Rollbacker {
         if !logs.is_empty() {
             self.store.set_rollback_logs(rollback_id, logs).await?;
         }
-        let mut report = ExecReport::new(on_step);
+        let mut report = self.report(rollback_id, &fence, on_step);
         if request.dry_run {
             report
                 .output
                 .push_str(&format!("dry run: would roll {id} back to {image}\n"));
-            self.finish(rollback_id, RollbackState::DryRun, None, report, None)
-                .await?;
+            self.finish(
+                Ticket {
+                    id: rollback_id,
+                    target: &id,
+                    fence: &fence,
+                },
+                RollbackState::DryRun,
+                None,
+                report,
+                None,
+            )
+            .await?;
             return self.record(rollback_id).await;
         }
-        self.execute_recorded(rollback_id, target, &docker, &plan, report)
+        self.execute_recorded(rollback_id, &fence, target, &docker, &plan, report)
             .await
     }
 
@@ -305,8 +417,18 @@ impl Rollbacker {
         record: &RollbackRecord,
         on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
     ) -> Result<RollbackRecord, RollbackError> {
+        // The record passes to this epoch first: the instance that wrote it, if it still
+        // runs, is refused at its next step from here on.
+        let fence = self
+            .lease
+            .fence()
+            .ok_or_else(|| self.not_leader(&record.target))?;
+        self.store
+            .claim_rollback(record.id, fence.clone())
+            .await
+            .map_err(|e| self.refused_by_store(&record.target, e))?;
         if record.dry_run || dry_run_now {
-            let mut report = ExecReport::new(on_step);
+            let mut report = self.report(record.id, &fence, on_step);
             report.output.push_str(&if record.dry_run {
                 format!(
                     "dry run #{} interrupted by a restart; nothing was executed\n",
@@ -319,11 +441,21 @@ impl Rollbacker {
                     target.id()
                 )
             });
-            self.finish(record.id, RollbackState::DryRun, None, report, None)
-                .await?;
+            self.finish(
+                Ticket {
+                    id: record.id,
+                    target: &record.target,
+                    fence: &fence,
+                },
+                RollbackState::DryRun,
+                None,
+                report,
+                None,
+            )
+            .await?;
             return self.record(record.id).await;
         }
-        match self.resume_for_real(target, record, on_step).await {
+        match self.resume_for_real(target, &fence, record, on_step).await {
             Err(e) if !e.is_recorded() => {
                 let outcome = RollbackOutcome {
                     state: RollbackState::Failed,
@@ -332,7 +464,10 @@ impl Rollbacker {
                     output: format!("resuming after a restart failed: {e}\n"),
                     error: Some(format!("not resumed after a restart: {e}")),
                 };
-                self.store.finish_rollback(record.id, outcome).await?;
+                self.store
+                    .finish_fenced(record.id, outcome, fence)
+                    .await
+                    .map_err(|e| self.refused_by_store(&record.target, e))?;
                 Err(e)
             }
             other => other,
@@ -342,6 +477,7 @@ impl Rollbacker {
     async fn resume_for_real(
         &self,
         target: &TargetConfig,
+        fence: &Fence,
         record: &RollbackRecord,
         on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
     ) -> Result<RollbackRecord, RollbackError> {
@@ -349,10 +485,10 @@ impl Rollbacker {
         let tag = Tag::parse(&record.to_tag).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let containers = docker.containers(&target.selector, true).await?;
         let plan = plan_for(target, tag, &containers);
-        let mut report = ExecReport::new(on_step);
+        let mut report = self.report(record.id, fence, on_step);
         report.output.push_str(&format!(
-            "resuming rollback #{} after a controller restart\n",
-            record.id
+            "resuming rollback #{} after a controller restart or a change of leader (epoch {})\n",
+            record.id, fence.epoch
         ));
         let all_on_tag = !containers.is_empty()
             && containers
@@ -373,12 +509,22 @@ impl Rollbacker {
             );
             if probe.outcome.is_ok() {
                 let digest = docker.image_digest(&plan.image()).await.ok().flatten();
-                self.finish(record.id, RollbackState::Succeeded, digest, report, None)
-                    .await?;
+                self.finish(
+                    Ticket {
+                        id: record.id,
+                        target: &record.target,
+                        fence,
+                    },
+                    RollbackState::Succeeded,
+                    digest,
+                    report,
+                    None,
+                )
+                .await?;
                 return self.record(record.id).await;
             }
         }
-        self.execute_recorded(record.id, target, &docker, &plan, report)
+        self.execute_recorded(record.id, fence, target, &docker, &plan, report)
             .await
     }
 
@@ -386,6 +532,7 @@ impl Rollbacker {
     async fn execute_recorded(
         &self,
         rollback_id: i64,
+        fence: &Fence,
         target: &TargetConfig,
         docker: &DockerClient,
         plan: &ExecPlan,
@@ -402,8 +549,19 @@ impl Rollbacker {
             )),
         };
         if let Err(source) = executor.execute(plan, &mut report).await {
+            if let ExecError::Fenced { step, why } = source {
+                return Err(RollbackError::Fenced {
+                    id: rollback_id,
+                    target: id,
+                    why: format!("{step} refused: {why}"),
+                });
+            }
             self.finish(
-                rollback_id,
+                Ticket {
+                    id: rollback_id,
+                    target: &id,
+                    fence,
+                },
                 RollbackState::Failed,
                 None,
                 report,
@@ -442,14 +600,28 @@ impl Rollbacker {
         let digest = docker.image_digest(&image).await.ok().flatten();
         match validated {
             Ok(_) => {
-                self.finish(rollback_id, RollbackState::Succeeded, digest, report, None)
-                    .await?;
+                self.finish(
+                    Ticket {
+                        id: rollback_id,
+                        target: &id,
+                        fence,
+                    },
+                    RollbackState::Succeeded,
+                    digest,
+                    report,
+                    None,
+                )
+                .await?;
                 self.record(rollback_id).await
             }
             Err(failure) => {
                 let msg = format!("/health not ok after rollback: {failure}");
                 self.finish(
-                    rollback_id,
+                    Ticket {
+                        id: rollback_id,
+                        target: &id,
+                        fence,
+                    },
                     RollbackState::Failed,
                     digest,
                     report,
@@ -467,14 +639,15 @@ impl Rollbacker {
         }
     }
 
+    /// Writes the outcome, if the record is still this epoch's.
     async fn finish(
         &self,
-        id: i64,
+        Ticket { id, target, fence }: Ticket<'_>,
         state: RollbackState,
         to_digest: Option<String>,
         report: ExecReport,
         error: Option<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RollbackError> {
         let outcome = RollbackOutcome {
             state,
             to_digest,
@@ -482,7 +655,26 @@ impl Rollbacker {
             output: report.output,
             error,
         };
-        self.store.finish_rollback(id, outcome).await
+        match self.store.finish_fenced(id, outcome, fence.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e @ StoreError::Fenced { .. }) => Err(RollbackError::Fenced {
+                id,
+                target: target.clone(),
+                why: e.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A store refusal before anything ran: a stale fence means another instance leads.
+    fn refused_by_store(&self, target: &TargetId, e: StoreError) -> RollbackError {
+        match e {
+            StoreError::Fenced { .. } => RollbackError::NotLeader {
+                target: target.clone(),
+                why: e.to_string(),
+            },
+            e => RollbackError::Store(e),
+        }
     }
 
     async fn record(&self, id: i64) -> Result<RollbackRecord, RollbackError> {

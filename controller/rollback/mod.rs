@@ -19,6 +19,7 @@ pub use compose::{
     ComposeFlavor,
 };
 pub use docker_api::DockerApiExecutor;
+pub use flow::RecordFence;
 pub(crate) use flow::{fault_panic_once, fault_point};
 pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
 pub use project::{
@@ -74,6 +75,15 @@ pub struct ExecReport {
     pub output: String,
     pub warnings: Vec<String>,
     on_step: Box<dyn Fn(&StepRecord) + Send + Sync>,
+    fence: Option<std::sync::Arc<dyn StepFence>>,
+}
+
+/// Asked right before every command that changes a host: may this instance still act on this
+/// rollback? The store's answer is re-checked against the lease each time, so an instance that
+/// lost the lease while a step ran (frozen, partitioned) stops before the next one.
+pub trait StepFence: Send + Sync {
+    /// `Err` says why this step must not run; it is already on record.
+    fn check<'a>(&'a self, step: &'a str) -> BoxFuture<'a, Result<(), String>>;
 }
 
 impl ExecReport {
@@ -83,7 +93,29 @@ impl ExecReport {
             output: String::new(),
             warnings: Vec::new(),
             on_step: Box::new(on_step),
+            fence: None,
         }
+    }
+
+    /// Every later [`ExecReport::fenced`] asks `fence`.
+    pub fn with_fence(mut self, fence: std::sync::Arc<dyn StepFence>) -> ExecReport {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Runs before a step that changes a host: refused when this instance may no longer act.
+    pub async fn fenced(&mut self, step: &str) -> Result<(), ExecError> {
+        let Some(fence) = self.fence.clone() else {
+            return Ok(());
+        };
+        fence.check(step).await.map_err(|why| {
+            self.output
+                .push_str(&format!("refused before {step}: {why}\n"));
+            ExecError::Fenced {
+                step: step.to_string(),
+                why,
+            }
+        })
     }
 
     /// Records a step that started at `started` (and at wall time `started_ms`).
@@ -166,6 +198,8 @@ pub enum ExecError {
     Site(#[from] SiteError),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error("step {step} refused: {why}")]
+    Fenced { step: String, why: String },
 }
 
 /// One way to put a tag on a target's containers. Object-safe so targets can hold any executor.

@@ -8,6 +8,7 @@ mod backend;
 mod batch;
 mod canary;
 pub mod db;
+mod lease;
 mod samples;
 mod schema;
 
@@ -56,6 +57,10 @@ pub enum StoreError {
     Migrate { at: String, detail: String },
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
+    /// The lease is not the caller's (any more): another instance leads. Nothing was written
+    /// but the refusal.
+    #[error("fenced: {why}")]
+    Fenced { why: String },
     #[error("store task panicked or was cancelled")]
     Join,
 }
@@ -224,6 +229,8 @@ pub struct RollbackIntent {
     pub to_tag: Tag,
     /// A dry run's intent: never executed, not even when resumed after a crash.
     pub dry_run: bool,
+    /// Who writes it, under which epoch ([`crate::lease::Fence::sole`] on a SQLite store).
+    pub fence: crate::lease::Fence,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -269,6 +276,11 @@ pub fn now_ms() -> i64 {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<Mutex<Backend>>,
+    /// Several instances on one store: the writes that decide something (events, known-good
+    /// tags, bad tags, baselines, samples, deploys) are made by the lease holder alone. A
+    /// follower's watchers judge the same evidence and keep their view in memory; writing it
+    /// too would double every event and race the leader's guard rails.
+    gate: Option<Arc<dyn crate::lease::Lease>>,
 }
 
 impl StoreError {
@@ -305,7 +317,20 @@ impl Store {
     fn from_backend(backend: Backend) -> Store {
         Store {
             backend: Arc::new(Mutex::new(backend)),
+            gate: None,
         }
+    }
+
+    /// This store, with its deciding writes skipped while `lease` is not held.
+    pub fn gated_by(mut self, lease: Arc<dyn crate::lease::Lease>) -> Store {
+        self.gate = Some(lease);
+        self
+    }
+
+    /// Whether a deciding write is this instance's to make. The fence, not `is_leader`: a
+    /// takeover records the rollbacks it resumes before the watchers may act.
+    pub(super) fn may_decide(&self) -> bool {
+        self.gate.as_ref().is_none_or(|l| l.fence().is_some())
     }
 
     /// Runs `f` on the store's connection on the blocking pool.
@@ -342,24 +367,29 @@ impl Store {
     }
 
     /// Writes the intent; returns its id. Must happen before any side effect of the rollback.
+    /// Refused with [`StoreError::Fenced`] unless `intent.fence` holds the lease, checked in
+    /// the same transaction; the record carries the fence's epoch.
     pub async fn begin_rollback(&self, intent: RollbackIntent) -> Result<i64, StoreError> {
-        self.with(move |db| {
-            let row = db.query_opt(
-                "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, from_image, to_tag, state, started_at_ms, dry_run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8, ?9) RETURNING id",
-                vals![
-                    intent.target.env.as_str(),
-                    intent.target.role,
-                    intent.trigger.as_str(),
-                    intent.reason,
-                    intent.from_tag,
-                    intent.from_image,
-                    intent.to_tag.as_str(),
-                    now_ms(),
-                    intent.dry_run
-                ],
-            )?;
-            returned_id(row)
+        self.with_tx(move |db| {
+            Store::fenced_write(db, &intent.fence, |db| {
+                let row = db.query_opt(
+                    "INSERT INTO rollbacks (env, role, trigger, reason, from_tag, from_image, to_tag, state, started_at_ms, dry_run, epoch)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'intent', ?8, ?9, ?10) RETURNING id",
+                    vals![
+                        intent.target.env.as_str(),
+                        intent.target.role,
+                        intent.trigger.as_str(),
+                        intent.reason,
+                        intent.from_tag,
+                        intent.from_image,
+                        intent.to_tag.as_str(),
+                        now_ms(),
+                        intent.dry_run,
+                        intent.fence.epoch
+                    ],
+                )?;
+                returned_id(row)
+            })
         })
         .await
     }
@@ -376,20 +406,41 @@ impl Store {
         .await
     }
 
+    /// Writes a canary flip back's outcome (canary targets run on a SQLite store only).
     pub async fn finish_rollback(
         &self,
         id: i64,
         outcome: RollbackOutcome,
     ) -> Result<(), StoreError> {
+        self.finish_fenced(id, outcome, crate::lease::Fence::sole())
+            .await
+    }
+
+    /// Writes a rollback's outcome, once: refused with [`StoreError::Fenced`] unless `fence`
+    /// holds the lease and the record is still an intent of its epoch (a newer leader that
+    /// took the record over finishes it).
+    pub async fn finish_fenced(
+        &self,
+        id: i64,
+        outcome: RollbackOutcome,
+        fence: crate::lease::Fence,
+    ) -> Result<(), StoreError> {
         let steps = serde_json::to_string(&outcome.steps)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.with(move |db| {
-            db.execute(
-                "UPDATE rollbacks SET state = ?1, to_digest = ?2, steps = ?3, output = ?4, error = ?5,
-                 finished_at_ms = ?6 WHERE id = ?7",
-                vals![outcome.state.as_str(), outcome.to_digest, steps, outcome.output, outcome.error, now_ms(), id],
-            )?;
-            Ok(())
+        self.with_tx(move |db| {
+            Store::fenced_write(db, &fence, |db| {
+                let n = db.execute(
+                    "UPDATE rollbacks SET state = ?1, to_digest = ?2, steps = ?3, output = ?4, error = ?5,
+                     finished_at_ms = ?6 WHERE id = ?7 AND (?8 = 0 OR (epoch = ?8 AND state = 'intent'))",
+                    vals![outcome.state.as_str(), outcome.to_digest, steps, outcome.output, outcome.error, now_ms(), id, fence.epoch],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::Fenced {
+                        why: format!("rollback #{id} is finished or was taken up by a newer epoch than {}", fence.epoch),
+                    });
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -434,6 +485,9 @@ impl Store {
         tag: Tag,
         digest: Option<String>,
     ) -> Result<(), StoreError> {
+        if !self.may_decide() {
+            return Ok(());
+        }
         self.with(move |db| {
             db.execute(
                 "INSERT INTO known_good (env, role, tag, digest, promoted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -580,6 +634,9 @@ impl Store {
         control: Option<Control>,
     ) -> Result<i64, StoreError> {
         let kind = kind.to_string();
+        if !self.may_decide() {
+            return Ok(0);
+        }
         self.with_tx(move |db| {
             let now = now_ms();
             let row = db.query_opt(
@@ -697,6 +754,9 @@ impl Store {
         tag: String,
         reason: String,
     ) -> Result<(), StoreError> {
+        if !self.may_decide() {
+            return Ok(());
+        }
         self.with(move |db| {
             db.execute(
                 "INSERT INTO bad_tags (env, role, tag, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -724,6 +784,9 @@ impl Store {
         target: TargetId,
         deploy: DeployRecord,
     ) -> Result<(), StoreError> {
+        if !self.may_decide() {
+            return Ok(());
+        }
         self.with(move |db| {
             db.execute(
                 "INSERT INTO deploys (env, role, tag, commit_sha, pipeline_url, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -825,6 +888,9 @@ impl Store {
         &self,
         batch: Vec<(TargetId, String, String)>,
     ) -> Result<(), StoreError> {
+        if !self.may_decide() {
+            return Ok(());
+        }
         self.with_tx(move |db| {
             for (target, tag, evidence) in batch {
                 db.execute(

@@ -40,6 +40,9 @@ impl Store {
     /// Writes `samples` in one transaction and drops, for each target written, the windows
     /// beyond the newest [`WINDOWS_KEPT`].
     pub async fn save_samples(&self, samples: Vec<Sample>) -> Result<(), StoreError> {
+        if !self.may_decide() {
+            return Ok(());
+        }
         self.with_tx(move |db| {
             for s in &samples {
                 db.execute(

@@ -115,6 +115,12 @@ impl Number for u64 {
     }
 }
 
+impl Number for i64 {
+    fn write(self, out: &mut String) {
+        let _ = write!(out, "{self}");
+    }
+}
+
 impl Number for f64 {
     fn write(self, out: &mut String) {
         if self.is_infinite() {

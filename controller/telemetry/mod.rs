@@ -2,6 +2,7 @@
 //! `--log-format json`) and the Prometheus metrics served on `/metrics` ([`Metrics`]).
 
 mod exposition;
+mod lease;
 mod registry;
 mod series;
 
@@ -9,6 +10,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+pub use lease::LeaseSeries;
 pub use registry::Metrics;
 pub use series::{RollbackResult, Source, TargetSeries, STATES};
 

@@ -14,16 +14,32 @@ use super::series::{
 use crate::target::TargetId;
 
 /// Names and meaning are listed in the README.
-#[derive(Default)]
 pub struct Metrics {
     targets: RwLock<BTreeMap<TargetId, Arc<TargetSeries>>>,
+    /// Leadership and store reachability, controller-wide.
+    pub lease: Arc<super::LeaseSeries>,
     /// Size of the last render, to allocate the next one at once.
     last_len: AtomicUsize,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
+    /// A sole instance's metrics (SQLite store): it leads from the start.
     pub fn new() -> Metrics {
-        Metrics::default()
+        Metrics::with_lease(super::LeaseSeries::new("sqlite", true))
+    }
+
+    pub fn with_lease(lease: super::LeaseSeries) -> Metrics {
+        Metrics {
+            targets: RwLock::default(),
+            lease: Arc::new(lease),
+            last_len: AtomicUsize::new(0),
+        }
     }
 
     /// The target's series, created at their zero values on first use so that dashboards and
@@ -65,6 +81,7 @@ impl Metrics {
             ("version", crate::build_info::VERSION),
         ]);
         sample(&mut out, "rollwatch_build_info", &labels, &[], 1u64);
+        self.lease.render(&mut out);
         self.last_len.store(out.len(), Relaxed);
         out
     }

@@ -57,6 +57,7 @@ pub fn ui(reads_need_token: bool) -> Ui {
         metrics: Arc::new(crate::telemetry::Metrics::new()),
         alert_window_ms: 0,
         canaries: Arc::default(),
+        lease: Arc::new(crate::lease::SoleInstance),
     };
     let (events, _) = broadcast::channel(1024);
     let shutdown = CancellationToken::new();
@@ -153,6 +154,7 @@ impl Ui {
             from_image: None,
             to_tag: crate::tag::Tag::parse("v1.0.0").unwrap(),
             dry_run: false,
+            fence: crate::lease::Fence::sole(),
         };
         self.store.begin_rollback(intent).await.unwrap()
     }

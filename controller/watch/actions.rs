@@ -18,9 +18,16 @@ impl Watcher {
             }
             _ => None,
         });
-        let not_leader = (!self.lease.is_leader())
-            .then(|| format!("not the leader ({})", self.lease.describe()));
-        if let Some(why) = not_leader.or(in_flight) {
+        if !self.lease.is_leader() {
+            // Said at debug level: a follower judges the same regression every round.
+            let why = self.lease.describe();
+            tracing::debug!(target_id = %id, %why, "regressed, but this instance does not act");
+            let result = Err(RollbackEnd::NotLeader { why });
+            self.rollback_ended(&from_tag, &reason, trigger, result)
+                .await;
+            return;
+        }
+        if let Some(why) = in_flight {
             let result = Err(RollbackEnd::Withheld { why });
             self.rollback_ended(&from_tag, &reason, trigger, result)
                 .await;
@@ -106,6 +113,14 @@ impl Watcher {
         let outcome = match &result {
             Err(RollbackError::Interrupted { .. }) => {
                 tracing::warn!(target_id = %id, "rollback interrupted by shutdown; resumed at the next start");
+                return;
+            }
+            Err(e @ (RollbackError::Fenced { .. } | RollbackError::NotLeader { .. })) => {
+                // Another instance leads (or the store is away): whoever leads resumes the
+                // record, if one was written. Nothing to count or notify from here.
+                tracing::error!(target_id = %id, error = %e, "rollback not carried on by this instance");
+                let end = Err(RollbackEnd::NotLeader { why: e.to_string() });
+                self.rollback_ended(from_tag, reason, trigger, end).await;
                 return;
             }
             Ok(rec) if rec.state == RollbackState::DryRun => RollbackResult::DryRun,
