@@ -157,10 +157,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             "the API listens beyond loopback and its reads need no token: anyone who reaches it reads target state, rollback records, command output and container logs; set controller.api_reads_need_token = true, and put the API behind a TLS reverse proxy (see the README)"
         );
     }
+    let commands = Arc::new(commands);
     let api_state = ApiState {
         board: board.clone(),
         store: store.clone(),
-        commands: Arc::new(commands),
+        commands: commands.clone(),
         metrics: metrics.clone(),
         alert_window_ms: config.controller.alert_window.as_millis() as i64,
         token: token.as_deref().map(api::TokenDigest::of),
@@ -204,6 +205,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             config.clone(),
             store.clone(),
             rollbacker.clone(),
+            commands,
             shutdown.clone(),
         );
         tasks.push(tokio::spawn(l.run(
@@ -447,19 +449,22 @@ fn leadership(config: &Config) -> (Arc<Metrics>, Option<Arc<StoreLease>>) {
 }
 
 /// What a new leader does first: finish every rollback an earlier leader left as an intent,
-/// under the new epoch (each is claimed, so the old leader, if it still runs, is fenced off).
-/// Retried every second while the store fails and the lease is still this epoch's.
+/// under the new epoch (each is claimed, so the old leader, if alive, is fenced off), retried
+/// every second while the store fails; then every watcher rereads the guard rails the previous
+/// leader kept (a pause ordered through it, a halt, the cooldown).
 fn takeover(
     config: Arc<Config>,
     store: Store,
     rollbacker: Arc<Rollbacker>,
+    commands: Arc<HashMap<TargetId, mpsc::Sender<crate::watch::Command>>>,
     shutdown: CancellationToken,
 ) -> OnTakeover {
     Box::new(move |fence| {
-        let (config, store, rollbacker, shutdown) = (
+        let (config, store, rollbacker, commands, shutdown) = (
             config.clone(),
             store.clone(),
             rollbacker.clone(),
+            commands.clone(),
             shutdown.clone(),
         );
         Box::pin(async move {
@@ -470,7 +475,7 @@ fn takeover(
                     _ = shutdown.cancelled() => return,
                 };
                 match resumed {
-                    Ok(()) => return,
+                    Ok(()) => break,
                     Err(e) => {
                         tracing::error!(epoch = fence.epoch, error = %e, "cannot resume unfinished rollbacks after taking the lease; retrying in 1 s")
                     }
@@ -480,8 +485,26 @@ fn takeover(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+            for (id, tx) in commands.iter() {
+                if !reload(tx).await {
+                    tracing::warn!(target_id = %id, "the watcher did not reread its guard rails within 10 s; it acts on what it holds");
+                }
+            }
         })
     })
+}
+
+/// Asks one watcher to reread its guard rails; whether it did within 10 s.
+async fn reload(tx: &mpsc::Sender<crate::watch::Command>) -> bool {
+    let (done, reloaded) = tokio::sync::oneshot::channel();
+    let asked = async {
+        tx.send(crate::watch::Command::Reload { done }).await.ok()?;
+        reloaded.await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), asked).await,
+        Ok(Some(()))
+    )
 }
 
 #[cfg(test)]

@@ -215,6 +215,9 @@ pub enum Input {
     Resume,
     /// Start-up: the tag running now, and whether the store vouches for it (known-good, not bad).
     Adopt { running: String, known_good: bool },
+    /// This instance took the lease: the guard rails the previous leader kept (a pause, a
+    /// halt, the cooldown's clock, the refusal back-off) replace what this follower held.
+    Restored(Control),
 }
 
 impl Default for TargetState {
@@ -384,6 +387,25 @@ pub fn decide(state: &TargetState, input: &Input, policy: &Policy) -> (TargetSta
         Input::Pause => {
             let mut next = state.clone();
             next.paused = true;
+            (next, Vec::new())
+        }
+        Input::Restored(control) => {
+            let mut next = state.clone();
+            next.paused = control.paused;
+            next.last_rollback_ms = control.last_rollback_ms;
+            next.refusals = control.refusals;
+            next.retry_at_ms = control.retry_at_ms;
+            match (&control.halted, &state.phase) {
+                (Some(Halt { tag, reason }), _) => {
+                    next.phase = Phase::RollbackFailed {
+                        tag: tag.clone(),
+                        reason: reason.clone(),
+                    }
+                }
+                // Resumed by a person through the previous leader: judge afresh.
+                (None, Phase::RollbackFailed { .. }) => next.phase = Phase::Unknown,
+                (None, _) => {}
+            }
             (next, Vec::new())
         }
         Input::Resume => {
@@ -922,6 +944,39 @@ mod tests {
             matches!(&d[..], [Decision::RollBack { .. }]),
             "asked again: {d:?}"
         );
+    }
+
+    #[test]
+    fn a_new_leader_takes_the_guard_rails_the_previous_one_kept() {
+        // This follower saw a bad deploy; meanwhile the leader's operator paused the target.
+        let bad: Vec<_> = (0..5).map(|_| ("v1.1.0", fail())).collect();
+        let (follower, _) = run(TargetState::new(), 0, &bad);
+        let kept = Control {
+            paused: true,
+            last_rollback_ms: Some(4_000),
+            ..Control::default()
+        };
+        let (led, d) = decide(&follower, &Input::Restored(kept), &POLICY);
+        assert!(d.is_empty());
+        assert!(led.paused);
+        assert_eq!(led.last_rollback_ms, Some(4_000));
+        let (_, d) = run(led, 6_000, &[("v1.1.0", fail())]);
+        assert!(
+            !d.iter().any(|d| matches!(d, Decision::RollBack { .. })),
+            "paused through the old leader: {d:?}"
+        );
+        // A halt kept by the old leader holds here too; its lifting (a resume there) frees.
+        let halted = Control {
+            halted: Some(Halt {
+                tag: "v1.0.0".into(),
+                reason: "validation failed".into(),
+            }),
+            ..Control::default()
+        };
+        let (h, _) = decide(&follower, &Input::Restored(halted), &POLICY);
+        assert!(matches!(h.phase, Phase::RollbackFailed { .. }));
+        let (freed, _) = decide(&h, &Input::Restored(Control::default()), &POLICY);
+        assert_eq!(freed.phase, Phase::Unknown);
     }
 
     #[test]

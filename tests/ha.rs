@@ -29,6 +29,22 @@ fn two_controllers_on_one_database_roll_a_bad_deploy_back_once_by_the_leader() {
     .expect("the follower answers");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(&a.address()), "names the leader: {body}");
+    // The CLI on the follower's config goes to the leader, which answers (here: a refusal of
+    // a tag no registry has, so nothing changes).
+    let out = rollwatch(&b.config)
+        .env("ROLLWATCH_API_TOKEN", TOKEN)
+        .args(["rollback", "staging", "backend", "v9.9.9"])
+        .assert()
+        .code(2);
+    let said = String::from_utf8_lossy(&out.get_output().stderr).to_string()
+        + &String::from_utf8_lossy(&out.get_output().stdout);
+    assert!(
+        said.contains(&format!(
+            "sending the rollback to the leader at {}",
+            a.address()
+        )) && said.contains("unknown tag v9.9.9"),
+        "{said}"
+    );
 
     bed.d.deploy("v1.1.0");
     let row = bed.wait_rollback("succeeded", Duration::from_secs(90));

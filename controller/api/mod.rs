@@ -255,7 +255,10 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
     }
     let order = !matches!(*request.method(), Method::GET | Method::HEAD);
     if order && !state.lease.is_leader() {
-        return not_the_leader(state.lease.as_ref()).into_response();
+        let mut r = not_the_leader(state.lease.as_ref()).into_response();
+        r.headers_mut()
+            .insert(FOLLOWER_HEADER, header::HeaderValue::from_static("1"));
+        return r;
     }
     next.run(request).await
 }
@@ -275,6 +278,9 @@ fn not_the_leader(lease: &dyn crate::lease::Lease) -> ApiError {
         retry_after: Some(RETRY_AFTER_SECS),
     }
 }
+
+/// Marks a follower's 503 apart from a full queue's, for clients that retry the latter.
+pub const FOLLOWER_HEADER: &str = "x-rollwatch-follower";
 
 async fn not_found(request: Request) -> ApiError {
     reject(

@@ -53,7 +53,11 @@ pub async fn send_retrying_busy(
     let mut tries = 0;
     loop {
         let resp = make().send().await?;
-        if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || tries >= BUSY_RETRIES {
+        let follower = resp.headers().contains_key(crate::api::FOLLOWER_HEADER);
+        if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || follower
+            || tries >= BUSY_RETRIES
+        {
             return Ok(resp);
         }
         tries += 1;

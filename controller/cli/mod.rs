@@ -219,6 +219,8 @@ pub fn main() -> ExitCode {
                         RollbackError::UnknownTag { .. }
                             | RollbackError::Registry { .. }
                             | RollbackError::AlreadyRunning { .. }
+                            | RollbackError::Gone { .. }
+                            | RollbackError::NotLeader { .. }
                             | RollbackError::Docker(_)
                             | RollbackError::Site(_)
                             | RollbackError::Canary { .. }
@@ -634,6 +636,13 @@ async fn rollback(
         ))
         .into());
     }
+    if let crate::store::StoreLocation::Postgres(_) = &config.controller.store {
+        return Err(Refused(format!(
+            "controller.store is PostgreSQL: rollbacks are made by the leading controller, whose lease fences every step, and no controller answers at {}; start `rollwatch run`, or point this config's controller.listen at a running one",
+            api_base(config)
+        ))
+        .into());
+    }
     let store =
         Store::connect(&config.controller.store, config.controller.store_password()).await?;
     let rollbacker = Rollbacker::new(
@@ -704,7 +713,6 @@ async fn through_controller(
             config.controller.api_token_env
         ))
     })?;
-    let url = format!("{base}/api/v1/targets/{}/{}/rollback", id.env, id.role);
     let body = serde_json::json!({ "tag": tag.map(|t| t.to_string()), "reason": reason });
     tell!("rolling back {id} through the controller at {base}");
     // The controller answers once the rollback ended (or with 202 after 10 minutes).
@@ -713,11 +721,27 @@ async fn through_controller(
         .timeout(Duration::from_secs(11 * 60))
         .build()
         .context("building the API client")?;
-    let resp = controller::send_retrying_busy(|| client.post(&url).bearer_auth(&token).json(&body))
-        .await
-        .with_context(|| format!("calling {url}"))?;
-    let status = resp.status();
-    let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+    let order = |base: &str| {
+        let url = format!("{base}/api/v1/targets/{}/{}/rollback", id.env, id.role);
+        let (client, token, body) = (&client, &token, &body);
+        async move {
+            let resp =
+                controller::send_retrying_busy(|| client.post(&url).bearer_auth(token).json(body))
+                    .await
+                    .with_context(|| format!("calling {url}"))?;
+            let status = resp.status();
+            let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+            anyhow::Ok((status, answer))
+        }
+    };
+    let (mut status, mut answer) = order(&base).await?;
+    // A follower (several controllers on one PostgreSQL store) names the leader: go there.
+    if status.as_u16() == 503 {
+        if let Some(leader) = answer["leader"].as_str().map(str::to_string) {
+            tell!("{base} follows; sending the rollback to the leader at {leader}");
+            (status, answer) = order(leader.trim_end_matches('/')).await?;
+        }
+    }
     match status.as_u16() {
         404 => Ok(None),
         401 => Err(Refused(format!("the controller at {base} refused the API token")).into()),

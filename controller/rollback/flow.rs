@@ -84,6 +84,14 @@ pub enum RollbackError {
         "{target} already runs {tag}; nothing to roll back (name another tag to force a redeploy)"
     )]
     AlreadyRunning { target: TargetId, tag: Tag },
+    /// The version judged bad is gone already (another instance, or a takeover's resume,
+    /// rolled it back between the verdict and this order).
+    #[error("{target} no longer runs {failing} (it runs {running}); nothing to roll back")]
+    Gone {
+        target: TargetId,
+        failing: String,
+        running: String,
+    },
     #[error("rollback #{id} of {target} to {tag} failed: {source}")]
     Execution {
         id: i64,
@@ -172,6 +180,11 @@ pub struct Rollbacker {
     fallback: FallbackTags,
     lease: Arc<dyn Lease>,
     lease_series: Option<Arc<LeaseSeries>>,
+    /// One rollback per target at a time in this process. A leader whose lease lapsed and came
+    /// back (a new epoch) resumes its own unfinished intent; the lock makes that resume wait
+    /// for the old attempt, which the fence stops at its next step, instead of running beside a
+    /// command still in flight.
+    busy: std::sync::Mutex<std::collections::HashMap<TargetId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The store's fencing check of one recorded rollback: before each step, the lease row and the
@@ -257,7 +270,20 @@ impl Rollbacker {
             fallback,
             lease: Arc::new(SoleInstance),
             lease_series: None,
+            busy: Default::default(),
         }
+    }
+
+    /// Waits until no other rollback of `target` runs in this process; held while it lives.
+    async fn exclusive(&self, target: &TargetId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target.clone())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Acts only under `lease`, each step fenced by its epoch (several instances on one store).
@@ -298,13 +324,21 @@ impl Rollbacker {
         on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
     ) -> Result<RollbackRecord, RollbackError> {
         let id = target.id();
+        let _one_at_a_time = self.exclusive(&id).await;
         let docker = DockerClient::connect(&target.docker).await?;
         let repository = target.executor.image_repository(&target.role);
         let containers = docker.containers(&target.selector, true).await?;
-        let from_tag = request
-            .failing_tag
-            .clone()
-            .or_else(|| running_tag_of(&containers, &repository));
+        let running = running_tag_of(&containers, &repository);
+        if let (Some(failing), Some(running)) = (&request.failing_tag, &running) {
+            if failing != running {
+                return Err(RollbackError::Gone {
+                    target: id,
+                    failing: failing.clone(),
+                    running: running.clone(),
+                });
+            }
+        }
+        let from_tag = request.failing_tag.clone().or(running);
         let from_image = containers.first().map(|c| c.image_id.clone());
 
         let explicit = request.tag.is_some();
@@ -417,6 +451,7 @@ impl Rollbacker {
         record: &RollbackRecord,
         on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
     ) -> Result<RollbackRecord, RollbackError> {
+        let _one_at_a_time = self.exclusive(&record.target).await;
         // The record passes to this epoch first: the instance that wrote it, if it still
         // runs, is refused at its next step from here on.
         let fence = self

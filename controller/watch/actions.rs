@@ -115,10 +115,15 @@ impl Watcher {
                 tracing::warn!(target_id = %id, "rollback interrupted by shutdown; resumed at the next start");
                 return;
             }
-            Err(e @ (RollbackError::Fenced { .. } | RollbackError::NotLeader { .. })) => {
-                // Another instance leads (or the store is away): whoever leads resumes the
-                // record, if one was written. Nothing to count or notify from here.
-                tracing::error!(target_id = %id, error = %e, "rollback not carried on by this instance");
+            Err(
+                e @ (RollbackError::Fenced { .. }
+                | RollbackError::NotLeader { .. }
+                | RollbackError::Gone { .. }),
+            ) => {
+                // Another instance leads (or the store is away), or already rolled the version
+                // back: whoever leads resumes the record, if one was written. Nothing to count
+                // or notify from here; the next round sees what runs now.
+                tracing::warn!(target_id = %id, error = %e, "rollback not carried on by this instance");
                 let end = Err(RollbackEnd::NotLeader { why: e.to_string() });
                 self.rollback_ended(from_tag, reason, trigger, end).await;
                 return;
@@ -366,6 +371,18 @@ impl Watcher {
 
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::Reload { done } => {
+                match self.store.control(self.id.clone()).await {
+                    Ok(control) => {
+                        self.transition(Input::Restored(control));
+                    }
+                    Err(e) => {
+                        tracing::error!(target_id = %self.id, error = %e, "cannot reread the guard rails after taking the lease; keeping this instance's")
+                    }
+                }
+                self.publish();
+                let _ = done.send(());
+            }
             Command::Pause { done } => {
                 self.transition(Input::Pause);
                 self.emit(

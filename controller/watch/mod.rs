@@ -59,6 +59,9 @@ pub enum Command {
         reason: String,
         reply: oneshot::Sender<Result<RollbackRecord, String>>,
     },
+    /// This instance took the lease: reread the guard rails from the store (the previous
+    /// leader kept them). `done` fires once they are in place.
+    Reload { done: oneshot::Sender<()> },
 }
 
 /// Orders a watcher holds waiting while it is busy (a rollback in flight takes minutes).

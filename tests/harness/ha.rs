@@ -24,6 +24,7 @@ pub struct HaBed {
 pub struct Instance {
     pub name: String,
     pub api_port: u16,
+    pub config: PathBuf,
     pub c: Controller,
 }
 
@@ -103,6 +104,7 @@ impl HaBed {
             name: name.into(),
             api_port,
             c: Controller::start(&config, &all),
+            config,
         }
     }
 
