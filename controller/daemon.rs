@@ -208,8 +208,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             commands,
             shutdown.clone(),
         );
+        // Its own connection: renewals never queue behind a slow store call of a watcher or
+        // a reader (the store's calls share one connection), which could lapse the lease.
+        let lease_store =
+            Store::connect(&config.controller.store, config.controller.store_password()).await?;
         tasks.push(tokio::spawn(l.run(
-            Arc::new(store.clone()),
+            Arc::new(lease_store),
             hook,
             shutdown.clone(),
         )));

@@ -19,8 +19,11 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// Sent data unacknowledged this long fails the connection (Linux `TCP_USER_TIMEOUT`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every statement has a deadline: a blocked lock or a hung server fails the call, it does not
-/// hold a watcher (and the store's one connection) forever.
-const STATEMENT_TIMEOUT: &str = "-c statement_timeout=10000";
+/// hold a watcher (and the store's one connection) forever. A session idle inside a
+/// transaction (its process frozen by SIGSTOP between two statements) is ended by the server
+/// after 5 s, so its row locks (the lease row's `FOR SHARE`) cannot stall a takeover.
+const STATEMENT_TIMEOUT: &str =
+    "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=5000";
 
 pub(super) enum Backend {
     Sqlite(rusqlite::Connection),
