@@ -189,3 +189,36 @@ fn with_postgres_down_for_30s_during_a_bad_deploy_nothing_acts_until_it_is_back(
     assert_eq!(a.metric("rollwatch_store_up"), Some(1.0));
     assert_eq!(a.metric("rollwatch_leader"), Some(1.0));
 }
+
+/// Guard rails live in the store, kept by whoever leads: a pause ordered through the old
+/// leader holds under the new one, which rereads them when it takes over.
+#[test]
+fn a_pause_ordered_through_the_leader_holds_after_a_takeover() {
+    let bed = HaBed::new("ha-pause", "");
+    let mut a = bed.start_leader("a", &[]);
+    let b = bed.start("b", &[]);
+    b.wait_metric("rollwatch_leader", 0.0, Duration::from_secs(30));
+    bed.wait_event("promoted", "v1.0.0", Duration::from_secs(60));
+    let (status, body) = http_post(
+        a.api_port,
+        "/api/v1/targets/staging/backend/pause",
+        Some(TOKEN),
+        "{}",
+    )
+    .expect("the leader answers");
+    assert!((200..300).contains(&status), "{status} {body}");
+
+    a.c.kill9();
+    b.wait_metric(
+        "rollwatch_leader",
+        1.0,
+        TAKEOVER_BOUND + Duration::from_secs(5),
+    );
+    bed.d.deploy("v1.1.0");
+    let withheld = bed.wait_event("withheld", "v1.1.0", Duration::from_secs(30));
+    assert!(withheld.contains("paused"), "{withheld}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(bed.rollbacks().is_empty(), "{:?}", bed.rollbacks());
+    assert!(bed.ups().is_empty(), "{:?}", bed.calls());
+    bed.d.assert_runs("v1.1.0");
+}

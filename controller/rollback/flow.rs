@@ -420,19 +420,12 @@ impl Rollbacker {
             report
                 .output
                 .push_str(&format!("dry run: would roll {id} back to {image}\n"));
-            self.finish(
-                Ticket {
-                    id: rollback_id,
-                    target: &id,
-                    fence: &fence,
-                },
-                RollbackState::DryRun,
-                None,
-                report,
-                None,
-            )
-            .await?;
-            return self.record(rollback_id).await;
+            let ticket = Ticket {
+                id: rollback_id,
+                target: &id,
+                fence: &fence,
+            };
+            return self.finish_dry_run(ticket, report).await;
         }
         self.execute_recorded(rollback_id, &fence, target, &docker, &plan, report)
             .await
@@ -476,19 +469,12 @@ impl Rollbacker {
                     target.id()
                 )
             });
-            self.finish(
-                Ticket {
-                    id: record.id,
-                    target: &record.target,
-                    fence: &fence,
-                },
-                RollbackState::DryRun,
-                None,
-                report,
-                None,
-            )
-            .await?;
-            return self.record(record.id).await;
+            let ticket = Ticket {
+                id: record.id,
+                target: &record.target,
+                fence: &fence,
+            };
+            return self.finish_dry_run(ticket, report).await;
         }
         match self.resume_for_real(target, &fence, record, on_step).await {
             Err(e) if !e.is_recorded() => {
@@ -699,6 +685,18 @@ impl Rollbacker {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records a dry run's outcome (nothing was executed) and returns the record.
+    async fn finish_dry_run(
+        &self,
+        ticket: Ticket<'_>,
+        report: ExecReport,
+    ) -> Result<RollbackRecord, RollbackError> {
+        let id = ticket.id;
+        self.finish(ticket, RollbackState::DryRun, None, report, None)
+            .await?;
+        self.record(id).await
     }
 
     /// A store refusal before anything ran: a stale fence means another instance leads.

@@ -369,18 +369,24 @@ impl Watcher {
         None
     }
 
+    /// Rereads the guard rails the leader keeps in the store (after a takeover, and now and
+    /// then on a follower, whose status would otherwise miss a pause made through the leader).
+    pub(super) async fn reload_control(&mut self) {
+        match self.store.control(self.id.clone()).await {
+            Ok(control) => {
+                self.transition(Input::Restored(control));
+            }
+            Err(e) => {
+                tracing::warn!(target_id = %self.id, error = %e, "cannot reread the guard rails; keeping this instance's")
+            }
+        }
+        self.publish();
+    }
+
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Reload { done } => {
-                match self.store.control(self.id.clone()).await {
-                    Ok(control) => {
-                        self.transition(Input::Restored(control));
-                    }
-                    Err(e) => {
-                        tracing::error!(target_id = %self.id, error = %e, "cannot reread the guard rails after taking the lease; keeping this instance's")
-                    }
-                }
-                self.publish();
+                self.reload_control().await;
                 let _ = done.send(());
             }
             Command::Pause { done } => {

@@ -67,6 +67,9 @@ pub enum Command {
 /// Orders a watcher holds waiting while it is busy (a rollback in flight takes minutes).
 pub const COMMAND_QUEUE: usize = 16;
 
+/// How often a follower rereads the guard rails the leader keeps (one small query per target).
+const FOLLOWER_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Watcher {
     target: TargetConfig,
     /// `target.id()`, built once.
@@ -226,11 +229,15 @@ impl Watcher {
         // Built once: 1,000 watchers re-creating it every iteration all took the token's lock.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        let mut resync = tokio::time::interval_at(first + FOLLOWER_RESYNC, FOLLOWER_RESYNC);
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
                 _ = tick.tick() => Box::pin(self.round(true)).await,
+                // A follower's status shows the pauses and halts the leader keeps.
+                _ = resync.tick(), if !self.lease.is_leader() => Box::pin(self.reload_control()).await,
                 Some(w) = wakes.recv() => {
                     tracing::debug!(target_id = %self.id, reason = %w.reason, "woken");
                     self.deaths.extend(w.death);
