@@ -145,6 +145,9 @@ pub struct StoreLease {
     timing: LeaseTiming,
     view: Mutex<View>,
     series: Arc<LeaseSeries>,
+    /// Renewals failed in a row: the first is logged as an error, then one in 30 (about every
+    /// 30 s at the default ttl), and the recovery once.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 /// Called with the new fence each time this instance takes the lease under a new epoch: it
@@ -165,6 +168,7 @@ impl StoreLease {
             timing,
             view: Mutex::new(View::default()),
             series,
+            failures: Default::default(),
         })
     }
 
@@ -231,6 +235,18 @@ impl StoreLease {
             backend.acquire(&self.holder, &address, self.timing.ttl),
         )
         .await;
+        use std::sync::atomic::Ordering::Relaxed;
+        let failed_before = match &answer {
+            Ok(Ok(_)) => self.failures.swap(0, Relaxed),
+            _ => self.failures.fetch_add(1, Relaxed),
+        };
+        let say_failure = failed_before % 30 == 0;
+        if matches!(answer, Ok(Ok(_))) && failed_before > 0 {
+            tracing::warn!(
+                failed = failed_before,
+                "the store answers again; renewing the lease"
+            );
+        }
         match answer {
             Ok(Ok(Some(epoch))) => {
                 self.series.store_up(true);
@@ -280,11 +296,15 @@ impl StoreLease {
             }
             Ok(Err(e)) => {
                 self.series.store_up(false);
-                tracing::error!(error = %e, "cannot renew the lease: the store is unreachable; this instance stops acting when the lease runs out");
+                if say_failure {
+                    tracing::error!(error = %e, failed = failed_before + 1, "cannot renew the lease: the store is unreachable; this instance stops acting when the lease runs out");
+                }
             }
             Err(_) => {
                 self.series.store_up(false);
-                tracing::error!(within = ?deadline, "the lease renewal timed out; this instance stops acting when the lease runs out");
+                if say_failure {
+                    tracing::error!(within = ?deadline, failed = failed_before + 1, "the lease renewal timed out; this instance stops acting when the lease runs out");
+                }
             }
         }
     }

@@ -89,6 +89,8 @@ pub struct Watcher {
     listing: ListingId,
     views: Arc<[ContainerView]>,
     state: TargetState,
+    /// The last read of known-good tags failed (its warning is said once per outage).
+    store_unread: bool,
     since_ms: i64,
     last_deploy_ms: Option<i64>,
     running_tag: Option<String>,
@@ -181,6 +183,7 @@ impl Watcher {
             repository,
             view,
             state: initial,
+            store_unread: false,
             since_ms: now_ms(),
             last_deploy_ms: None,
             running_tag: None,

@@ -206,8 +206,18 @@ impl Watcher {
             other => other,
         };
         match pick {
-            Ok(tag) => self.known_good = tag.map(|t| t.to_string()),
-            Err(e) => tracing::warn!(error = %e, "cannot read known-good tags"),
+            Ok(tag) => {
+                self.known_good = tag.map(|t| t.to_string());
+                self.store_unread = false;
+            }
+            // Said once per outage: while the store is away this runs every round.
+            Err(e) if !self.store_unread => {
+                self.store_unread = true;
+                tracing::warn!(target_id = %self.id, error = %e, "cannot read known-good tags (said once until the store answers)")
+            }
+            Err(e) => {
+                tracing::debug!(target_id = %self.id, error = %e, "cannot read known-good tags")
+            }
         }
     }
 
