@@ -22,7 +22,7 @@ use crate::engine::EngineView;
 use crate::lease::{Lease, LeaseTiming, OnTakeover, SoleInstance, StoreLease};
 use crate::probe::Prober;
 use crate::registry::RegistryClient;
-use crate::rollback::Rollbacker;
+use crate::rollback::{RollbackError, Rollbacker};
 use crate::store::{EventRecord, RollbackState, Store, StoreError, StoreLocation};
 use crate::target::TargetId;
 use crate::telemetry::LeaseSeries;
@@ -376,6 +376,26 @@ async fn resume_unfinished(
         let result = rollbacker
             .resume(target, config.is_dry_run(target), &record, |_| {})
             .await;
+        let result = match result {
+            // Another instance leads now: it resumes the rest.
+            Err(e @ (RollbackError::NotLeader { .. } | RollbackError::Fenced { .. })) => {
+                tracing::warn!(id = record.id, error = %e, "not resuming: this instance lost the lease");
+                return Ok(());
+            }
+            Err(RollbackError::Superseded { id, why, .. }) => {
+                tracing::warn!(id, %why, "rollback left behind by a newer deploy");
+                store
+                    .record_event(
+                        record.target.clone(),
+                        "rollback_superseded",
+                        Some(record.to_tag.clone()),
+                        why,
+                    )
+                    .await?;
+                continue;
+            }
+            other => other,
+        };
         let (end, kind, message) = match result {
             Ok(done) if done.state == RollbackState::DryRun => (
                 RollbackEnd::DryRun,
@@ -443,8 +463,16 @@ fn leadership(config: &Config) -> (Arc<Metrics>, Option<Arc<StoreLease>>) {
         .advertise_url
         .as_ref()
         .map_or_else(|| format!("http://{}", c.listen), |u| u.to_string());
+    // The pid and a random suffix: two processes given one instance name (a shared config,
+    // pid 1 in two containers) never pass for one holder and both lead.
+    let holder = format!(
+        "{}:{}.{:04x}",
+        c.instance_name(),
+        std::process::id(),
+        rand::random::<u16>()
+    );
     let lease = StoreLease::new(
-        format!("{}:{}", c.instance_name(), std::process::id()),
+        holder,
         address,
         LeaseTiming::from_ttl(c.lease_ttl),
         metrics.lease.clone(),

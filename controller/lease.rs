@@ -148,6 +148,9 @@ pub struct StoreLease {
     /// Renewals failed in a row: the first is logged as an error, then one in 30 (about every
     /// 30 s at the default ttl), and the recovery once.
     failures: std::sync::atomic::AtomicU32,
+    /// A renewal still waiting on the store (a frozen server): the next one is not queued
+    /// behind it, so waiting threads never pile up.
+    renewing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Called with the new fence each time this instance takes the lease under a new epoch: it
@@ -169,6 +172,7 @@ impl StoreLease {
             view: Mutex::new(View::default()),
             series,
             failures: Default::default(),
+            renewing: Default::default(),
         })
     }
 
@@ -196,7 +200,7 @@ impl StoreLease {
     ) {
         let on_takeover = Arc::new(on_takeover);
         loop {
-            self.renew_once(backend.as_ref(), &on_takeover).await;
+            self.renew_once(&backend, &on_takeover).await;
             self.publish();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -220,7 +224,7 @@ impl StoreLease {
     /// One renewal. Public for tests that drive the lease step by step.
     pub async fn renew_once(
         self: &Arc<Self>,
-        backend: &dyn LeaseBackend,
+        backend: &Arc<dyn LeaseBackend>,
         on_takeover: &Arc<OnTakeover>,
     ) {
         let sent = Instant::now();
@@ -230,11 +234,7 @@ impl StoreLease {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let answer = tokio::time::timeout(
-            deadline,
-            backend.acquire(&self.holder, &address, self.timing.ttl),
-        )
-        .await;
+        let answer = self.acquire(backend, address, deadline).await;
         use std::sync::atomic::Ordering::Relaxed;
         let failed_before = match &answer {
             Ok(Ok(_)) => self.failures.swap(0, Relaxed),
@@ -321,6 +321,33 @@ impl StoreLease {
         }
         drop(v);
         self.publish();
+    }
+
+    /// One acquire on its own task, awaited at most `deadline`. While the previous one still
+    /// waits on the store, none is sent and this one times out like it.
+    async fn acquire(
+        &self,
+        backend: &Arc<dyn LeaseBackend>,
+        address: String,
+        deadline: Duration,
+    ) -> Result<Result<Option<i64>, crate::store::StoreError>, tokio::time::error::Elapsed> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (backend, holder, ttl) = (backend.clone(), self.holder.clone(), self.timing.ttl);
+        let renewing = self.renewing.clone();
+        let task = (!renewing.swap(true, SeqCst)).then(|| {
+            tokio::spawn(async move {
+                let answer = backend.acquire(&holder, &address, ttl).await;
+                renewing.store(false, SeqCst);
+                answer
+            })
+        });
+        tokio::time::timeout(deadline, async move {
+            match task {
+                Some(t) => t.await.unwrap_or(Err(crate::store::StoreError::Join)),
+                None => std::future::pending().await,
+            }
+        })
+        .await
     }
 
     fn publish(&self) {

@@ -130,8 +130,9 @@ fn a_leader_frozen_past_its_lease_is_refused_at_every_step_while_the_new_leader_
     sh("kill", &["-CONT", &a.pid()]);
     let fenced = bed.wait_event("fenced", "v1.0.0", Duration::from_secs(30));
     assert!(
-        fenced.contains(&format!("epoch 1 of a:{} is stale", a.pid()))
-            && fenced.contains(&format!("b:{} leads under epoch 2", b.pid())),
+        fenced.contains(&format!("epoch 1 of a:{}.", a.pid()))
+            && fenced.contains(&format!(" is stale: b:{}.", b.pid()))
+            && fenced.contains(" leads under epoch 2"),
         "{fenced}"
     );
     std::thread::sleep(Duration::from_secs(3));

@@ -621,6 +621,50 @@ fn the_config_takes_a_path_or_a_url_and_refuses_a_password_in_the_url() {
     }
 }
 
+#[test]
+fn lease_settings_that_would_mislead_or_flap_are_refused_naming_the_key() {
+    let pg = "postgres://rollwatch@127.0.0.1:5432/rollwatch";
+    let with = |controller: &str| {
+        let text = format!("[controller]\nstore = \"{pg}\"\n{controller}\n{TARGET}");
+        Config::parse(&text, Path::new("rw.toml"), Path::new("/etc/rw")).map_err(|e| e.to_string())
+    };
+    for (line, key, says) in [
+        ("lease_ttl = \"1s\"", "controller.lease_ttl", "use 2s to 5m"),
+        (
+            "lease_ttl = \"10m\"",
+            "controller.lease_ttl",
+            "use 2s to 5m",
+        ),
+        (
+            "instance = \"a b\"",
+            "controller.instance",
+            "not an instance name",
+        ),
+        (
+            "advertise_url = \"ftp://x:9860\"",
+            "controller.advertise_url",
+            "http:// or https://",
+        ),
+        (
+            "advertise_url = \"http://u:secret@x:9860\"",
+            "controller.advertise_url",
+            "without a user or password",
+        ),
+        (
+            "listen = \"0.0.0.0:9860\"",
+            "controller.advertise_url",
+            "set advertise_url",
+        ),
+    ] {
+        let e = with(line).expect_err(line);
+        assert!(e.contains(key) && e.contains(says), "{line}: {e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+    let ok = with("listen = \"0.0.0.0:9860\"\nadvertise_url = \"https://ctl-a.internal:9860\"\nlease_ttl = \"3s\"\ninstance = \"ctl-a\"");
+    let c = ok.expect("accepted");
+    assert_eq!(c.controller.instance_name(), "ctl-a");
+}
+
 #[tokio::test]
 async fn the_lease_changes_hands_only_when_it_lapses_or_is_released_and_each_change_is_an_epoch() {
     let pg = PgCluster::start();

@@ -209,13 +209,34 @@ fn check_store(controller: &ControllerConfig) -> Result<(), Refusal> {
 fn check_lease(controller: &ControllerConfig) -> Result<(), Refusal> {
     use Seg::Key;
     let ttl = controller.lease_ttl;
-    if ttl < std::time::Duration::from_secs(1) || ttl > std::time::Duration::from_secs(300) {
+    if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(300) {
         return Err(Refusal::new(
             &[Key("controller"), Key("lease_ttl")],
             format!(
-                "{} is out of range: under 1s a busy database or a GC pause loses the lease between renewals, over 5m a dead leader leaves deploys unwatched that long; use 1s to 5m (default {})",
+                "{} is out of range: under 2s one slow reconnect to the database loses the lease, over 5m a dead leader leaves deploys unwatched that long; use 2s to 5m (default {})",
                 humantime::format_duration(ttl),
                 humantime::format_duration(super::default_lease_ttl())
+            ),
+        ));
+    }
+    if let Some(url) = &controller.advertise_url {
+        if !matches!(url.scheme(), "http" | "https")
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            let mut refusal = Refusal::new(
+                &[Key("controller"), Key("advertise_url")],
+                "is not an API address to give out: use http:// or https:// without a user or password (it is stored in the lease row and sent in followers' answers)",
+            );
+            refusal.secret = url.password().map(String::from);
+            return Err(refusal);
+        }
+    } else if controller.listen.ip().is_unspecified() {
+        return Err(Refusal::new(
+            &[Key("controller"), Key("advertise_url")],
+            format!(
+                "controller.listen is {}, so followers would send clients to http://{}; set advertise_url to this instance's reachable address",
+                controller.listen, controller.listen
             ),
         ));
     }

@@ -83,7 +83,7 @@ pub struct ControllerConfig {
     #[serde(default = "default_store_password_env")]
     pub store_password_env: String,
     /// This instance's name in the lease and in its metrics (PostgreSQL store); the lease
-    /// holder is `<instance>:<pid>`, unique even when two hosts share a name. The host name
+    /// holder is `<instance>:<pid>.<random>`, unique even when two share a name. The host name
     /// by default.
     #[serde(default)]
     pub instance: Option<String>,

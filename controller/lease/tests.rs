@@ -108,12 +108,13 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn the_first_instance_leads_after_its_takeover_and_the_second_follows_naming_it() {
-    let row = FakeRow::default();
+    let row: Arc<FakeRow> = Arc::default();
+    let backend: Arc<dyn LeaseBackend> = row.clone();
     let (a, a_series) = instance("a");
     let (b, _) = instance("b");
     let (hook, seen, _) = counting();
 
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     assert_eq!(
         a.fence().map(|f| f.epoch),
         Some(1),
@@ -133,7 +134,7 @@ async fn the_first_instance_leads_after_its_takeover_and_the_second_follows_nami
         "{out}"
     );
 
-    b.renew_once(&row, &hook).await;
+    b.renew_once(&backend, &hook).await;
     assert!(!b.is_leader());
     assert_eq!(b.fence(), None);
     assert_eq!(b.leader_address().as_deref(), Some("http://a:9860"));
@@ -153,7 +154,8 @@ async fn the_first_instance_leads_after_its_takeover_and_the_second_follows_nami
 
 #[tokio::test(start_paused = true)]
 async fn watchers_wait_until_the_takeover_has_resumed_what_was_left() {
-    let row = FakeRow::default();
+    let row: Arc<FakeRow> = Arc::default();
+    let backend: Arc<dyn LeaseBackend> = row.clone();
     let (a, _) = instance("a");
     let (release, wait) = tokio::sync::oneshot::channel::<()>();
     let wait = Arc::new(Mutex::new(Some(wait)));
@@ -166,7 +168,7 @@ async fn watchers_wait_until_the_takeover_has_resumed_what_was_left() {
         })
     });
     let hook = Arc::new(hook);
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     settle().await;
     assert!(!a.is_leader(), "not acting while the resume runs");
     assert!(
@@ -180,22 +182,23 @@ async fn watchers_wait_until_the_takeover_has_resumed_what_was_left() {
 
 #[tokio::test(start_paused = true)]
 async fn a_frozen_leader_loses_its_fence_when_its_lease_runs_out_and_the_next_epoch_is_another() {
-    let row = FakeRow::default();
+    let row: Arc<FakeRow> = Arc::default();
+    let backend: Arc<dyn LeaseBackend> = row.clone();
     let (a, _) = instance("a");
     let (b, _) = instance("b");
     let (hook, seen, _) = counting();
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     settle().await;
     // a stops renewing (frozen): its own view expires with the ttl, before anyone else acts.
     tokio::time::advance(TTL + Duration::from_millis(1)).await;
     assert!(!a.is_leader());
     assert_eq!(a.fence(), None);
-    b.renew_once(&row, &hook).await;
+    b.renew_once(&backend, &hook).await;
     settle().await;
     assert!(b.is_leader());
     assert_eq!(b.fence().map(|f| f.epoch), Some(2));
     // a wakes up: its renewal is refused and it follows.
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     assert!(!a.is_leader());
     assert_eq!(a.leader_address().as_deref(), Some("http://b:9860"));
     let epochs: Vec<i64> = seen.lock().unwrap().iter().map(|f| f.epoch).collect();
@@ -204,14 +207,15 @@ async fn a_frozen_leader_loses_its_fence_when_its_lease_runs_out_and_the_next_ep
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_database_stops_acting_at_lease_end_and_its_return_is_a_new_epoch() {
-    let row = FakeRow::default();
+    let row: Arc<FakeRow> = Arc::default();
+    let backend: Arc<dyn LeaseBackend> = row.clone();
     let (a, series) = instance("a");
     let (hook, _, calls) = counting();
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     settle().await;
     row.down.store(true, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(1)).await;
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     assert!(a.is_leader(), "still inside the lease it was granted");
     let mut out = String::new();
     series.render(&mut out);
@@ -225,7 +229,7 @@ async fn a_lost_database_stops_acting_at_lease_end_and_its_return_is_a_new_epoch
         "the lease ran out while the database was away"
     );
     row.down.store(false, Ordering::SeqCst);
-    a.renew_once(&row, &hook).await;
+    a.renew_once(&backend, &hook).await;
     settle().await;
     assert!(a.is_leader());
     assert_eq!(
@@ -242,11 +246,12 @@ async fn a_lost_database_stops_acting_at_lease_end_and_its_return_is_a_new_epoch
 
 #[tokio::test(start_paused = true)]
 async fn renewals_within_the_lease_keep_the_epoch_and_do_not_take_over_again() {
-    let row = FakeRow::default();
+    let row: Arc<FakeRow> = Arc::default();
+    let backend: Arc<dyn LeaseBackend> = row.clone();
     let (a, _) = instance("a");
     let (hook, _, calls) = counting();
     for _ in 0..10 {
-        a.renew_once(&row, &hook).await;
+        a.renew_once(&backend, &hook).await;
         settle().await;
         tokio::time::advance(Duration::from_secs(1)).await;
     }

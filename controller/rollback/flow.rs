@@ -84,6 +84,13 @@ pub enum RollbackError {
         "{target} already runs {tag}; nothing to roll back (name another tag to force a redeploy)"
     )]
     AlreadyRunning { target: TargetId, tag: Tag },
+    /// A resumed record whose target was deployed again since: finished without acting.
+    #[error("{why}")]
+    Superseded {
+        id: i64,
+        target: TargetId,
+        why: String,
+    },
     /// The version judged bad is gone already (another instance, or a takeover's resume,
     /// rolled it back between the verdict and this order).
     #[error("{target} no longer runs {failing} (it runs {running}); nothing to roll back")]
@@ -140,6 +147,7 @@ impl RollbackError {
                 RollbackError::Interrupted { .. }
                     | RollbackError::Fenced { .. }
                     | RollbackError::NotLeader { .. }
+                    | RollbackError::Superseded { .. }
             )
     }
 }
@@ -193,16 +201,50 @@ pub struct RecordFence {
     store: Store,
     rollback_id: i64,
     fence: Fence,
+    lease: Arc<dyn Lease>,
     series: Option<Arc<LeaseSeries>>,
+}
+
+/// How often a store write that failed (the store briefly away) is tried again while this
+/// instance's lease still holds.
+const STORE_RETRY: Duration = Duration::from_millis(500);
+
+/// How often a running step looks whether this instance's lease still holds.
+const LEASE_WATCH: Duration = Duration::from_millis(200);
+
+/// Runs a fenced store write, trying again while the store fails and `fence` is still this
+/// instance's lease (locally: it lapses within the ttl). A blip of the store then costs a
+/// moment, not an intent left behind beside a second rollback; a longer outage ends in a new
+/// epoch, whose takeover resumes the record.
+async fn while_held<T, F, Fut>(
+    lease: &dyn Lease,
+    fence: &Fence,
+    mut write: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    loop {
+        match write().await {
+            Err(e @ StoreError::Fenced { .. }) => return Err(e),
+            Err(e) if lease.fence().as_ref() == Some(fence) => {
+                tracing::warn!(error = %e, "a fenced store write failed; trying again while the lease holds");
+                tokio::time::sleep(STORE_RETRY).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 impl StepFence for RecordFence {
     fn check<'a>(&'a self, step: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let checked = self
-                .store
-                .fence_step(self.rollback_id, self.fence.clone(), step.to_string())
-                .await;
+            let checked = while_held(self.lease.as_ref(), &self.fence, || {
+                self.store
+                    .fence_step(self.rollback_id, self.fence.clone(), step.to_string())
+            })
+            .await;
             match checked {
                 Ok(()) => Ok(()),
                 Err(e @ StoreError::Fenced { .. }) => {
@@ -212,9 +254,10 @@ impl StepFence for RecordFence {
                     tracing::error!(rollback = self.rollback_id, step, error = %e, "step refused by the fencing check");
                     Err(e.to_string())
                 }
-                // Never act without a record: a store that cannot answer stops the rollback.
+                // Never act without a record: a store that stayed away past the lease stops
+                // the rollback; the next leader resumes it.
                 Err(e) => Err(format!(
-                    "cannot check the lease ({e}); not acting without a record"
+                    "cannot check the lease ({e}) and it ran out meanwhile; not acting without a record"
                 )),
             }
         })
@@ -311,6 +354,7 @@ impl Rollbacker {
             store: self.store.clone(),
             rollback_id,
             fence: fence.clone(),
+            lease: self.lease.clone(),
             series: self.lease_series.clone(),
         }))
     }
@@ -386,7 +430,14 @@ impl Rollbacker {
             }
         }
 
-        let fence = self.lease.fence().ok_or_else(|| self.not_leader(&id))?;
+        // A new rollback needs the lease *and* the watchers' turn: during a takeover only its
+        // resumes act (they hold the fence before the watchers may).
+        let fence = self
+            .lease
+            .is_leader()
+            .then(|| self.lease.fence())
+            .flatten()
+            .ok_or_else(|| self.not_leader(&id))?;
         let rollback_id = self
             .store
             .begin_rollback(RollbackIntent {
@@ -413,7 +464,10 @@ impl Rollbacker {
             }
         }
         if !logs.is_empty() {
-            self.store.set_rollback_logs(rollback_id, logs).await?;
+            // Evidence, not a step: a store blip here must not leave the intent behind.
+            if let Err(e) = self.store.set_rollback_logs(rollback_id, logs).await {
+                tracing::warn!(rollback = rollback_id, error = %e, "cannot store the containers' last log lines");
+            }
         }
         let mut report = self.report(rollback_id, &fence, on_step);
         if request.dry_run {
@@ -511,6 +565,37 @@ impl Rollbacker {
             "resuming rollback #{} after a controller restart or a change of leader (epoch {})\n",
             record.id, fence.epoch
         ));
+        // A deploy made after this rollback was ordered is not the version it was meant to
+        // undo: rolling it back now would undo something nobody judged.
+        if let Some(now) = running_tag_of(&containers, &plan.image_repository) {
+            if record.from_tag.as_deref() != Some(now.as_str()) && record.to_tag != now {
+                let why = format!(
+                    "not resumed: {} now runs {now}, deployed after rollback #{} of {} was ordered; nothing was run",
+                    record.target,
+                    record.id,
+                    record.from_tag.as_deref().unwrap_or("?")
+                );
+                report.output.push_str(&format!("{why}\n"));
+                let ticket = Ticket {
+                    id: record.id,
+                    target: &record.target,
+                    fence,
+                };
+                self.finish(
+                    ticket,
+                    RollbackState::Failed,
+                    None,
+                    report,
+                    Some(why.clone()),
+                )
+                .await?;
+                return Err(RollbackError::Superseded {
+                    id: record.id,
+                    target: record.target.clone(),
+                    why,
+                });
+            }
+        }
         let all_on_tag = !containers.is_empty()
             && containers
                 .iter()
@@ -569,7 +654,39 @@ impl Rollbacker {
                 target.selector.clone(),
             )),
         };
-        if let Err(source) = executor.execute(plan, &mut report).await {
+        // A step already past its fence check still runs when the lease runs out (this
+        // instance frozen, or cut off from the store): it is stopped then, its processes
+        // killed, instead of racing the new leader to its end.
+        // The store's epoch check decides, as for every step (and records the refusal); while
+        // it still says the lease is ours, the step goes on.
+        let lost = async {
+            loop {
+                tokio::time::sleep(LEASE_WATCH).await;
+                if self.lease.fence().as_ref() == Some(fence) {
+                    continue;
+                }
+                let check =
+                    self.store
+                        .fence_step(rollback_id, fence.clone(), "running step".into());
+                match check.await {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        if let (StoreError::Fenced { .. }, Some(s)) = (&e, &self.lease_series) {
+                            s.fenced();
+                        }
+                        break e;
+                    }
+                }
+            }
+        };
+        let executed = tokio::select! {
+            r = executor.execute(plan, &mut report) => r,
+            e = lost => Err(ExecError::Fenced {
+                step: "the running step".into(),
+                why: format!("this instance's lease ran out while it ran, so it was stopped ({e})"),
+            }),
+        };
+        if let Err(source) = executed {
             if let ExecError::Fenced { step, why } = source {
                 return Err(RollbackError::Fenced {
                     id: rollback_id,
@@ -676,7 +793,11 @@ impl Rollbacker {
             output: report.output,
             error,
         };
-        match self.store.finish_fenced(id, outcome, fence.clone()).await {
+        let written = while_held(self.lease.as_ref(), fence, || {
+            self.store.finish_fenced(id, outcome.clone(), fence.clone())
+        })
+        .await;
+        match written {
             Ok(()) => Ok(()),
             Err(e @ StoreError::Fenced { .. }) => Err(RollbackError::Fenced {
                 id,

@@ -175,10 +175,13 @@ impl LeaseBackend for Store {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<i64>, StoreError>> {
         let (holder, address) = (holder.to_string(), address.to_string());
-        Box::pin(self.with(move |db| {
+        Box::pin(self.with_tx(move |db| {
             if db.dialect() == Dialect::Sqlite {
                 return Ok(Some(0));
             }
+            // A row lock held elsewhere (a fenced write in flight) is waited on briefly, not
+            // for the whole statement timeout: the next renewal comes within a second.
+            db.execute("SET LOCAL lock_timeout = '1s'", &[])?;
             // The epoch grows whenever the lease changes hands or lapsed, even back to the
             // same holder: a gap means someone else may have acted.
             let row = db.query_opt(

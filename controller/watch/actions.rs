@@ -118,7 +118,11 @@ impl Watcher {
             Err(
                 e @ (RollbackError::Fenced { .. }
                 | RollbackError::NotLeader { .. }
-                | RollbackError::Gone { .. }),
+                | RollbackError::Gone { .. }
+                | RollbackError::Store(
+                    crate::store::StoreError::Unreachable { .. }
+                    | crate::store::StoreError::Lost { .. },
+                )),
             ) => {
                 // Another instance leads (or the store is away), or already rolled the version
                 // back: whoever leads resumes the record, if one was written. Nothing to count

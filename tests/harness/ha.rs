@@ -196,7 +196,7 @@ impl HaBed {
         })
     }
 
-    /// (holder, epoch) of a live lease; the holder is `<instance>:<pid>`.
+    /// (holder, epoch) of a live lease; the holder is `<instance>:<pid>.<random>`.
     pub fn lease(&self) -> Option<(String, i64)> {
         let mut c = self.client()?;
         let row = c
