@@ -818,3 +818,62 @@ async fn a_follower_writes_no_decision_and_the_leader_does() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_frozen_database_process_fails_calls_at_the_deadline_and_at_once_after_until_it_wakes() {
+    let pg = PgCluster::start();
+    let store = Store::connect(&StoreLocation::Postgres(pg.url()), None)
+        .await
+        .unwrap()
+        .with_call_deadline(Duration::from_secs(2));
+    // The server process of this store's connection, frozen: its host still answers TCP.
+    let pid: i64 = store
+        .with(|db| {
+            db.query_opt("SELECT pg_backend_pid()::BIGINT", &[])?
+                .unwrap()
+                .get(0)
+        })
+        .await
+        .unwrap();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let e = store
+        .events(None, None, None, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did not answer within 2 s"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let t = Instant::now();
+    let e = store
+        .events(None, None, None, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fail at once"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "no second wait: {:?}",
+        t.elapsed()
+    );
+    signal("-CONT");
+    let back = Instant::now();
+    loop {
+        if store.events(None, None, None, 10).await.is_ok() {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "answers again once awake"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -57,6 +57,8 @@ pub enum StoreError {
     Migrate { at: String, detail: String },
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
+    #[error("the store did not answer within {seconds} s (a frozen database server?); store calls fail at once until it answers again")]
+    Stuck { seconds: u64 },
     /// The lease is not the caller's (any more): another instance leads. Nothing was written
     /// but the refusal.
     #[error("fenced: {why}")]
@@ -281,7 +283,17 @@ pub struct Store {
     /// follower's watchers judge the same evidence and keep their view in memory; writing it
     /// too would double every event and race the leader's guard rails.
     gate: Option<Arc<dyn crate::lease::Lease>>,
+    /// How long a caller waits for a PostgreSQL call. A server process that is frozen while
+    /// its host still answers TCP is not noticed by keepalives; the call's thread stays blocked,
+    /// but its caller is told, and later calls fail at once (`stuck`) instead of queueing more
+    /// blocked threads behind it, until a call returns.
+    deadline: Option<std::time::Duration>,
+    stuck: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The default [`Store::deadline`] of a PostgreSQL store: above the statement timeout (10 s),
+/// so only a server that does not answer at all meets it.
+const PG_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl StoreError {
     /// Maps an SQLite error met while opening (or migrating) the store at `path`.
@@ -308,16 +320,29 @@ impl Store {
         password: Option<String>,
     ) -> Result<Store, StoreError> {
         let location = location.clone();
+        let postgres = matches!(location, StoreLocation::Postgres(_));
         let backend = tokio::task::spawn_blocking(move || backend::connect(&location, password))
             .await
             .map_err(|_| StoreError::Join)??;
-        Ok(Store::from_backend(backend))
+        let store = Store::from_backend(backend);
+        Ok(match postgres {
+            true => store.with_call_deadline(PG_CALL_DEADLINE),
+            false => store,
+        })
+    }
+
+    /// Callers wait at most `deadline` for a store call (see [`Store::deadline`]).
+    pub fn with_call_deadline(mut self, deadline: std::time::Duration) -> Store {
+        self.deadline = Some(deadline);
+        self
     }
 
     fn from_backend(backend: Backend) -> Store {
         Store {
             backend: Arc::new(Mutex::new(backend)),
             gate: None,
+            deadline: None,
+            stuck: Arc::default(),
         }
     }
 
@@ -355,15 +380,33 @@ impl Store {
         tx: bool,
         f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.stuck.load(SeqCst) {
+            return Err(StoreError::Stuck {
+                seconds: self.deadline.map_or(0, |d| d.as_secs()),
+            });
+        }
+        let (backend, stuck) = (self.backend.clone(), self.stuck.clone());
+        let call = tokio::task::spawn_blocking(move || {
             // A poisoned lock only means another store call panicked; the connection is fine
             // (an open transaction was rolled back when it was dropped).
             let mut guard = backend.lock().unwrap_or_else(|p| p.into_inner());
-            guard.run(tx, f)
-        })
-        .await
-        .map_err(|_| StoreError::Join)?
+            let result = guard.run(tx, f);
+            stuck.store(false, SeqCst);
+            result
+        });
+        let Some(deadline) = self.deadline else {
+            return call.await.map_err(|_| StoreError::Join)?;
+        };
+        match tokio::time::timeout(deadline, call).await {
+            Ok(done) => done.map_err(|_| StoreError::Join)?,
+            Err(_) => {
+                self.stuck.store(true, SeqCst);
+                Err(StoreError::Stuck {
+                    seconds: deadline.as_secs(),
+                })
+            }
+        }
     }
 
     /// Writes the intent; returns its id. Must happen before any side effect of the rollback.

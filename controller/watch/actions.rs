@@ -121,7 +121,8 @@ impl Watcher {
                 | RollbackError::Gone { .. }
                 | RollbackError::Store(
                     crate::store::StoreError::Unreachable { .. }
-                    | crate::store::StoreError::Lost { .. },
+                    | crate::store::StoreError::Lost { .. }
+                    | crate::store::StoreError::Stuck { .. },
                 )),
             ) => {
                 // Another instance leads (or the store is away), or already rolled the version
