@@ -29,6 +29,13 @@ fn two_controllers_on_one_database_roll_a_bad_deploy_back_once_by_the_leader() {
     .expect("the follower answers");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(&a.address()), "names the leader: {body}");
+    let (_, page) = http_get(b.api_port, "/").expect("the follower's status page");
+    assert!(
+        page.contains("This instance follows") && page.contains(&a.address()),
+        "{page}"
+    );
+    let (_, page) = http_get(a.api_port, "/").expect("the leader's status page");
+    assert!(!page.contains("This instance follows"));
     // The CLI on the follower's config goes to the leader, which answers (here: a refusal of
     // a tag no registry has, so nothing changes).
     let out = rollwatch(&b.config)

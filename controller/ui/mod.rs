@@ -124,11 +124,28 @@ fn bearer_ok(state: &UiState, headers: &HeaderMap) -> bool {
 }
 
 impl UiState {
+    /// On an instance that does not lead, every page says so first: what it shows is watched
+    /// here, but orders and decisions are the leader's.
+    fn follower_notice(&self) -> Option<(String, bool)> {
+        let lease = &self.api.lease;
+        if lease.is_leader() {
+            return None;
+        }
+        Some((
+            match lease.leader_address() {
+                Some(a) => format!("This instance follows: it watches but does not act or take orders. The leader is at {a}."),
+                None => "This instance does not lead now and no leader is known (is the store reachable?): nothing is acted on here.".into(),
+            },
+            false,
+        ))
+    }
+
     fn frame<'a>(&self, title: &'a str, viewer: &'a Viewer) -> Frame<'a> {
         let notice = viewer
             .session
             .as_deref()
-            .and_then(|s| self.sessions.take_notice(s));
+            .and_then(|s| self.sessions.take_notice(s))
+            .or_else(|| self.follower_notice());
         Frame {
             title,
             stream: None,
