@@ -230,3 +230,44 @@ fn a_pause_ordered_through_the_leader_holds_after_a_takeover() {
     assert!(bed.ups().is_empty(), "{:?}", bed.calls());
     bed.d.assert_runs("v1.1.0");
 }
+
+/// Alertmanager pointed at every instance: the follower answers 503 (Alertmanager retries it)
+/// and the leader acts once; after a failover, the same alert episode re-sent to the new leader
+/// is a duplicate, because the store remembers it.
+#[test]
+fn an_alert_sent_to_every_instance_rolls_back_once_even_across_a_failover() {
+    let bed = HaBed::build("ha-alert", "", FAST_WATCH, &["v1.0.0", "v1.0.1"]);
+    let mut a = bed.start_leader("a", &[]);
+    let b = bed.start("b", &[]);
+    b.wait_metric("rollwatch_leader", 0.0, Duration::from_secs(30));
+    bed.wait_event("promoted", "v1.0.0", Duration::from_secs(60));
+    bed.d.deploy("v1.0.1");
+    bed.wait_event("promoted", "v1.0.1", Duration::from_secs(60));
+
+    let path = "/api/v1/alertmanager";
+    let firing = am_payload("firing", "staging", "backend", "2026-11-29T10:00:00Z");
+    let to_b = http_post(b.api_port, path, Some(TOKEN), &firing).expect("b answers");
+    assert_eq!(to_b.0, 503, "{to_b:?}");
+    let to_a = http_post(a.api_port, path, Some(TOKEN), &firing).expect("a answers");
+    assert_eq!(to_a.0, 200, "{to_a:?}");
+    assert!(to_a.1.contains(r#""action":"rollback""#), "{to_a:?}");
+    let row = bed.wait_rollback("succeeded", Duration::from_secs(60));
+    assert_eq!(
+        (row.2.as_deref(), row.3.as_str()),
+        (Some("v1.0.1"), "v1.0.0")
+    );
+
+    a.c.kill9();
+    b.wait_metric(
+        "rollwatch_leader",
+        1.0,
+        TAKEOVER_BOUND + Duration::from_secs(5),
+    );
+    let again = http_post(b.api_port, path, Some(TOKEN), &firing).expect("b answers");
+    assert_eq!(again.0, 200, "{again:?}");
+    assert!(again.1.contains(r#""action":"duplicate""#), "{again:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(bed.rollbacks().len(), 1, "{:?}", bed.rollbacks());
+    assert_eq!(bed.ups(), vec!["a"]);
+    bed.d.assert_runs("v1.0.0");
+}

@@ -264,12 +264,6 @@ fn prometheus_alert_on_error_rate_orders_a_rollback_through_alertmanager() {
     );
 }
 
-fn am_payload(status: &str, env: &str, role: &str, starts_at: &str) -> String {
-    format!(
-        r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"HighErrors\"}}","status":"{status}","receiver":"rollwatch","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"HighErrors","env":"{env}","role":"{role}","rollwatch_action":"rollback"}},"annotations":{{"summary":"5xx above 10%"}},"startsAt":"{starts_at}","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"0123abcd"}}]}}"#
-    )
-}
-
 #[test]
 fn alertmanager_webhook_answers_each_case_and_changes_only_what_it_should() {
     let (d, _c) = watched_good_deployment("wh", &["v1.0.1"], "", &[]);

@@ -57,7 +57,12 @@ impl HaBed {
 
     /// The same with another `watch` table.
     pub fn with_watch(prefix: &str, gate: &str, watch: &str) -> HaBed {
-        let app = app_with_images(prefix, &["v1.0.0", "v1.1.0"]);
+        HaBed::build(prefix, gate, watch, &["v1.0.0", "v1.1.0"])
+    }
+
+    /// The same with these tags in the registry (v1.0.0 runs first).
+    pub fn build(prefix: &str, gate: &str, watch: &str, tags: &[&str]) -> HaBed {
+        let app = app_with_images(prefix, tags);
         let d = ComposeDeployment::up(&app, "staging", "backend", "v1.0.0");
         let calls = d.root.path().join("compose-calls");
         let path = compose_wrapper(

@@ -1416,3 +1416,11 @@ pub fn command_line(program: &str, args: &[&str]) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// An Alertmanager webhook body with one `HighErrors` alert (fingerprint `0123abcd`) that
+/// orders a rollback of `env`/`role`.
+pub fn am_payload(status: &str, env: &str, role: &str, starts_at: &str) -> String {
+    format!(
+        r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"HighErrors\"}}","status":"{status}","receiver":"rollwatch","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"HighErrors","env":"{env}","role":"{role}","rollwatch_action":"rollback"}},"annotations":{{"summary":"5xx above 10%"}},"startsAt":"{starts_at}","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"0123abcd"}}]}}"#
+    )
+}
