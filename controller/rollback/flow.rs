@@ -2,21 +2,19 @@
 //! anything, write the intent, run the executor, validate `/health`, store the outcome. Manual
 //! rollbacks (CLI, API) and automatic ones (watcher, alerts) all come through [`Rollbacker`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use futures_util::future::BoxFuture;
-
+use super::fence::{while_held, RecordFence};
 use super::{
     check_sites, compose_executor, compose_projects_of, step_start, DockerApiExecutor, ExecError,
-    ExecPlan, ExecReport, Executor, SiteError, StepFence,
+    ExecPlan, ExecReport, Executor, RollbackError,
 };
 use crate::config::{ExecutorConfig, FallbackTags, TargetConfig};
-use crate::docker::{ContainerInfo, DockerClient, DockerError};
+use crate::docker::{ContainerInfo, DockerClient};
 use crate::lease::{Fence, Lease, SoleInstance};
-use crate::probe::{ProbeFailure, Prober};
-use crate::registry::{RegistryClient, RegistryError};
+use crate::probe::Prober;
+use crate::registry::RegistryClient;
 use crate::store::{
     RollbackIntent, RollbackOutcome, RollbackRecord, RollbackState, StepRecord, Store, StoreError,
     Trigger,
@@ -41,115 +39,6 @@ pub struct RollbackRequest {
     /// The tag judged bad, when the watcher knows it (on a target running two tags it is the
     /// newer one); otherwise the running tag is read from Docker.
     pub failing_tag: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RollbackError {
-    #[error("rollback of {target} interrupted by shutdown; its intent stays on record and is resumed at the next start")]
-    Interrupted { target: TargetId },
-    /// This instance does not hold the lease (or cannot reach the store to check): nothing was
-    /// written and nothing run.
-    #[error("{target} not rolled back by this instance: {why}; nothing was changed")]
-    NotLeader { target: TargetId, why: String },
-    /// The lease changed hands while this rollback ran: the step was refused, the record left
-    /// to the instance that leads now, which resumes it.
-    #[error("rollback #{id} of {target} stopped: {why}; the leader resumes the record")]
-    Fenced {
-        id: i64,
-        target: TargetId,
-        why: String,
-    },
-    #[error(transparent)]
-    Docker(#[from] DockerError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The compose executor cannot tell where or as which project to run; nothing was changed.
-    #[error(transparent)]
-    Site(#[from] SiteError),
-    #[error("unknown tag {tag} for {target}: {image} is neither in registry {registry} nor present locally; nothing was changed")]
-    UnknownTag {
-        target: TargetId,
-        tag: Tag,
-        image: String,
-        registry: String,
-    },
-    #[error("cannot check tag {tag} for {target}: {source}; {image} is not present locally either, so nothing was changed")]
-    Registry {
-        target: TargetId,
-        tag: Tag,
-        image: String,
-        source: RegistryError,
-    },
-    #[error(
-        "{target} already runs {tag}; nothing to roll back (name another tag to force a redeploy)"
-    )]
-    AlreadyRunning { target: TargetId, tag: Tag },
-    /// A resumed record whose target was deployed again since: finished without acting.
-    #[error("{why}")]
-    Superseded {
-        id: i64,
-        target: TargetId,
-        why: String,
-    },
-    /// The version judged bad is gone already (another instance, or a takeover's resume,
-    /// rolled it back between the verdict and this order).
-    #[error("{target} no longer runs {failing} (it runs {running}); nothing to roll back")]
-    Gone {
-        target: TargetId,
-        failing: String,
-        running: String,
-    },
-    #[error("rollback #{id} of {target} to {tag} failed: {source}")]
-    Execution {
-        id: i64,
-        target: TargetId,
-        tag: Tag,
-        source: ExecError,
-    },
-    /// A canary target's rollback could not be done by weight; nothing was changed.
-    #[error("{target}: not rolled back: {why}")]
-    Canary { target: TargetId, why: String },
-    /// A canary target's flip back ran and failed; the record says how far it got.
-    #[error("flip back #{id} of {target} failed: {why}")]
-    CanaryFailed {
-        id: i64,
-        target: TargetId,
-        why: String,
-    },
-    #[error("rollback #{id} of {target} to {tag} ran, but /health did not answer ok within {within:?}: last probe {failure}")]
-    Validation {
-        id: i64,
-        target: TargetId,
-        tag: Tag,
-        within: Duration,
-        failure: ProbeFailure,
-    },
-}
-
-impl RollbackError {
-    /// The executor ran: something on the host may have changed, and the outcome is on record.
-    /// Every other error is a refusal that changed nothing.
-    pub fn changed_something(&self) -> bool {
-        matches!(
-            self,
-            RollbackError::Execution { .. }
-                | RollbackError::Validation { .. }
-                | RollbackError::CanaryFailed { .. }
-        )
-    }
-
-    /// The record was finished with this error (or, interrupted, deliberately left as intent).
-    /// Fenced and not-leader errors leave the record alone too: it belongs to the leader.
-    fn is_recorded(&self) -> bool {
-        self.changed_something()
-            || matches!(
-                self,
-                RollbackError::Interrupted { .. }
-                    | RollbackError::Fenced { .. }
-                    | RollbackError::NotLeader { .. }
-                    | RollbackError::Superseded { .. }
-            )
-    }
 }
 
 /// Fault injection for crash-safety tests: with `ROLLWATCH_FAULT_POINT=<name>` the process
@@ -193,75 +82,6 @@ pub struct Rollbacker {
     /// for the old attempt, which the fence stops at its next step, instead of running beside a
     /// command still in flight.
     busy: std::sync::Mutex<std::collections::HashMap<TargetId, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The store's fencing check of one recorded rollback: before each step, the lease row and the
-/// record's epoch are read in one transaction; a stale epoch is refused and the refusal stored.
-pub struct RecordFence {
-    store: Store,
-    rollback_id: i64,
-    fence: Fence,
-    lease: Arc<dyn Lease>,
-    series: Option<Arc<LeaseSeries>>,
-}
-
-/// How often a store write that failed (the store briefly away) is tried again while this
-/// instance's lease still holds.
-const STORE_RETRY: Duration = Duration::from_millis(500);
-
-/// How often a running step looks whether this instance's lease still holds.
-const LEASE_WATCH: Duration = Duration::from_millis(200);
-
-/// Runs a fenced store write, trying again while the store fails and `fence` is still this
-/// instance's lease (locally: it lapses within the ttl). A blip of the store then costs a
-/// moment, not an intent left behind beside a second rollback; a longer outage ends in a new
-/// epoch, whose takeover resumes the record.
-async fn while_held<T, F, Fut>(
-    lease: &dyn Lease,
-    fence: &Fence,
-    mut write: F,
-) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    loop {
-        match write().await {
-            Err(e @ StoreError::Fenced { .. }) => return Err(e),
-            Err(e) if lease.fence().as_ref() == Some(fence) => {
-                tracing::warn!(error = %e, "a fenced store write failed; trying again while the lease holds");
-                tokio::time::sleep(STORE_RETRY).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-impl StepFence for RecordFence {
-    fn check<'a>(&'a self, step: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let checked = while_held(self.lease.as_ref(), &self.fence, || {
-                self.store
-                    .fence_step(self.rollback_id, self.fence.clone(), step.to_string())
-            })
-            .await;
-            match checked {
-                Ok(()) => Ok(()),
-                Err(e @ StoreError::Fenced { .. }) => {
-                    if let Some(s) = &self.series {
-                        s.fenced();
-                    }
-                    tracing::error!(rollback = self.rollback_id, step, error = %e, "step refused by the fencing check");
-                    Err(e.to_string())
-                }
-                // Never act without a record: a store that stayed away past the lease stops
-                // the rollback; the next leader resumes it.
-                Err(e) => Err(format!(
-                    "cannot check the lease ({e}) and it ran out meanwhile; not acting without a record"
-                )),
-            }
-        })
-    }
 }
 
 /// The tag a container runs, when its image reference is `<repository>:<tag>`.
@@ -350,13 +170,17 @@ impl Rollbacker {
         fence: &Fence,
         on_step: impl Fn(&StepRecord) + Send + Sync + 'static,
     ) -> ExecReport {
-        ExecReport::new(on_step).with_fence(Arc::new(RecordFence {
-            store: self.store.clone(),
+        ExecReport::new(on_step).with_fence(Arc::new(self.record_fence(rollback_id, fence)))
+    }
+
+    fn record_fence(&self, rollback_id: i64, fence: &Fence) -> RecordFence {
+        RecordFence::new(
+            self.store.clone(),
             rollback_id,
-            fence: fence.clone(),
-            lease: self.lease.clone(),
-            series: self.lease_series.clone(),
-        }))
+            fence.clone(),
+            self.lease.clone(),
+            self.lease_series.clone(),
+        )
     }
 
     /// Rolls `target` back and returns the stored record. Refusals (unknown tag, unreachable
@@ -657,31 +481,10 @@ impl Rollbacker {
         // A step already past its fence check still runs when the lease runs out (this
         // instance frozen, or cut off from the store): it is stopped then, its processes
         // killed, instead of racing the new leader to its end.
-        // The store's epoch check decides, as for every step (and records the refusal); while
-        // it still says the lease is ours, the step goes on.
-        let lost = async {
-            loop {
-                tokio::time::sleep(LEASE_WATCH).await;
-                if self.lease.fence().as_ref() == Some(fence) {
-                    continue;
-                }
-                let check =
-                    self.store
-                        .fence_step(rollback_id, fence.clone(), "running step".into());
-                match check.await {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        if let (StoreError::Fenced { .. }, Some(s)) = (&e, &self.lease_series) {
-                            s.fenced();
-                        }
-                        break e;
-                    }
-                }
-            }
-        };
+        let watch = self.record_fence(rollback_id, fence);
         let executed = tokio::select! {
             r = executor.execute(plan, &mut report) => r,
-            e = lost => Err(ExecError::Fenced {
+            e = watch.lost() => Err(ExecError::Fenced {
                 step: "the running step".into(),
                 why: format!("this instance's lease ran out while it ran, so it was stopped ({e})"),
             }),

@@ -5,6 +5,8 @@
 mod compose;
 mod docker_api;
 pub mod envfile;
+mod error;
+mod fence;
 mod flow;
 mod project;
 mod runner;
@@ -19,9 +21,10 @@ pub use compose::{
     ComposeFlavor,
 };
 pub use docker_api::DockerApiExecutor;
-pub use flow::RecordFence;
+pub use error::RollbackError;
+pub use fence::RecordFence;
 pub(crate) use flow::{fault_panic_once, fault_point};
-pub use flow::{running_tag_of, RollbackError, RollbackRequest, Rollbacker};
+pub use flow::{running_tag_of, RollbackRequest, Rollbacker};
 pub use project::{
     compose_projects_of, is_valid_project_name, project_warnings, warn_project_mismatches,
     ComposeProjectFacts, SiteError,
