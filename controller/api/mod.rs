@@ -270,6 +270,7 @@ fn not_the_leader(lease: &dyn crate::lease::Lease) -> ApiError {
     let leader = lease.leader_address();
     let message = match &leader {
         Some(a) => format!("this rollwatch instance follows and takes no orders; send them to the leader at {a}"),
+        None if lease.fence().is_some() => "this rollwatch instance is taking over as leader (finishing what the previous one left); retry shortly".to_string(),
         None => "this rollwatch instance does not lead now (no leader is known: the store may be unreachable); retry shortly".to_string(),
     };
     ApiError {

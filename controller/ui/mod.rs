@@ -134,6 +134,7 @@ impl UiState {
         Some((
             match lease.leader_address() {
                 Some(a) => format!("This instance follows: it watches but does not act or take orders. The leader is at {a}."),
+                None if lease.fence().is_some() => "This instance is taking over as leader: it finishes what the previous leader left, then acts.".into(),
                 None => "This instance does not lead now and no leader is known (is the store reachable?): nothing is acted on here.".into(),
             },
             false,
