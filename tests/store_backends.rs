@@ -54,9 +54,13 @@ where
 }
 
 fn target() -> TargetId {
+    target_of(Env::Staging, "backend")
+}
+
+fn target_of(env: Env, role: &str) -> TargetId {
     TargetId {
-        env: Env::Staging,
-        role: "backend".into(),
+        env,
+        role: role.into(),
     }
 }
 
@@ -190,10 +194,7 @@ async fn last_known_good_skips_the_failing_tag_and_bad_tags() {
 async fn events_filter_and_order() {
     for_each_backend(|b| async move {
         let store = b.open().await;
-        let other = TargetId {
-            env: Env::Production,
-            role: "frontend".into(),
-        };
+        let other = target_of(Env::Production, "frontend");
         let mut ids = Vec::new();
         for i in 0..5 {
             let t = if i % 2 == 0 { target() } else { other.clone() };
@@ -312,10 +313,7 @@ async fn an_alert_episode_is_claimed_once_until_released() {
 async fn baselines_replace_per_target_and_match_their_tag() {
     for_each_backend(|b| async move {
         let store = b.open().await;
-        let other = TargetId {
-            env: Env::Staging,
-            role: "frontend".into(),
-        };
+        let other = target_of(Env::Staging, "frontend");
         store
             .save_baselines(vec![
                 (target(), "v1".into(), "{\"n\":1}".into()),
