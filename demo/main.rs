@@ -325,8 +325,16 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
+            // The whole request head before answering: closing after a partial read makes the
+            // probe's next write fail with a broken pipe (seen once under load).
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             match answer {
                 Some(a) => {
                     let _ = conn.write_all(a.as_bytes());
