@@ -750,6 +750,23 @@ executor = { kind = "compose", dir = "/opt/shop/staging/backend", registry = "12
     }
 
     #[test]
+    fn a_canary_target_is_refused_on_a_postgresql_store() {
+        let canary = format!(
+            "{GOOD}strategy = \"canary\"\n[targets.canary]\nports = [18081, 18082]\ntraffic = {{ kind = \"haproxy\", socket = \"/run/haproxy.sock\", backend = \"be\", servers = [\"blue\", \"green\"] }}\n"
+        );
+        parse(&canary).expect("fine on SQLite");
+        let shared = canary.replace(
+            "store = \"state/rollwatch.db\"",
+            "store = \"postgres://rw@127.0.0.1:5432/rw\"",
+        );
+        let (_, e) = error_of(&shared);
+        assert!(
+            e.contains("targets[0].strategy") && e.contains("not supported on a PostgreSQL store"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_canary_strategy_needs_its_settings_and_checks_them() {
         let canary = |body: &str| format!("{GOOD}strategy = \"canary\"\n{body}");
         let table = |extra: &str| {
