@@ -296,10 +296,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<CanaryRecord>, StoreError> {
         self.with(move |db| {
-            let (env, role) = match &target {
-                Some(t) => (Some(t.env.as_str()), Some(t.role.clone())),
-                None => (None, None),
-            };
+            let (env, role) = super::target_params(target.as_ref());
             db.query(
                 &format!(
                     "{SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)

@@ -504,10 +504,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RollbackRecord>, StoreError> {
         self.with(move |db| {
-            let (env, role) = match &target {
-                Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
-                None => (None, None),
-            };
+            let (env, role) = target_params(target.as_ref());
             db.query(
                 &format!(
                     "{SELECT_ROLLBACK} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)
@@ -583,6 +580,15 @@ fn returned_id(row: Option<Row>) -> Result<i64, StoreError> {
 /// A `LIMIT` bound: `usize::MAX` ("all") would not fit the databases' signed integers.
 fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The `env` and `role` parameters of an optional target filter (`NULL`: every target), for
+/// the `CAST(?1 AS TEXT) IS NULL OR env = ?1` form the listing queries share.
+pub(super) fn target_params(target: Option<&TargetId>) -> (Value, Value) {
+    match target {
+        Some(t) => (t.env.as_str().into(), t.role.as_str().into()),
+        None => (Value::Null, Value::Null),
+    }
 }
 
 fn write_control(
@@ -744,10 +750,7 @@ impl Store {
 
     pub async fn events_matching(&self, f: EventFilter) -> Result<Vec<EventRecord>, StoreError> {
         self.with(move |db| {
-            let (env, role) = match &f.target {
-                Some(t) => (Some(t.env.as_str().to_string()), Some(t.role.clone())),
-                None => (None, None),
-            };
+            let (env, role) = target_params(f.target.as_ref());
             // Two statements, not an interpolated order: the SQL stays constant text.
             let sql = if f.oldest_first {
                 "SELECT id, at_ms, env, role, kind, tag, message FROM events

@@ -155,13 +155,9 @@ pub(super) async fn action(
     if let Err(Refused(status, why)) = check_form(&viewer, &form, true) {
         return refusal(&state, &viewer, status, &why);
     }
-    if !state.api.lease.is_leader() {
-        // The same rule as the API's: a follower's watcher would take the order, but its
-        // writes are the leader's to make, so the page would claim what did not happen.
-        let why = match state.api.lease.leader_address() {
-            Some(a) => format!("this rollwatch instance follows and takes no orders; use the leader's page at {a}"),
-            None => "this rollwatch instance does not lead now (the store may be unreachable); try again shortly".into(),
-        };
+    // The same rule as the API's: a follower's watcher would take the order, but its writes
+    // are the leader's to make, so the page would claim what did not happen.
+    if let Some((why, _)) = state.follower_notice() {
         return refusal(&state, &viewer, StatusCode::SERVICE_UNAVAILABLE, &why);
     }
     let (id, tx) = match api::parse_target(&state.api, &env, &role) {
