@@ -137,6 +137,8 @@ fn the_cooldown_holds_across_a_restart() {
     let (d, mut c) = watched_good_deployment("gcool", TAGS, "", &[]);
     d.deploy("v1.1.0");
     wait_rollback(&d.db(), "succeeded");
+    // The record starts the cooldown; the watcher writes the same moment again with its event.
+    wait_event(&d.db(), "rollback", "v1.0.0", Duration::from_secs(30));
     let last = control(&d.db()).and_then(|c| c.2);
     assert!(last.is_some(), "cooldown clock stored");
     c.kill9();

@@ -284,6 +284,53 @@ async fn control_round_trips_with_its_event() {
     .await;
 }
 
+/// The cooldown is written with the record that starts it: a controller killed between the
+/// record and its event must not come back without a cooldown.
+#[tokio::test]
+async fn a_succeeded_rollback_starts_the_cooldown_with_its_record_and_a_failed_one_does_not() {
+    for_each_backend(|b| async move {
+        let store = b.open().await;
+        let fence = lease(&store, "a").await;
+        let failed = store
+            .begin_rollback(intent("v1.0.0", &fence))
+            .await
+            .unwrap();
+        store
+            .finish_fenced(failed, outcome(RollbackState::Failed), fence.clone())
+            .await
+            .unwrap();
+        assert_eq!(store.control(target()).await.unwrap(), Control::default());
+
+        let paused = Control {
+            paused: true,
+            refusals: 2,
+            ..Control::default()
+        };
+        store
+            .record_event_with_control(target(), "paused", None, "".into(), Some(paused.clone()))
+            .await
+            .unwrap();
+        let id = store
+            .begin_rollback(intent("v1.0.0", &fence))
+            .await
+            .unwrap();
+        store
+            .finish_fenced(id, outcome(RollbackState::Succeeded), fence)
+            .await
+            .unwrap();
+        let finished = store.rollback(id).await.unwrap().unwrap().finished_at_ms;
+        let control = store.control(target()).await.unwrap();
+        assert_eq!(control.last_rollback_ms, finished);
+        assert!(finished.is_some());
+        assert_eq!(
+            (control.paused, control.refusals),
+            (true, 2),
+            "other guard rails kept"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_alert_episode_is_claimed_once_until_released() {
     for_each_backend(|b| async move {

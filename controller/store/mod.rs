@@ -449,25 +449,38 @@ impl Store {
         .await
     }
 
-    /// Writes a canary flip back's outcome (canary targets run on a SQLite store only).
+    /// Writes a canary flip back's outcome (canary targets run on a SQLite store only; their
+    /// watcher keeps its own cooldown).
     pub async fn finish_rollback(
         &self,
         id: i64,
         outcome: RollbackOutcome,
     ) -> Result<(), StoreError> {
-        self.finish_fenced(id, outcome, crate::lease::Fence::sole())
+        self.finish_record(id, outcome, crate::lease::Fence::sole(), false)
             .await
     }
 
     /// Writes a rollback's outcome, once: refused with [`StoreError::Fenced`] unless `fence`
     /// holds the lease and the record is still an intent of its epoch (a newer leader that
-    /// took the record over finishes it).
+    /// took the record over finishes it). A success starts the target's cooldown in the same
+    /// transaction: a controller killed right after it must not forget the cooldown on restart.
     pub async fn finish_fenced(
         &self,
         id: i64,
         outcome: RollbackOutcome,
         fence: crate::lease::Fence,
     ) -> Result<(), StoreError> {
+        self.finish_record(id, outcome, fence, true).await
+    }
+
+    async fn finish_record(
+        &self,
+        id: i64,
+        outcome: RollbackOutcome,
+        fence: crate::lease::Fence,
+        starts_cooldown: bool,
+    ) -> Result<(), StoreError> {
+        let starts_cooldown = starts_cooldown && outcome.state == RollbackState::Succeeded;
         let steps = serde_json::to_string(&outcome.steps)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.with_tx(move |db| {
@@ -481,6 +494,9 @@ impl Store {
                     return Err(StoreError::Fenced {
                         why: format!("rollback #{id} is finished or was taken up by a newer epoch than {}", fence.epoch),
                     });
+                }
+                if starts_cooldown {
+                    start_cooldown(db, id)?;
                 }
                 Ok(())
             })
@@ -589,6 +605,19 @@ pub(super) fn target_params(target: Option<&TargetId>) -> (Value, Value) {
         Some(t) => (t.env.as_str().into(), t.role.as_str().into()),
         None => (Value::Null, Value::Null),
     }
+}
+
+/// Sets the cooldown clock of rollback `id`'s target to the record's end, keeping its other
+/// guard rails (the watcher writes the same moment again with the event it reports).
+fn start_cooldown(db: &mut dyn Db, id: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO target_control (env, role, paused, last_rollback_ms, refusals, updated_at_ms)
+         SELECT env, role, ?2, finished_at_ms, 0, finished_at_ms FROM rollbacks WHERE id = ?1
+         ON CONFLICT (env, role) DO UPDATE SET last_rollback_ms = excluded.last_rollback_ms,
+           updated_at_ms = excluded.updated_at_ms",
+        vals![id, false],
+    )?;
+    Ok(())
 }
 
 fn write_control(
