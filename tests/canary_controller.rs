@@ -224,6 +224,13 @@ async fn a_regression_found_by_the_watcher_during_the_hold_flips_traffic_back_by
     assert_eq!(b.weights(), (100, 0));
     assert_eq!((r.weights, r.applied), ((100, 0), true));
     let regressed = event_at_ms(&b.db(), "regressed", "v1.0.1").expect("the watcher's verdict");
+    // The event (and the counter before it) follows the record's state.
+    wait_event(
+        &b.db(),
+        "canary_flipped_back",
+        "v1.0.1",
+        Duration::from_secs(30),
+    );
     let flipped = event_at_ms(&b.db(), "canary_flipped_back", "v1.0.1").expect("flip event");
     eprintln!(
         "verdict -> all traffic on v1.0.0 took {} ms",

@@ -56,7 +56,7 @@ fn wall_clock_steps_neither_end_a_watch_window_early_nor_stretch_the_grace() {
             .any(|(k, t, _)| k == "promoted" && t.as_deref() == Some("v1.0.1")),
         "v1.0.1 was promoted right after the clock jumped 2 h forward, seconds into its 20 s window:\n{log}"
     );
-    assert_eq!(target_status(d.api_port)["state"], "watching");
+    wait_state(d.api_port, "watching", Duration::from_secs(5));
     let promoted_at = event_at_ms(&d.db(), "deploy", "v1.0.1").expect("deploy event");
     wait_event(&d.db(), "promoted", "v1.0.1", Duration::from_secs(60));
     // The record keeps the wall clock as the controller sees it: two hours on.
@@ -76,6 +76,7 @@ fn wall_clock_steps_neither_end_a_watch_window_early_nor_stretch_the_grace() {
         (Some("v1.1.0"), "v1.0.1")
     );
     d.assert_runs("v1.0.1");
+    wait_event(&d.db(), "rollback", "v1.0.1", Duration::from_secs(30));
     assert_eq!(
         metric_value(
             d.api_port,

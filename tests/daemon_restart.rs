@@ -128,14 +128,7 @@ fn daemon_restart_mid_rollback_is_recorded_as_failed_and_resume_finishes_it() {
     );
     assert_eq!(rollbacks_counted(d.api_port, "failed"), Some(1.0));
     // Held: the engine is back and v1.1.0 still fails, but nothing retries on its own.
-    wait_for(
-        Duration::from_secs(60),
-        "the status naming the failure",
-        || {
-            let s = target_status(d.api_port);
-            (s["state"] == "rollback_failed").then_some(s)
-        },
-    );
+    wait_state(d.api_port, "rollback_failed", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(rollback_rows(&d.db()).len(), 1, "no retry loop");
 
@@ -146,6 +139,8 @@ fn daemon_restart_mid_rollback_is_recorded_as_failed_and_resume_finishes_it() {
         .success();
     let ok = wait_rollback(&d.db(), "succeeded");
     assert_eq!(ok.4, "v1.0.0");
+    // Counted after the record is finished, before its event.
+    wait_event(&d.db(), "rollback", "v1.0.0", Duration::from_secs(30));
     d.assert_runs("v1.0.0");
     assert_eq!(rollbacks_counted(d.api_port, "succeeded"), Some(1.0));
 }

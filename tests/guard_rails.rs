@@ -123,7 +123,7 @@ fn a_halted_target_stays_halted_across_a_restart() {
     flood_events(&d.db(), 10_000);
 
     let _c2 = Controller::start(&config_of(&d), &[]);
-    assert_eq!(target_status(d.api_port)["state"], "rollback_failed");
+    wait_state(d.api_port, "rollback_failed", Duration::from_secs(30));
     // A new deploy to the halted target is left alone too: a human has to look first.
     d.deploy("v1.1.0");
     d.deploy("v1.2.0");
@@ -285,7 +285,8 @@ fn a_refused_rollback_backs_off_gives_up_and_never_halts() {
         "refused before any intent"
     );
     assert_eq!(control(&d.db()).and_then(|c| c.1), None, "not halted");
-    assert_eq!(target_status(d.api_port)["state"], "regressed");
+    // The round that gives up publishes its state (and the given-up flag) after the event.
+    wait_state(d.api_port, "regressed", Duration::from_secs(10));
     let metrics = http_get(d.api_port, "/metrics").unwrap().1;
     assert!(
         metrics.contains(r#"rollwatch_rollback_given_up{env="staging",role="backend"} 1"#),
@@ -330,11 +331,11 @@ fn a_resume_that_fails_is_finished_as_failed_once_not_at_every_start() {
     let mut c2 = Controller::start(&config_of(&d), &[]);
     let row = wait_rollback(&d.db(), "failed");
     assert_eq!(row.4, "v9.9.9");
-    assert_eq!(target_status(d.api_port)["state"], "rollback_failed");
+    wait_state(d.api_port, "rollback_failed", Duration::from_secs(30));
     c2.kill9();
 
     let _c3 = Controller::start(&config_of(&d), &[]);
-    assert_eq!(target_status(d.api_port)["state"], "rollback_failed");
+    wait_state(d.api_port, "rollback_failed", Duration::from_secs(30));
     let failures = events(&d.db())
         .iter()
         .filter(|(k, _, _)| k == "rollback_failed")

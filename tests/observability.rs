@@ -135,9 +135,15 @@ fn every_dashboard_query_returns_data_after_a_real_rollback_and_the_rollback_ale
     );
     assert_eq!(rollbacks[0]["metric"]["env"], "staging");
     promtool_accepts_the_exposition(d.api_port);
-    let running = prom.query("rollwatch_running_tag_info");
-    assert_eq!(running.len(), 1, "one running-tag series: {running:?}");
-    assert_eq!(running[0]["metric"]["tag"], "v1.0.0");
+    // The running tag is published by the round after the rollback: wait for a scrape of it.
+    wait_for(
+        Duration::from_secs(30),
+        "one running-tag series, v1.0.0",
+        || {
+            let running = prom.query("rollwatch_running_tag_info");
+            (running.len() == 1 && running[0]["metric"]["tag"] == "v1.0.0").then_some(())
+        },
+    );
 
     let queries = dashboard_queries(&dashboard());
     wait_for(

@@ -100,11 +100,21 @@ fn a_full_store_refuses_the_rollback_and_the_retry_acts_once_it_takes_writes() {
         rows.is_empty(),
         "no record could be written, so none exists: {rows:?}"
     );
-    let log = c.log_text();
-    assert!(
-        log.lines().any(|l| l.contains(" WARN ")
-            && l.contains("rollback refused: store query failed: database or disk is full")),
-        "the log says why, loudly: {log}"
+    // Counted first, then reported with its event.
+    wait_for(
+        Duration::from_secs(10),
+        "the log saying why, loudly",
+        || {
+            c.log_text()
+                .lines()
+                .any(|l| {
+                    l.contains(" WARN ")
+                        && l.contains(
+                            "rollback refused: store query failed: database or disk is full",
+                        )
+                })
+                .then_some(())
+        },
     );
 
     // Room again: the next retry writes its intent first, then rolls back.

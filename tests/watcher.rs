@@ -143,9 +143,8 @@ fn kill_9_right_after_the_intent_yields_exactly_one_rollback() {
     assert_eq!(rows.len(), 1, "exactly one rollback: {rows:?}");
     assert_eq!(rows[0].0, "succeeded");
     d.assert_runs("v1.0.0");
-    assert!(events(&d.db())
-        .iter()
-        .any(|(k, _, m)| k == "rollback" && m.contains("resumed rollback")));
+    let resumed = wait_event(&d.db(), "rollback", "v1.0.0", Duration::from_secs(30));
+    assert!(resumed.contains("resumed rollback"), "{resumed}");
 }
 
 #[test]
@@ -209,6 +208,7 @@ fn ci_deploy_registration_pause_resume_status_and_history() {
     let withheld = wait_event(&d.db(), "withheld", "v1.1.0", Duration::from_secs(30));
     assert!(withheld.contains("paused"), "{withheld}");
     assert!(rollback_rows(&d.db()).is_empty());
+    wait_state(d.api_port, "regressed", Duration::from_secs(10));
     let status = rollwatch(&config).arg("status").assert().success();
     let table = String::from_utf8_lossy(&status.get_output().stdout).to_string();
     assert!(

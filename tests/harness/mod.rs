@@ -1084,6 +1084,15 @@ pub fn metric_value(api_port: u16, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 /// What `GET /api/v1/targets` says of the one target.
+/// The target's status once its state is `state`: the API answers before a watcher's first
+/// round, and a round publishes its state after the events it writes.
+pub fn wait_state(api_port: u16, state: &str, within: Duration) -> serde_json::Value {
+    wait_for(within, &format!("the target's state {state}"), || {
+        let status = target_status(api_port);
+        (status["state"] == state).then_some(status)
+    })
+}
+
 pub fn target_status(api_port: u16) -> serde_json::Value {
     let body = wait_for(Duration::from_secs(30), "the API answering", || {
         http_get(api_port, "/api/v1/targets")
