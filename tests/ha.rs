@@ -155,7 +155,7 @@ fn a_leader_frozen_past_its_lease_is_refused_at_every_step_while_the_new_leader_
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!((rows[0].1.as_str(), rows[0].4), ("succeeded", 2));
     assert_eq!(a.metric("rollwatch_fenced_steps_total"), Some(1.0));
-    assert_eq!(a.metric("rollwatch_leader"), Some(0.0));
+    a.wait_metric("rollwatch_leader", 0.0, Duration::from_secs(10));
 }
 
 #[test]
