@@ -66,6 +66,10 @@ fn two_controllers_on_one_database_roll_a_bad_deploy_back_once_by_the_leader() {
     assert_eq!(bed.ups(), vec!["a"], "one compose up, by the leader");
     assert_eq!(rollbacks_counted(a.api_port, "succeeded"), Some(1.0));
     assert_eq!(rollbacks_counted(b.api_port, "succeeded"), Some(0.0));
+    // Each instance's role as a label too, for joins onto its other series.
+    let role = |port, leader| metric_value(port, "rollwatch_role_info{", &[leader]);
+    assert_eq!(role(a.api_port, r#"leader="true""#), Some(1.0));
+    assert_eq!(role(b.api_port, r#"leader="false""#), Some(1.0));
     // Decisions are written by the leader alone: one deploy event, not one per instance.
     let deploys = bed
         .events()

@@ -111,7 +111,7 @@ async fn the_first_instance_leads_after_its_takeover_and_the_second_follows_nami
     let row: Arc<FakeRow> = Arc::default();
     let backend: Arc<dyn LeaseBackend> = row.clone();
     let (a, a_series) = instance("a");
-    let (b, _) = instance("b");
+    let (b, b_series) = instance("b");
     let (hook, seen, _) = counting();
 
     a.renew_once(&backend, &hook).await;
@@ -133,11 +133,23 @@ async fn the_first_instance_leads_after_its_takeover_and_the_second_follows_nami
         out.contains("rollwatch_lease_epoch{store=\"postgres\"} 1"),
         "{out}"
     );
+    assert!(
+        out.contains("rollwatch_role_info{store=\"postgres\",leader=\"true\"} 1"),
+        "{out}"
+    );
 
     b.renew_once(&backend, &hook).await;
     assert!(!b.is_leader());
     assert_eq!(b.fence(), None);
     assert_eq!(b.leader_address().as_deref(), Some("http://a:9860"));
+    b.publish();
+    let mut out = String::new();
+    b_series.render(&mut out);
+    assert!(
+        out.contains("rollwatch_role_info{store=\"postgres\",leader=\"false\"} 1")
+            && out.contains("rollwatch_leader{store=\"postgres\"} 0"),
+        "{out}"
+    );
     assert!(
         b.describe().contains("a leads under epoch 1"),
         "{}",

@@ -63,6 +63,22 @@ impl LeaseSeries {
             header(out, name, help, Kind::Gauge);
             sample(out, name, &labels, &[], value);
         }
+        // The same fact as a label, for joining it onto any series of this instance
+        // (`* on (instance) group_left (leader) rollwatch_role_info`): a label on every series
+        // would split them all at each failover.
+        let name = "rollwatch_role_info";
+        header(
+            out,
+            name,
+            "Always 1; its leader label is true while this instance leads, false while it follows.",
+            Kind::Gauge,
+        );
+        let leader = if self.leader.load(Relaxed) == 1 {
+            "true"
+        } else {
+            "false"
+        };
+        sample(out, name, &labels, &[("leader", leader)], 1_u64);
         let name = "rollwatch_fenced_steps_total";
         header(
             out,

@@ -1083,7 +1083,6 @@ pub fn metric_value(api_port: u16, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// What `GET /api/v1/targets` says of the one target.
 /// The target's status once its state is `state`: the API answers before a watcher's first
 /// round, and a round publishes its state after the events it writes.
 pub fn wait_state(api_port: u16, state: &str, within: Duration) -> serde_json::Value {
@@ -1093,6 +1092,7 @@ pub fn wait_state(api_port: u16, state: &str, within: Duration) -> serde_json::V
     })
 }
 
+/// What `GET /api/v1/targets` says of the one target.
 pub fn target_status(api_port: u16) -> serde_json::Value {
     let body = wait_for(Duration::from_secs(30), "the API answering", || {
         http_get(api_port, "/api/v1/targets")
