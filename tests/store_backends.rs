@@ -90,6 +90,11 @@ async fn lease(store: &Store, holder: &str) -> Fence {
     }
 }
 
+/// A rollback intent to v1.0.0 under `fence`, written: its record's id.
+async fn begin(store: &Store, fence: &Fence) -> i64 {
+    store.begin_rollback(intent("v1.0.0", fence)).await.unwrap()
+}
+
 fn outcome(state: RollbackState) -> RollbackOutcome {
     RollbackOutcome {
         state,
@@ -105,10 +110,7 @@ async fn rollback_intent_then_outcome_round_trips_and_survives_a_reopen() {
     for_each_backend(|b| async move {
         let store = b.open().await;
         let fence = lease(&store, "a").await;
-        let id = store
-            .begin_rollback(intent("v1.0.0", &fence))
-            .await
-            .unwrap();
+        let id = begin(&store, &fence).await;
         let before = store.rollbacks(Some(target()), 10).await.unwrap();
         assert_eq!(before[0].state, RollbackState::Intent);
         assert_eq!(store.unfinished_rollbacks().await.unwrap().len(), 1);
@@ -291,10 +293,7 @@ async fn a_succeeded_rollback_starts_the_cooldown_with_its_record_and_a_failed_o
     for_each_backend(|b| async move {
         let store = b.open().await;
         let fence = lease(&store, "a").await;
-        let failed = store
-            .begin_rollback(intent("v1.0.0", &fence))
-            .await
-            .unwrap();
+        let failed = begin(&store, &fence).await;
         store
             .finish_fenced(failed, outcome(RollbackState::Failed), fence.clone())
             .await
@@ -310,10 +309,7 @@ async fn a_succeeded_rollback_starts_the_cooldown_with_its_record_and_a_failed_o
             .record_event_with_control(target(), "paused", None, "".into(), Some(paused.clone()))
             .await
             .unwrap();
-        let id = store
-            .begin_rollback(intent("v1.0.0", &fence))
-            .await
-            .unwrap();
+        let id = begin(&store, &fence).await;
         store
             .finish_fenced(id, outcome(RollbackState::Succeeded), fence)
             .await
@@ -753,7 +749,7 @@ async fn a_stale_epoch_is_refused_at_every_fenced_write_and_the_refusal_is_recor
         .await
         .unwrap();
     let a = lease(&store, "a").await;
-    let id = store.begin_rollback(intent("v1.0.0", &a)).await.unwrap();
+    let id = begin(&store, &a).await;
     store
         .fence_step(id, a.clone(), "pull".into())
         .await

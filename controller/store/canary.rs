@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{limit_of, now_ms, returned_id, Row, Store, StoreError};
+use super::{now_ms, returned_id, Row, Store, StoreError};
 use crate::target::{Env, TargetId};
 use crate::traffic::Slot;
 use crate::vals;
@@ -295,20 +295,8 @@ impl Store {
         target: Option<TargetId>,
         limit: usize,
     ) -> Result<Vec<CanaryRecord>, StoreError> {
-        self.with(move |db| {
-            let (env, role) = super::target_params(target.as_ref());
-            db.query(
-                &format!(
-                    "{SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)
-                     ORDER BY id DESC LIMIT ?3"
-                ),
-                vals![env, role, limit_of(limit)],
-            )?
-            .iter()
-            .map(row_to_canary)
-            .collect()
-        })
-        .await
+        self.with(move |db| super::newest_rows(db, SELECT, target.as_ref(), limit, row_to_canary))
+            .await
     }
 
     /// The target's newest deploy that has not reached an end state, if any.

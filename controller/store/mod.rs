@@ -519,20 +519,8 @@ impl Store {
         target: Option<TargetId>,
         limit: usize,
     ) -> Result<Vec<RollbackRecord>, StoreError> {
-        self.with(move |db| {
-            let (env, role) = target_params(target.as_ref());
-            db.query(
-                &format!(
-                    "{SELECT_ROLLBACK} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)
-                     ORDER BY id DESC LIMIT ?3"
-                ),
-                vals![env, role, limit_of(limit)],
-            )?
-            .iter()
-            .map(row_to_record)
-            .collect()
-        })
-        .await
+        self.with(move |db| newest_rows(db, SELECT_ROLLBACK, target.as_ref(), limit, row_to_record))
+            .await
     }
 
     pub async fn record_known_good(
@@ -600,11 +588,33 @@ fn limit_of(limit: usize) -> i64 {
 
 /// The `env` and `role` parameters of an optional target filter (`NULL`: every target), for
 /// the `CAST(?1 AS TEXT) IS NULL OR env = ?1` form the listing queries share.
-pub(super) fn target_params(target: Option<&TargetId>) -> (Value, Value) {
+fn target_params(target: Option<&TargetId>) -> (Value, Value) {
     match target {
         Some(t) => (t.env.as_str().into(), t.role.as_str().into()),
         None => (Value::Null, Value::Null),
     }
+}
+
+/// The newest `limit` rows of `select` (a `SELECT … FROM` a table with `id`, `env` and `role`),
+/// of `target` or of every target when it is `None`.
+pub(super) fn newest_rows<T>(
+    db: &mut dyn Db,
+    select: &str,
+    target: Option<&TargetId>,
+    limit: usize,
+    to: fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let (env, role) = target_params(target);
+    db.query(
+        &format!(
+            "{select} WHERE (CAST(?1 AS TEXT) IS NULL OR env = ?1) AND (CAST(?2 AS TEXT) IS NULL OR role = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ),
+        vals![env, role, limit_of(limit)],
+    )?
+    .iter()
+    .map(to)
+    .collect()
 }
 
 /// Sets the cooldown clock of rollback `id`'s target to the record's end, keeping its other
